@@ -1,0 +1,278 @@
+//! Policy → Snapshot. Assumes a validated policy; names it cannot resolve are skipped, never a
+//! panic.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::bitset::BitSet;
+use super::routes::RouteTable;
+use super::snapshot::{
+    CompiledCatalog, CompiledRole, CompiledRule, CompiledSubject, PermInfo, RoleTable, Scopes,
+    Snapshot, SubjectTable,
+};
+use crate::model::{Access, Endpoint, PathPattern, Policy, Role, Subject};
+
+impl Snapshot {
+    /// Compiles a whole policy.
+    pub fn compile(policy: &Policy, revision: u64) -> Snapshot {
+        let catalog = Arc::new(compile_catalog(policy));
+        let roles = Arc::new(compile_roles(policy, &catalog));
+        let subjects = Arc::new(compile_subjects(policy.subjects.iter(), &catalog, &roles));
+        Snapshot {
+            revision,
+            catalog,
+            roles,
+            subjects,
+        }
+    }
+
+    /// A new snapshot after roles changed (same role names): the role table is rebuilt, the
+    /// catalog and subject table are shared. Falls back to a full compile if names changed.
+    pub fn with_roles(&self, policy: &Policy, revision: u64) -> Snapshot {
+        let same_names = policy.roles.len() == self.roles.roles.len()
+            && policy.roles.iter().all(|r| self.roles.index.contains_key(r.name.as_str()));
+        if !same_names {
+            return Snapshot::compile(policy, revision);
+        }
+        Snapshot {
+            revision,
+            catalog: Arc::clone(&self.catalog),
+            roles: Arc::new(compile_roles(policy, &self.catalog)),
+            subjects: Arc::clone(&self.subjects),
+        }
+    }
+
+    /// A new snapshot with one subject created, replaced (`Some`) or deleted (`None`).
+    pub fn with_subject(&self, id: &str, subject: Option<&Subject>, revision: u64) -> Snapshot {
+        let mut table = (*self.subjects).clone();
+        match subject {
+            Some(s) => {
+                table
+                    .index
+                    .insert(s.id.as_str().into(), compile_subject(s, &self.catalog, &self.roles));
+            }
+            None => {
+                table.index.remove(id);
+            }
+        }
+        Snapshot {
+            revision,
+            catalog: Arc::clone(&self.catalog),
+            roles: Arc::clone(&self.roles),
+            subjects: Arc::new(table),
+        }
+    }
+}
+
+fn compile_catalog(policy: &Policy) -> CompiledCatalog {
+    let perms = &policy.catalog.permissions;
+    let n = perms.len();
+    let index: HashMap<Box<str>, u32> = perms
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str().into(), i as u32))
+        .collect();
+    let id = |name: &str| index.get(name).map(|i| *i as usize);
+
+    let mut types: HashMap<Box<str>, u16> = HashMap::new();
+    for p in perms {
+        for t in &p.applies_to {
+            let next = types.len() as u16;
+            types.entry(t.as_str().into()).or_insert(next);
+        }
+    }
+
+    let edges = |pick: fn(&crate::model::Permission) -> &Vec<String>| -> Vec<Vec<usize>> {
+        perms
+            .iter()
+            .map(|p| pick(p).iter().filter_map(|name| id(name)).collect())
+            .collect()
+    };
+    let implies_edges = edges(|p| &p.implies);
+    let requires_edges = edges(|p| &p.requires);
+
+    let info = perms
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut implies = BitSet::new(n);
+            for j in reach(i, &implies_edges) {
+                implies.insert(j);
+            }
+            let needs: Box<[u32]> = reach(i, &requires_edges)
+                .into_iter()
+                .filter(|j| *j != i)
+                .map(|j| j as u32)
+                .collect();
+            let applies = (!p.applies_to.is_empty())
+                .then(|| p.applies_to.iter().filter_map(|t| types.get(t.as_str()).copied()).collect());
+            PermInfo {
+                scoped: p.scoped,
+                applies,
+                needs,
+                implies,
+            }
+        })
+        .collect();
+
+    let mut endpoints = Vec::new();
+    let mut events: HashMap<Box<str>, BitSet> = HashMap::new();
+    for (i, p) in perms.iter().enumerate() {
+        for text in &p.endpoints {
+            if let Ok(e) = Endpoint::parse(text) {
+                endpoints.push((e, i));
+            }
+        }
+        for event in &p.events {
+            events
+                .entry(event.as_str().into())
+                .or_insert_with(|| BitSet::new(n))
+                .insert(i);
+        }
+    }
+
+    CompiledCatalog {
+        names: perms.iter().map(|p| p.name.as_str().into()).collect(),
+        index,
+        info,
+        routes: RouteTable::build(&endpoints, n),
+        events,
+        types,
+    }
+}
+
+/// Every node reachable from `start` (itself included), ascending.
+fn reach(start: usize, edges: &[Vec<usize>]) -> BTreeSet<usize> {
+    let mut seen = BTreeSet::from([start]);
+    let mut stack = vec![start];
+    while let Some(at) = stack.pop() {
+        for next in &edges[at] {
+            if seen.insert(*next) {
+                stack.push(*next);
+            }
+        }
+    }
+    seen
+}
+
+fn compile_roles(policy: &Policy, catalog: &CompiledCatalog) -> RoleTable {
+    let mut sorted: Vec<&Role> = policy.roles.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let roles: Box<[CompiledRole]> = sorted
+        .iter()
+        .map(|role| compile_role(policy, role, catalog))
+        .collect();
+    let index = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str().into(), i as u32))
+        .collect();
+    RoleTable { roles, index }
+}
+
+fn compile_role(policy: &Policy, role: &Role, catalog: &CompiledCatalog) -> CompiledRole {
+    let n = catalog.names.len();
+    let mut granted = BitSet::new(n);
+    let mut scope_lists: HashMap<u32, BTreeSet<&str>> = HashMap::new();
+    let mut scopes = HashMap::new();
+    if role.all {
+        granted = BitSet::full(n);
+        for name in &role.except {
+            if let Some(i) = catalog.index.get(name.as_str()) {
+                granted.remove(*i as usize);
+            }
+        }
+        for i in granted.iter() {
+            if catalog.info[i].scoped {
+                scopes.insert(i as u32, Scopes::Any);
+            }
+        }
+    } else {
+        for grant in role.grants.iter().filter(|g| g.enabled) {
+            let Some(&pid) = catalog.index.get(grant.permission.as_str()) else {
+                continue;
+            };
+            let closure = &catalog.info[pid as usize].implies;
+            granted.union_with(closure);
+            for q in closure.iter() {
+                if catalog.info[q].scoped {
+                    scope_lists
+                        .entry(q as u32)
+                        .or_default()
+                        .extend(grant.projects.iter().map(String::as_str));
+                }
+            }
+        }
+        for (pid, ids) in scope_lists {
+            scopes.insert(pid, Scopes::List(ids.into_iter().map(Into::into).collect()));
+        }
+    }
+
+    let base_defaults = role
+        .base
+        .as_deref()
+        .and_then(|b| policy.role(b))
+        .map(|b| b.paths.iter().filter(|r| r.default).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let own = role.paths.iter().filter(|r| role.base.is_none() || !r.default);
+    let paths = base_defaults
+        .into_iter()
+        .chain(own)
+        .filter_map(|rule| {
+            Some(CompiledRule {
+                pattern: PathPattern::parse(&rule.path).ok()?,
+                access: Access::parse(&rule.access).ok()?,
+                text: rule.path.as_str().into(),
+            })
+        })
+        .collect();
+
+    CompiledRole {
+        name: role.name.as_str().into(),
+        granted,
+        scopes,
+        paths,
+        all_resources: role.all_resources,
+    }
+}
+
+fn compile_subjects<'a>(
+    subjects: impl Iterator<Item = &'a Subject>,
+    catalog: &CompiledCatalog,
+    roles: &RoleTable,
+) -> SubjectTable {
+    SubjectTable {
+        index: subjects
+            .map(|s| (s.id.as_str().into(), compile_subject(s, catalog, roles)))
+            .collect(),
+    }
+}
+
+fn compile_subject(subject: &Subject, catalog: &CompiledCatalog, roles: &RoleTable) -> CompiledSubject {
+    let only = (!subject.only.is_empty()).then(|| {
+        let mut set = BitSet::new(catalog.names.len());
+        for name in &subject.only {
+            if let Some(i) = catalog.index.get(name.as_str()) {
+                set.insert(*i as usize);
+            }
+        }
+        set
+    });
+    let mut resources: Vec<(Box<str>, u32)> = subject
+        .resources
+        .iter()
+        .filter_map(|rr| Some((rr.resource.as_str().into(), *roles.index.get(rr.role.as_str())?)))
+        .collect();
+    resources.sort_by(|a, b| a.0.cmp(&b.0));
+    CompiledSubject {
+        roles: subject
+            .roles
+            .iter()
+            .filter_map(|r| roles.index.get(r.as_str()).copied())
+            .collect(),
+        type_id: catalog.types.get(subject.subject_type.as_str()).copied(),
+        type_name: subject.subject_type.as_str().into(),
+        only,
+        resources: resources.into_boxed_slice(),
+    }
+}

@@ -1,0 +1,16 @@
+//! The decision engine: compiles a policy into an immutable [`Snapshot`] and answers Checks
+//! from it. Pure: no I/O, no locks, and no allocation on the decision path.
+
+mod bitset;
+mod compile;
+mod decide;
+mod routes;
+mod snapshot;
+
+#[cfg(test)]
+mod tests;
+
+pub use bitset::BitSet;
+pub use decide::{Action, Decision, Inline, MAX_INLINE_ROLES, Reason, Request, Required};
+pub use routes::strip_query;
+pub use snapshot::Snapshot;

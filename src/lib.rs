@@ -1,0 +1,3 @@
+//! authz-sidecar library.
+pub mod engine;
+pub mod model;

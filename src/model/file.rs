@@ -1,0 +1,207 @@
+//! Reading a policy file (YAML, or JSON which YAML contains) into a validated [`Policy`],
+//! with every problem reported at its file, line and field.
+
+use std::fmt;
+use std::path::Path;
+
+use marked_yaml::{LoaderOptions, Node};
+
+use super::{FieldPath, Policy, validate};
+
+/// The policy built into the binary: the monitoring-apps example (seed 000).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/monitoring-apps.yaml");
+
+/// One problem in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The field path (`roles[2].grants[0]`), when known.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found in one policy file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyFileError {
+    /// The file's name as given.
+    pub file: String,
+    /// The problems, in document order where lines are known.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for PolicyFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file)?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+                if let Some(col) = p.column {
+                    write!(f, ":{col}")?;
+                }
+            }
+            write!(f, ": ")?;
+            if let Some(field) = &p.field {
+                write!(f, "{field}: ")?;
+            }
+            write!(f, "{}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads, validates and normalizes a policy file.
+pub fn load_policy_file(path: &Path) -> Result<Policy, PolicyFileError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyFileError {
+        file: name.clone(),
+        problems: vec![Problem {
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse_policy(&name, &text)
+}
+
+/// Parses, validates and normalizes policy text; `file` names it in errors.
+pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
+    let fail = |problems: Vec<Problem>| PolicyFileError {
+        file: file.to_owned(),
+        problems,
+    };
+    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    let node = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
+        let (line, column) = load_error_position(&e);
+        fail(vec![Problem {
+            line,
+            column,
+            field: None,
+            message: strip_position(&e.to_string()),
+        }])
+    })?;
+    let mut policy: Policy = marked_yaml::from_node(&node).map_err(|e| {
+        let mark = e.start_mark();
+        fail(vec![Problem {
+            line: mark.map(|m| m.line()),
+            column: mark.map(|m| m.column()),
+            field: e.path().map(str::to_owned),
+            message: e.into_inner().to_string(),
+        }])
+    })?;
+    if let Err(errors) = validate(&policy) {
+        let mut problems: Vec<Problem> = errors
+            .into_iter()
+            .map(|err| {
+                let (line, column) = locate(&node, &err.path);
+                Problem {
+                    line,
+                    column,
+                    field: Some(err.path.to_string()),
+                    message: err.message,
+                }
+            })
+            .collect();
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        return Err(fail(problems));
+    }
+    policy.normalize();
+    Ok(policy)
+}
+
+/// The line and column of the deepest node the path reaches.
+fn locate(root: &Node, path: &FieldPath) -> (Option<usize>, Option<usize>) {
+    let mut node = root;
+    for step in path.steps() {
+        let next = match step {
+            Ok(key) => node.as_mapping().and_then(|m| m.get_node(key)),
+            Err(index) => node.as_sequence().and_then(|s| s.get_node(index)),
+        };
+        match next {
+            Some(n) => node = n,
+            None => break,
+        }
+    }
+    let start = node.span().start();
+    (start.map(|m| m.line()), start.map(|m| m.column()))
+}
+
+fn load_error_position(e: &marked_yaml::LoadError) -> (Option<usize>, Option<usize>) {
+    use marked_yaml::LoadError::*;
+    let mark = match e {
+        TopLevelMustBeMapping(m)
+        | TopLevelMustBeSequence(m)
+        | UnexpectedAnchor(m)
+        | MappingKeyMustBeScalar(m)
+        | UnexpectedTag(m)
+        | ScanError(m, _) => Some(*m),
+        DuplicateKey(inner) => inner.key.span().start().copied(),
+    };
+    (mark.map(|m| m.line()), mark.map(|m| m.column()))
+}
+
+/// LoadError's Display leads with its own position; ours is printed already.
+fn strip_position(text: &str) -> String {
+    match text.split_once(": ") {
+        Some((head, tail)) if head.chars().next().is_some_and(|c| c.is_ascii_digit()) => tail.to_owned(),
+        _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse_policy("p.yaml", text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let policy = parse_policy("embedded", EMBEDDED_DEFAULT).expect("embedded policy is valid");
+        assert!(!policy.catalog.permissions.is_empty());
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_with_its_line() {
+        let text = "catalog:\n  permissions:\n    - name: a\n      implies: [ghost]\nroles:\n  - name: r\n    kind: app\n    grants: [a, nope]\nsubjects:\n  - id: s\n    roles: [missing]\n";
+        let got = problems(text);
+        assert_eq!(
+            got,
+            vec![
+                "p.yaml:4:17: catalog.permissions[0].implies[0]: unknown permission `ghost`",
+                "p.yaml:8:17: roles[0].grants[1].permission: unknown permission `nope`",
+                "p.yaml:11:13: subjects[0].roles[0]: unknown role `missing`",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_the_line() {
+        let dup = problems("catalog:\n  permissions: []\ncatalog: {}\n");
+        assert_eq!(dup.len(), 1);
+        assert!(dup[0].starts_with("p.yaml:3:"), "{dup:?}");
+        let unknown = problems("catalog:\n  permissions:\n    - name: a\n      colour: red\n");
+        assert!(unknown[0].starts_with("p.yaml:4:"), "{unknown:?}");
+        assert!(unknown[0].contains("colour"), "{unknown:?}");
+        let not_bool = problems("catalog:\n  permissions:\n    - name: a\n      scoped: maybe\n");
+        assert!(not_bool[0].starts_with("p.yaml:4:"), "{not_bool:?}");
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let text = r#"{"catalog": {"permissions": [{"name": "a", "kind": "read"}]}, "roles": [{"name": "r", "kind": "app", "grants": [{"permission": "a", "enabled": true}]}]}"#;
+        let policy = parse_policy("p.json", text).expect("json policy");
+        assert_eq!(policy.roles[0].grants[0].permission, "a");
+    }
+}

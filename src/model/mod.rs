@@ -1,0 +1,82 @@
+//! The policy model: catalog, roles, subjects, admins. Pure types and validation; no I/O.
+//!
+//! The same types are read from a policy file, stored in sled, and compiled by the engine.
+
+mod catalog;
+mod change;
+pub mod file;
+mod path;
+mod role;
+mod subject;
+mod validate;
+
+pub use catalog::{Catalog, Endpoint, Kind, Method, Permission, Preset};
+pub use change::{PermissionChange, RuleError, UpdateOutcome, apply_approval, apply_update};
+pub use path::{Access, PathPattern, Segment};
+pub use role::{Grant, PathRule, Role};
+pub use subject::{Admin, AdminPermission, ResourceRole, Subject};
+pub use validate::{FieldPath, ValidationError, validate, validate_role, validate_subject};
+
+use serde::{Deserialize, Serialize};
+
+/// A whole policy: what a policy file holds and what the store persists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Format version of the policy file; 1 today.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// The permission catalog.
+    pub catalog: Catalog,
+    /// Named starting sets of permissions that roles may include.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presets: Vec<Preset>,
+    /// Roles of every kind.
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// Subjects (apps, API keys, operators, users...).
+    #[serde(default)]
+    pub subjects: Vec<Subject>,
+    /// Admins allowed to change the policy through the admin RPCs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<Admin>,
+}
+
+fn default_version() -> u32 {
+    1
+}
+
+impl Policy {
+    /// The role with this name.
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+
+    /// The catalog permission with this name.
+    pub fn permission(&self, name: &str) -> Option<&Permission> {
+        self.catalog.permissions.iter().find(|p| p.name == name)
+    }
+
+    /// Expands presets into grants and drops rules inherited from a base role, so that the
+    /// stored form says each thing once. Call after [`validate`] succeeded.
+    pub fn normalize(&mut self) {
+        let presets = std::mem::take(&mut self.presets);
+        let catalog = self.catalog.clone();
+        for role in &mut self.roles {
+            for preset_name in std::mem::take(&mut role.presets) {
+                let Some(preset) = presets.iter().find(|p| p.name == preset_name) else {
+                    continue;
+                };
+                for name in preset.resolve(&catalog) {
+                    if !role.grants.iter().any(|g| g.permission == name) {
+                        role.grants.push(Grant::enabled(name));
+                    }
+                }
+            }
+            if role.base.is_some() {
+                role.paths.retain(|rule| !rule.default);
+            }
+        }
+        self.presets = presets;
+    }
+}
