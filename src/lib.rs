@@ -1,3 +1,9 @@
 //! authz-sidecar library.
+pub mod api;
+pub mod auth;
+pub mod config;
 pub mod engine;
+pub mod live;
 pub mod model;
+pub mod server;
+pub mod store;

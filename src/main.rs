@@ -1,1 +1,146 @@
-fn main() {}
+//! `authz-sidecar`: flags → Config → Sidecar. Everything else lives in the library.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use authz_sidecar::config::{Cli, Command, Config, ENV_ADMIN_TOKEN, LogFormat};
+use authz_sidecar::model::file::load_policy_file;
+use authz_sidecar::server::Sidecar;
+use authz_sidecar::store::{SledStore, Store};
+use clap::Parser;
+
+/// Exit status for configuration errors (as clap uses for usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Validate { file }) => validate(&file),
+        Some(Command::Import { data_dir, file }) => import(&data_dir, &file),
+        Some(Command::HashToken) => hash_token(),
+        None => serve(cli.serve.into_config(std::env::var(ENV_ADMIN_TOKEN).ok())),
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match load_policy_file(file) {
+        Ok(policy) => {
+            println!(
+                "{}: ok ({} permissions, {} roles, {} subjects)",
+                file.display(),
+                policy.catalog.permissions.len(),
+                policy.roles.len(),
+                policy.subjects.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: {} problem(s)", file.display(), e.problems.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn import(data_dir: &std::path::Path, file: &std::path::Path) -> ExitCode {
+    let policy = match load_policy_file(file) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match SledStore::open(data_dir).and_then(|s| s.import(&policy, "import")) {
+        Ok(revision) => {
+            println!(
+                "imported {} into {} at revision {revision}",
+                file.display(),
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("import failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn hash_token() -> ExitCode {
+    let mut token = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut token) {
+        eprintln!("cannot read the token from standard input: {e}");
+        return ExitCode::from(1);
+    }
+    println!("{}", authz_sidecar::auth::token_sha256_hex(token.trim()));
+    ExitCode::SUCCESS
+}
+
+fn serve(config: Result<Config, Vec<String>>) -> ExitCode {
+    let config = match config {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "authz-sidecar: {} configuration error(s); not starting",
+                errors.len()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let sidecar = Sidecar::launch(config).await?;
+        sidecar.run_until(shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "authz-sidecar failed");
+            eprintln!("authz-sidecar: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received; draining");
+}

@@ -30,7 +30,10 @@ impl Snapshot {
     /// catalog and subject table are shared. Falls back to a full compile if names changed.
     pub fn with_roles(&self, policy: &Policy, revision: u64) -> Snapshot {
         let same_names = policy.roles.len() == self.roles.roles.len()
-            && policy.roles.iter().all(|r| self.roles.index.contains_key(r.name.as_str()));
+            && policy
+                .roles
+                .iter()
+                .all(|r| self.roles.index.contains_key(r.name.as_str()));
         if !same_names {
             return Snapshot::compile(policy, revision);
         }
@@ -47,9 +50,10 @@ impl Snapshot {
         let mut table = (*self.subjects).clone();
         match subject {
             Some(s) => {
-                table
-                    .index
-                    .insert(s.id.as_str().into(), compile_subject(s, &self.catalog, &self.roles));
+                table.index.insert(
+                    s.id.as_str().into(),
+                    compile_subject(s, &self.catalog, &self.roles),
+                );
             }
             None => {
                 table.index.remove(id);
@@ -104,8 +108,12 @@ fn compile_catalog(policy: &Policy) -> CompiledCatalog {
                 .filter(|j| *j != i)
                 .map(|j| j as u32)
                 .collect();
-            let applies = (!p.applies_to.is_empty())
-                .then(|| p.applies_to.iter().filter_map(|t| types.get(t.as_str()).copied()).collect());
+            let applies = (!p.applies_to.is_empty()).then(|| {
+                p.applies_to
+                    .iter()
+                    .filter_map(|t| types.get(t.as_str()).copied())
+                    .collect()
+            });
             PermInfo {
                 scoped: p.scoped,
                 applies,
@@ -214,7 +222,10 @@ fn compile_role(policy: &Policy, role: &Role, catalog: &CompiledCatalog) -> Comp
         .and_then(|b| policy.role(b))
         .map(|b| b.paths.iter().filter(|r| r.default).collect::<Vec<_>>())
         .unwrap_or_default();
-    let own = role.paths.iter().filter(|r| role.base.is_none() || !r.default);
+    let own = role
+        .paths
+        .iter()
+        .filter(|r| role.base.is_none() || !r.default);
     let paths = base_defaults
         .into_iter()
         .chain(own)
@@ -248,7 +259,11 @@ fn compile_subjects<'a>(
     }
 }
 
-fn compile_subject(subject: &Subject, catalog: &CompiledCatalog, roles: &RoleTable) -> CompiledSubject {
+fn compile_subject(
+    subject: &Subject,
+    catalog: &CompiledCatalog,
+    roles: &RoleTable,
+) -> CompiledSubject {
     let only = (!subject.only.is_empty()).then(|| {
         let mut set = BitSet::new(catalog.names.len());
         for name in &subject.only {
@@ -261,7 +276,12 @@ fn compile_subject(subject: &Subject, catalog: &CompiledCatalog, roles: &RoleTab
     let mut resources: Vec<(Box<str>, u32)> = subject
         .resources
         .iter()
-        .filter_map(|rr| Some((rr.resource.as_str().into(), *roles.index.get(rr.role.as_str())?)))
+        .filter_map(|rr| {
+            Some((
+                rr.resource.as_str().into(),
+                *roles.index.get(rr.role.as_str())?,
+            ))
+        })
         .collect();
     resources.sort_by(|a, b| a.0.cmp(&b.0));
     CompiledSubject {

@@ -172,8 +172,12 @@ pub enum Reason<'a> {
 impl fmt::Display for Reason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Granted { permission, role } => write!(f, "granted `{permission}` by role `{role}`"),
-            Reason::PathRule { role, rule } => write!(f, "allowed by path rule `{rule}` of role `{role}`"),
+            Reason::Granted { permission, role } => {
+                write!(f, "granted `{permission}` by role `{role}`")
+            }
+            Reason::PathRule { role, rule } => {
+                write!(f, "allowed by path rule `{rule}` of role `{role}`")
+            }
             Reason::UnknownSubject(s) => write!(f, "unknown subject `{s}`"),
             Reason::UnknownRole(r) => write!(f, "unknown role `{r}`"),
             Reason::UnknownPermission(p) => write!(f, "unknown permission `{p}`"),
@@ -190,11 +194,17 @@ impl fmt::Display for Reason<'_> {
             Reason::NotApplicable {
                 permission,
                 subject_type,
-            } => write!(f, "`{permission}` does not apply to subject type `{subject_type}`"),
+            } => write!(
+                f,
+                "`{permission}` does not apply to subject type `{subject_type}`"
+            ),
             Reason::RequiresMissing {
                 permission,
                 requires,
-            } => write!(f, "`{permission}` requires `{requires}`, which is not effective"),
+            } => write!(
+                f,
+                "`{permission}` requires `{requires}`, which is not effective"
+            ),
             Reason::Overridden(p) => write!(f, "`{p}` is outside the subject's override"),
             Reason::ScopeRequired(p) => {
                 write!(f, "`{p}` is scoped; the request names no scope")
@@ -207,7 +217,10 @@ impl fmt::Display for Reason<'_> {
                 permission,
                 role,
                 resource,
-            } => write!(f, "access role `{role}` on `{resource}` does not grant `{permission}`"),
+            } => write!(
+                f,
+                "access role `{role}` on `{resource}` does not grant `{permission}`"
+            ),
         }
     }
 }
@@ -300,7 +313,13 @@ impl Snapshot {
         &self.roles.roles[id as usize]
     }
 
-    fn http<'a>(&'a self, view: &View<'a>, method: &'a str, path: &'a str, req: &Request<'a>) -> Decision<'a> {
+    fn http<'a>(
+        &'a self,
+        view: &View<'a>,
+        method: &'a str,
+        path: &'a str,
+        req: &Request<'a>,
+    ) -> Decision<'a> {
         let Some(m) = Method::parse(method) else {
             return deny(Reason::UnsupportedMethod(method), Required::Nothing);
         };
@@ -321,7 +340,10 @@ impl Snapshot {
             for rule in role.paths.iter() {
                 if rule.pattern.matches(path, view.id) {
                     if rule.access.contains(needed) {
-                        let reason = Reason::PathRule { role: &role.name, rule: &rule.text };
+                        let reason = Reason::PathRule {
+                            role: &role.name,
+                            rule: &rule.text,
+                        };
                         return allow(reason, routed.map_or(Required::Nothing, Required::AnyOf));
                     }
                     partial.get_or_insert(Reason::PathAccessMissing {
@@ -354,7 +376,12 @@ impl Snapshot {
 
     /// Rule 2-5 for one permission: granted, applicable, inside the override, requirements
     /// effective, scope granted, resource access held.
-    fn permission<'a>(&'a self, view: &View<'a>, id: u32, req: &Request<'a>) -> Result<Reason<'a>, Reason<'a>> {
+    fn permission<'a>(
+        &'a self,
+        view: &View<'a>,
+        id: u32,
+        req: &Request<'a>,
+    ) -> Result<Reason<'a>, Reason<'a>> {
         let name: &'a str = &self.catalog.names[id as usize];
         let role = self.effective(view, id, req.scope)?;
         for &need in self.catalog.info[id as usize].needs.iter() {
@@ -375,7 +402,12 @@ impl Snapshot {
     }
 
     /// The role through which permission `id` is effective for the view at `scope`.
-    fn effective<'a>(&'a self, view: &View<'a>, id: u32, scope: Option<&'a str>) -> Result<&'a CompiledRole, Reason<'a>> {
+    fn effective<'a>(
+        &'a self,
+        view: &View<'a>,
+        id: u32,
+        scope: Option<&'a str>,
+    ) -> Result<&'a CompiledRole, Reason<'a>> {
         let name: &'a str = &self.catalog.names[id as usize];
         let info = &self.catalog.info[id as usize];
         let mut granting = view
@@ -413,7 +445,12 @@ impl Snapshot {
             })
     }
 
-    fn resource_access<'a>(&'a self, view: &View<'a>, id: u32, resource: &'a str) -> Result<(), Reason<'a>> {
+    fn resource_access<'a>(
+        &'a self,
+        view: &View<'a>,
+        id: u32,
+        resource: &'a str,
+    ) -> Result<(), Reason<'a>> {
         let everywhere = view
             .roles
             .as_slice()
@@ -422,7 +459,10 @@ impl Snapshot {
         if everywhere {
             return Ok(());
         }
-        let Ok(at) = view.resources.binary_search_by(|(r, _)| (**r).cmp(resource)) else {
+        let Ok(at) = view
+            .resources
+            .binary_search_by(|(r, _)| (**r).cmp(resource))
+        else {
             return Err(Reason::NoResourceAccess(resource));
         };
         let role = self.role(view.resources[at].1);

@@ -51,7 +51,8 @@ impl RouteTable {
         for method in Method::ALL {
             if let Some(root) = roots[method.index()] {
                 let set = BTreeSet::from([root]);
-                table.roots[method.index()] = Some(table.determinize(&naive, set, perm_count, &mut memo));
+                table.roots[method.index()] =
+                    Some(table.determinize(&naive, set, perm_count, &mut memo));
             }
         }
         table
@@ -85,7 +86,9 @@ impl RouteTable {
                 .collect();
             child.extend(params.iter().copied());
             let child_id = self.determinize(naive, child, perm_count, memo);
-            self.nodes[id as usize].literals.insert(key.into(), child_id);
+            self.nodes[id as usize]
+                .literals
+                .insert(key.into(), child_id);
         }
         if !params.is_empty() {
             let child_id = self.determinize(naive, params, perm_count, memo);
@@ -175,7 +178,9 @@ mod tests {
     }
 
     fn hit(t: &RouteTable, method: Method, path: &str) -> Vec<usize> {
-        t.lookup(method, path).map(|s| s.iter().collect()).unwrap_or_default()
+        t.lookup(method, path)
+            .map(|s| s.iter().collect())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -186,13 +191,22 @@ mod tests {
             ("GET /v1/devices/{id}", 2),
             ("POST /v1/alarms/{id}/dispatch", 3),
         ]);
-        assert_eq!(hit(&t, Method::Get, "/v1/devices/special/snapshots"), vec![0, 1]);
+        assert_eq!(
+            hit(&t, Method::Get, "/v1/devices/special/snapshots"),
+            vec![0, 1]
+        );
         assert_eq!(hit(&t, Method::Get, "/v1/devices/d1/snapshots"), vec![0]);
         assert_eq!(hit(&t, Method::Get, "/v1/devices/special"), vec![2]);
         assert_eq!(hit(&t, Method::Get, "/v1/devices/d1/?x=1"), vec![2]);
         assert_eq!(hit(&t, Method::Get, "/v1/devices"), Vec::<usize>::new());
         assert_eq!(hit(&t, Method::Post, "/v1/alarms/a/dispatch#f"), vec![3]);
-        assert_eq!(hit(&t, Method::Delete, "/v1/alarms/a/dispatch"), Vec::<usize>::new());
-        assert_eq!(hit(&t, Method::Get, "/v1/devices/d1/snapshots/extra"), Vec::<usize>::new());
+        assert_eq!(
+            hit(&t, Method::Delete, "/v1/alarms/a/dispatch"),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            hit(&t, Method::Get, "/v1/devices/d1/snapshots/extra"),
+            Vec::<usize>::new()
+        );
     }
 }

@@ -63,7 +63,15 @@ enum A {
 }
 
 /// One case: subject, action, scope, resource → allowed, and a piece of the reason.
-fn check(snap: &Snapshot, subject: &str, action: A, scope: &str, resource: &str, allowed: bool, reason: &str) {
+fn check(
+    snap: &Snapshot,
+    subject: &str,
+    action: A,
+    scope: &str,
+    resource: &str,
+    allowed: bool,
+    reason: &str,
+) {
     let action = match action {
         A::P(p) => Action::Permission(p),
         A::H(method, path) => Action::Http { method, path },
@@ -79,7 +87,10 @@ fn check(snap: &Snapshot, subject: &str, action: A, scope: &str, resource: &str,
     let d = snap.decide(&req);
     let text = d.reason.to_string();
     assert_eq!(d.allowed, allowed, "{subject} {action:?}: {text}");
-    assert!(text.contains(reason), "{subject} {action:?}: reason `{text}` lacks `{reason}`");
+    assert!(
+        text.contains(reason),
+        "{subject} {action:?}: reason `{text}` lacks `{reason}`"
+    );
 }
 
 #[test]
@@ -87,35 +98,154 @@ fn decisions_follow_the_rules() {
     let s = snapshot();
     use A::*;
     let cases: &[(&str, A, &str, &str, bool, &str)] = &[
-        ("r1", P("devices:read"), "", "", true, "granted `devices:read` by role `reader`"),
-        ("r1", P("devices:write"), "", "", false, "no role of the subject grants `devices:write`"),
-        ("nobody", P("devices:read"), "", "", false, "unknown subject `nobody`"),
-        ("r1", P("devices:fly"), "", "", false, "unknown permission `devices:fly`"),
-        ("w1", P("snapshots:read"), "", "", false, "no role of the subject grants"),
+        (
+            "r1",
+            P("devices:read"),
+            "",
+            "",
+            true,
+            "granted `devices:read` by role `reader`",
+        ),
+        (
+            "r1",
+            P("devices:write"),
+            "",
+            "",
+            false,
+            "no role of the subject grants `devices:write`",
+        ),
+        (
+            "nobody",
+            P("devices:read"),
+            "",
+            "",
+            false,
+            "unknown subject `nobody`",
+        ),
+        (
+            "r1",
+            P("devices:fly"),
+            "",
+            "",
+            false,
+            "unknown permission `devices:fly`",
+        ),
+        (
+            "w1",
+            P("snapshots:read"),
+            "",
+            "",
+            false,
+            "no role of the subject grants",
+        ),
         // HTTP: templates, params, query, trailing slash, methods.
-        ("r1", H("GET", "/v1/devices/d1"), "", "", true, "devices:read"),
-        ("r1", H("get", "/v1/devices/d1/?page=2"), "", "", true, "devices:read"),
-        ("r1", H("PATCH", "/v1/devices/d1"), "", "", false, "`devices:write`"),
-        ("w1", H("PATCH", "/v1/devices/d1"), "", "", true, "devices:write"),
-        ("r1", H("GET", "/v1/nowhere"), "", "", false, "no endpoint or path rule maps GET /v1/nowhere"),
-        ("r1", H("BREW", "/v1/devices"), "", "", false, "unsupported HTTP method `BREW`"),
-        ("rw", H("GET", "/v1/devices/d1/snapshots"), "", "", false, "snapshots:read"),
+        (
+            "r1",
+            H("GET", "/v1/devices/d1"),
+            "",
+            "",
+            true,
+            "devices:read",
+        ),
+        (
+            "r1",
+            H("get", "/v1/devices/d1/?page=2"),
+            "",
+            "",
+            true,
+            "devices:read",
+        ),
+        (
+            "r1",
+            H("PATCH", "/v1/devices/d1"),
+            "",
+            "",
+            false,
+            "`devices:write`",
+        ),
+        (
+            "w1",
+            H("PATCH", "/v1/devices/d1"),
+            "",
+            "",
+            true,
+            "devices:write",
+        ),
+        (
+            "r1",
+            H("GET", "/v1/nowhere"),
+            "",
+            "",
+            false,
+            "no endpoint or path rule maps GET /v1/nowhere",
+        ),
+        (
+            "r1",
+            H("BREW", "/v1/devices"),
+            "",
+            "",
+            false,
+            "unsupported HTTP method `BREW`",
+        ),
+        (
+            "rw",
+            H("GET", "/v1/devices/d1/snapshots"),
+            "",
+            "",
+            false,
+            "snapshots:read",
+        ),
         // Events.
         ("r1", E("device.online"), "", "", true, "devices:read"),
         ("w1", E("device.online"), "", "", false, "no role"),
-        ("r1", E("device.exploded"), "", "", false, "no permission gates event"),
+        (
+            "r1",
+            E("device.exploded"),
+            "",
+            "",
+            false,
+            "no permission gates event",
+        ),
         // requires: a child is effective only while its parent is.
-        ("op", P("gl_update"), "", "", false, "`gl_update` requires `global_read`"),
+        (
+            "op",
+            P("gl_update"),
+            "",
+            "",
+            false,
+            "`gl_update` requires `global_read`",
+        ),
         ("opg", P("gl_update"), "", "", true, "ops_global"),
         // scoped grants.
         ("op", P("project_read"), "abc", "", true, "project_read"),
-        ("op", P("project_read"), "xyz", "", false, "not granted for scope `xyz`"),
+        (
+            "op",
+            P("project_read"),
+            "xyz",
+            "",
+            false,
+            "not granted for scope `xyz`",
+        ),
         ("op", P("project_read"), "", "", false, "names no scope"),
         ("op", P("project_update"), "abc", "", true, "project_update"),
-        ("op", P("project_update"), "xyz", "", false, "requires `project_read`"),
+        (
+            "op",
+            P("project_update"),
+            "xyz",
+            "",
+            false,
+            "requires `project_read`",
+        ),
         // applies_to.
         ("org", P("READ_ORGANIZATION"), "", "", true, "user_type"),
-        ("cust", P("READ_ORGANIZATION"), "", "", false, "does not apply to subject type `CUSTOMER`"),
+        (
+            "cust",
+            P("READ_ORGANIZATION"),
+            "",
+            "",
+            false,
+            "does not apply to subject type `CUSTOMER`",
+        ),
         // implies.
         ("acct", P("collections.children.add"), "", "", true, "sdk"),
         // all / all-except / override.
@@ -123,17 +253,80 @@ fn decisions_follow_the_rules() {
         ("reg", P("accounts.create"), "", "", false, "no role"),
         ("rootacct", P("accounts.create"), "", "", true, "root"),
         ("token", P("collections.update"), "", "", true, "regular"),
-        ("token", P("collections.children.read"), "", "", false, "outside the subject's override"),
+        (
+            "token",
+            P("collections.children.read"),
+            "",
+            "",
+            false,
+            "outside the subject's override",
+        ),
         // per-resource access.
-        ("acct", P("collections.children.read"), "", "collections/c1", true, "sdk"),
-        ("acct", P("collections.update"), "", "collections/c1", false, "access role `access_reader` on `collections/c1` does not grant"),
-        ("acct", P("collections.update"), "", "collections/c2", false, "no access role on `collections/c2`"),
-        ("rootacct", P("collections.update"), "", "collections/c2", true, "root"),
+        (
+            "acct",
+            P("collections.children.read"),
+            "",
+            "collections/c1",
+            true,
+            "sdk",
+        ),
+        (
+            "acct",
+            P("collections.update"),
+            "",
+            "collections/c1",
+            false,
+            "access role `access_reader` on `collections/c1` does not grant",
+        ),
+        (
+            "acct",
+            P("collections.update"),
+            "",
+            "collections/c2",
+            false,
+            "no access role on `collections/c2`",
+        ),
+        (
+            "rootacct",
+            P("collections.update"),
+            "",
+            "collections/c2",
+            true,
+            "root",
+        ),
         // path rules: base defaults inherited, own rules, {user}.
-        ("alice", H("GET", "/roles/3"), "", "", true, "path rule `/roles`"),
-        ("alice", H("GET", "/thngs/t1"), "", "", true, "path rule `/thngs`"),
-        ("alice", H("POST", "/thngs"), "", "", false, "does not grant access `c`"),
-        ("alice", H("GET", "/users/alice"), "", "", false, "no endpoint or path rule"),
+        (
+            "alice",
+            H("GET", "/roles/3"),
+            "",
+            "",
+            true,
+            "path rule `/roles`",
+        ),
+        (
+            "alice",
+            H("GET", "/thngs/t1"),
+            "",
+            "",
+            true,
+            "path rule `/thngs`",
+        ),
+        (
+            "alice",
+            H("POST", "/thngs"),
+            "",
+            "",
+            false,
+            "does not grant access `c`",
+        ),
+        (
+            "alice",
+            H("GET", "/users/alice"),
+            "",
+            "",
+            false,
+            "no endpoint or path rule",
+        ),
     ];
     for (subject, action, scope, resource, allowed, reason) in cases {
         let action = match action {
@@ -154,13 +347,19 @@ fn inline_roles_replace_the_stored_subject() {
         action: Action::Permission("READ_ORGANIZATION"),
         scope: None,
         resource: None,
-        inline: Some(Inline { roles: &roles, subject_type }),
+        inline: Some(Inline {
+            roles: &roles,
+            subject_type,
+        }),
     };
     assert!(s.decide(&req("ORGANIZATION")).allowed);
     assert!(!s.decide(&req("CUSTOMER")).allowed);
     let ghost = vec!["ghost".to_string()];
     let d = s.decide(&Request {
-        inline: Some(Inline { roles: &ghost, subject_type: "" }),
+        inline: Some(Inline {
+            roles: &ghost,
+            subject_type: "",
+        }),
         ..req("")
     });
     assert_eq!(d.reason, Reason::UnknownRole("ghost"));
@@ -184,14 +383,37 @@ fn required_lists_every_permission_that_would_do() {
 fn incremental_snapshots_match_a_full_compile() {
     let mut policy = parse_policy("test", POLICY).expect("test policy");
     let s = Snapshot::compile(&policy, 1);
-    policy.roles.iter_mut().find(|r| r.name == "reader").expect("reader").grants.clear();
+    policy
+        .roles
+        .iter_mut()
+        .find(|r| r.name == "reader")
+        .expect("reader")
+        .grants
+        .clear();
     let s2 = s.with_roles(&policy, 2);
     let ask = |snap: &Snapshot| {
-        snap.decide(&Request { subject: "r1", action: Action::Permission("devices:read"), scope: None, resource: None, inline: None }).allowed
+        snap.decide(&Request {
+            subject: "r1",
+            action: Action::Permission("devices:read"),
+            scope: None,
+            resource: None,
+            inline: None,
+        })
+        .allowed
     };
     assert!(ask(&s));
     assert!(!ask(&s2));
     assert_eq!(s2.revision(), 2);
     let s3 = s2.with_subject("r1", None, 3);
-    assert_eq!(s3.decide(&Request { subject: "r1", action: Action::Permission("devices:read"), scope: None, resource: None, inline: None }).reason, Reason::UnknownSubject("r1"));
+    assert_eq!(
+        s3.decide(&Request {
+            subject: "r1",
+            action: Action::Permission("devices:read"),
+            scope: None,
+            resource: None,
+            inline: None
+        })
+        .reason,
+        Reason::UnknownSubject("r1")
+    );
 }

@@ -217,7 +217,14 @@ mod tests {
                 Some("snapshots".into())
             ]
         );
-        for bad in ["GET", "FETCH /x", "GET x", "GET /a/{b", "GET /a/*", "GET /a b"] {
+        for bad in [
+            "GET",
+            "FETCH /x",
+            "GET x",
+            "GET /a/{b",
+            "GET /a/*",
+            "GET /a b",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad} should fail");
         }
     }

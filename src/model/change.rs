@@ -38,7 +38,9 @@ pub enum RuleError {
         message: String,
     },
     /// A path rule reaches beyond the base role.
-    #[error("`{path}` `{access}` is not a subset of base role `{base}` (nothing there grants `{missing}` on it)")]
+    #[error(
+        "`{path}` `{access}` is not a subset of base role `{base}` (nothing there grants `{missing}` on it)"
+    )]
     NotSubsetOfBase {
         /// The rule's pattern.
         path: String,
@@ -126,13 +128,19 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> RuleError {
 }
 
 fn set_grant(policy: &Policy, role: &mut Role, grant: &Grant) -> Result<bool, RuleError> {
-    let perm = policy
-        .permission(&grant.permission)
-        .ok_or_else(|| invalid("set.name", format!("unknown permission `{}`", grant.permission)))?;
+    let perm = policy.permission(&grant.permission).ok_or_else(|| {
+        invalid(
+            "set.name",
+            format!("unknown permission `{}`", grant.permission),
+        )
+    })?;
     if !perm.scoped && !grant.projects.is_empty() {
         return Err(invalid(
             "set.projects",
-            format!("`{}` is not project-scoped; it takes no projects", perm.name),
+            format!(
+                "`{}` is not project-scoped; it takes no projects",
+                perm.name
+            ),
         ));
     }
     if let Some(pattern) = &policy.catalog.scope_pattern {
@@ -245,10 +253,15 @@ fn replace_paths(policy: &Policy, role: &mut Role, rules: &[PathRule]) -> Result
     let mut seen = std::collections::HashSet::new();
     for (i, rule) in rules.iter().enumerate() {
         let field = format!("replace_paths.paths[{i}]");
-        let pattern = PathPattern::parse(&rule.path).map_err(|e| invalid(format!("{field}.path"), e))?;
-        let access = Access::parse(&rule.access).map_err(|e| invalid(format!("{field}.access"), e))?;
+        let pattern =
+            PathPattern::parse(&rule.path).map_err(|e| invalid(format!("{field}.path"), e))?;
+        let access =
+            Access::parse(&rule.access).map_err(|e| invalid(format!("{field}.access"), e))?;
         if !seen.insert(rule.path.as_str()) {
-            return Err(invalid(format!("{field}.path"), format!("`{}` is listed twice", rule.path)));
+            return Err(invalid(
+                format!("{field}.path"),
+                format!("`{}` is listed twice", rule.path),
+            ));
         }
         if rule.default {
             // Echoing an unchanged default back (as a client that read the role would) is fine.
@@ -315,27 +328,57 @@ mod tests {
             version: 1,
             catalog: Catalog {
                 scope_pattern: Some("^[a-z]{3}$".into()),
-                permissions: vec![perm("read", false), perm("write", false), perm("project_read", true), info],
+                permissions: vec![
+                    perm("read", false),
+                    perm("write", false),
+                    perm("project_read", true),
+                    info,
+                ],
             },
             roles: vec![
                 Role {
                     name: "app".into(),
                     kind: "app".into(),
                     requires_approval: true,
-                    grants: vec![Grant::enabled("read"), Grant { permission: "project_read".into(), enabled: true, projects: vec!["abc".into()] }],
+                    grants: vec![
+                        Grant::enabled("read"),
+                        Grant {
+                            permission: "project_read".into(),
+                            enabled: true,
+                            projects: vec!["abc".into()],
+                        },
+                    ],
                     ..Role::default()
                 },
                 Role {
                     name: "base".into(),
                     kind: "app_user".into(),
                     paths: vec![
-                        PathRule { path: "/roles".into(), access: "r".into(), default: true },
-                        PathRule { path: "/thngs/*".into(), access: "cru".into(), default: false },
+                        PathRule {
+                            path: "/roles".into(),
+                            access: "r".into(),
+                            default: true,
+                        },
+                        PathRule {
+                            path: "/thngs/*".into(),
+                            access: "cru".into(),
+                            default: false,
+                        },
                     ],
                     ..Role::default()
                 },
-                Role { name: "custom".into(), kind: "app_user".into(), base: Some("base".into()), ..Role::default() },
-                Role { name: "inst".into(), kind: "installation".into(), grants: vec![Grant::enabled("organization_info")], ..Role::default() },
+                Role {
+                    name: "custom".into(),
+                    kind: "app_user".into(),
+                    base: Some("base".into()),
+                    ..Role::default()
+                },
+                Role {
+                    name: "inst".into(),
+                    kind: "installation".into(),
+                    grants: vec![Grant::enabled("organization_info")],
+                    ..Role::default()
+                },
             ],
             ..Policy::default()
         }
@@ -350,7 +393,11 @@ mod tests {
     }
 
     fn rule(path: &str, access: &str) -> PathRule {
-        PathRule { path: path.into(), access: access.into(), default: false }
+        PathRule {
+            path: path.into(),
+            access: access.into(),
+            default: false,
+        }
     }
 
     #[test]
@@ -365,42 +412,102 @@ mod tests {
         assert!(out.role.grant("write").is_none());
         assert_eq!(out.role.pending, vec![Grant::enabled("write")]);
 
-        let out = apply_update(&p, "app", &set("project_read", true, &["abc", "xyz"])).expect("mixed");
+        let out =
+            apply_update(&p, "app", &set("project_read", true, &["abc", "xyz"])).expect("mixed");
         assert!(out.pending_approval);
-        assert_eq!(out.role.grant("project_read").expect("kept").projects, vec!["abc"]);
+        assert_eq!(
+            out.role.grant("project_read").expect("kept").projects,
+            vec!["abc"]
+        );
         let mut p2 = p.clone();
         p2.roles[0] = out.role;
         let approved = apply_approval(&p2, "app").expect("approve");
-        assert_eq!(approved.grant("project_read").expect("granted").projects, vec!["abc", "xyz"]);
+        assert_eq!(
+            approved.grant("project_read").expect("granted").projects,
+            vec!["abc", "xyz"]
+        );
         assert!(approved.pending.is_empty());
-        assert_eq!(apply_approval(&p, "app"), Err(RuleError::NothingPending("app".into())));
+        assert_eq!(
+            apply_approval(&p, "app"),
+            Err(RuleError::NothingPending("app".into()))
+        );
     }
 
     #[test]
     fn rule_violations_are_named() {
         let p = policy();
-        assert!(matches!(apply_update(&p, "nope", &set("read", true, &[])), Err(RuleError::UnknownRole(_))));
-        assert!(matches!(apply_update(&p, "inst", &set("organization_info", false, &[])), Err(RuleError::RequiredPermission { .. })));
-        assert!(matches!(apply_update(&p, "app", &set("read", true, &["abc"])), Err(RuleError::Invalid { field, .. }) if field == "set.projects"));
-        assert!(matches!(apply_update(&p, "app", &set("project_read", true, &["ABCD"])), Err(RuleError::Invalid { field, .. }) if field == "set.projects[0]"));
-        assert!(matches!(apply_update(&p, "app", &set("ghost", true, &[])), Err(RuleError::Invalid { field, .. }) if field == "set.name"));
+        assert!(matches!(
+            apply_update(&p, "nope", &set("read", true, &[])),
+            Err(RuleError::UnknownRole(_))
+        ));
+        assert!(matches!(
+            apply_update(&p, "inst", &set("organization_info", false, &[])),
+            Err(RuleError::RequiredPermission { .. })
+        ));
+        assert!(
+            matches!(apply_update(&p, "app", &set("read", true, &["abc"])), Err(RuleError::Invalid { field, .. }) if field == "set.projects")
+        );
+        assert!(
+            matches!(apply_update(&p, "app", &set("project_read", true, &["ABCD"])), Err(RuleError::Invalid { field, .. }) if field == "set.projects[0]")
+        );
+        assert!(
+            matches!(apply_update(&p, "app", &set("ghost", true, &[])), Err(RuleError::Invalid { field, .. }) if field == "set.name")
+        );
     }
 
     #[test]
     fn path_rules_stay_within_the_base() {
         let p = policy();
-        let ok = apply_update(&p, "custom", &PermissionChange::ReplacePaths(vec![rule("/thngs/*", "r"), rule("/thngs/7", "cu")])).expect("subset");
+        let ok = apply_update(
+            &p,
+            "custom",
+            &PermissionChange::ReplacePaths(vec![rule("/thngs/*", "r"), rule("/thngs/7", "cu")]),
+        )
+        .expect("subset");
         assert_eq!(ok.role.paths.len(), 2);
-        let wider = apply_update(&p, "custom", &PermissionChange::ReplacePaths(vec![rule("/thngs/*", "d")]));
+        let wider = apply_update(
+            &p,
+            "custom",
+            &PermissionChange::ReplacePaths(vec![rule("/thngs/*", "d")]),
+        );
         assert!(matches!(wider, Err(RuleError::NotSubsetOfBase { missing, .. }) if missing == "d"));
-        let outside = apply_update(&p, "custom", &PermissionChange::ReplacePaths(vec![rule("/thngs", "r")]));
+        let outside = apply_update(
+            &p,
+            "custom",
+            &PermissionChange::ReplacePaths(vec![rule("/thngs", "r")]),
+        );
         assert!(matches!(outside, Err(RuleError::NotSubsetOfBase { .. })));
-        let default_changed = PathRule { path: "/roles".into(), access: "rd".into(), default: true };
-        assert!(matches!(apply_update(&p, "custom", &PermissionChange::ReplacePaths(vec![default_changed])), Err(RuleError::ImmutableDefault { .. })));
-        let default_echo = PathRule { path: "/roles".into(), access: "r".into(), default: true };
-        let echoed = apply_update(&p, "custom", &PermissionChange::ReplacePaths(vec![default_echo])).expect("echo is fine");
+        let default_changed = PathRule {
+            path: "/roles".into(),
+            access: "rd".into(),
+            default: true,
+        };
+        assert!(matches!(
+            apply_update(
+                &p,
+                "custom",
+                &PermissionChange::ReplacePaths(vec![default_changed])
+            ),
+            Err(RuleError::ImmutableDefault { .. })
+        ));
+        let default_echo = PathRule {
+            path: "/roles".into(),
+            access: "r".into(),
+            default: true,
+        };
+        let echoed = apply_update(
+            &p,
+            "custom",
+            &PermissionChange::ReplacePaths(vec![default_echo]),
+        )
+        .expect("echo is fine");
         assert!(echoed.role.paths.is_empty());
-        assert!(matches!(apply_update(&p, "base", &PermissionChange::ReplacePaths(vec![])), Err(RuleError::BaseRoleImmutable { .. })));
-        assert!(matches!(apply_update(&p, "custom", &PermissionChange::ReplacePaths(vec![rule("thngs", "r")])), Err(RuleError::Invalid { field, .. }) if field == "replace_paths.paths[0].path"));
+        assert!(matches!(
+            apply_update(&p, "base", &PermissionChange::ReplacePaths(vec![])),
+            Err(RuleError::BaseRoleImmutable { .. })
+        ));
+        assert!(
+            matches!(apply_update(&p, "custom", &PermissionChange::ReplacePaths(vec![rule("thngs", "r")])), Err(RuleError::Invalid { field, .. }) if field == "replace_paths.paths[0].path")
+        );
     }
 }

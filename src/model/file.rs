@@ -150,7 +150,9 @@ fn load_error_position(e: &marked_yaml::LoadError) -> (Option<usize>, Option<usi
 /// LoadError's Display leads with its own position; ours is printed already.
 fn strip_position(text: &str) -> String {
     match text.split_once(": ") {
-        Some((head, tail)) if head.chars().next().is_some_and(|c| c.is_ascii_digit()) => tail.to_owned(),
+        Some((head, tail)) if head.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
+            tail.to_owned()
+        }
         _ => text.to_owned(),
     }
 }

@@ -78,5 +78,9 @@ impl Policy {
             }
         }
         self.presets = presets;
+        // The store keeps entities keyed by name; keep the same order in memory.
+        self.roles.sort_by(|a, b| a.name.cmp(&b.name));
+        self.subjects.sort_by(|a, b| a.id.cmp(&b.id));
+        self.admins.sort_by(|a, b| a.name.cmp(&b.name));
     }
 }

@@ -32,7 +32,11 @@ impl Access {
                 'r' => 2,
                 'u' => 4,
                 'd' => 8,
-                other => return Err(format!("access `{text}`: `{other}` is not one of c, r, u, d")),
+                other => {
+                    return Err(format!(
+                        "access `{text}`: `{other}` is not one of c, r, u, d"
+                    ));
+                }
             };
             if bits & bit != 0 {
                 return Err(format!("access `{text}`: `{ch}` appears twice"));
@@ -113,7 +117,9 @@ impl PathPattern {
             return Err(format!("path `{text}` must start with `/`"));
         }
         if body.contains(['?', '#', '$']) {
-            return Err(format!("path `{text}`: `?`, `#` and an inner `$` are not allowed"));
+            return Err(format!(
+                "path `{text}`: `?`, `#` and an inner `$` are not allowed"
+            ));
         }
         let mut segments = Vec::new();
         for seg in body.split('/').filter(|s| !s.is_empty()) {
@@ -198,7 +204,11 @@ mod tests {
             ("/connectors/*/auth/token", "/connectors/x/auth/token", true),
         ];
         for (pattern, path, want) in cases {
-            assert_eq!(p(pattern).matches(path, "alice"), *want, "{pattern} vs {path}");
+            assert_eq!(
+                p(pattern).matches(path, "alice"),
+                *want,
+                "{pattern} vs {path}"
+            );
         }
     }
 

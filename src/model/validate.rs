@@ -94,7 +94,10 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<ValidationError>> {
     if policy.version != 1 {
         errs.push(
             root.key("version"),
-            format!("unsupported version {}; this sidecar reads version 1", policy.version),
+            format!(
+                "unsupported version {}; this sidecar reads version 1",
+                policy.version
+            ),
         );
     }
     validate_catalog(policy, &mut errs);
@@ -111,7 +114,10 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<ValidationError>> {
     for (i, subject) in policy.subjects.iter().enumerate() {
         let path = root.key("subjects").index(i);
         if !ids.insert(subject.id.as_str()) {
-            errs.push(path.key("id"), format!("duplicate subject `{}`", subject.id));
+            errs.push(
+                path.key("id"),
+                format!("duplicate subject `{}`", subject.id),
+            );
         }
         validate_subject_into(policy, subject, &path, &mut errs);
     }
@@ -122,7 +128,10 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<ValidationError>> {
             errs.push(path.key("name"), "admin name is empty");
         }
         if !admin_names.insert(admin.name.as_str()) {
-            errs.push(path.key("name"), format!("duplicate admin `{}`", admin.name));
+            errs.push(
+                path.key("name"),
+                format!("duplicate admin `{}`", admin.name),
+            );
         }
         let hex_ok = admin.token_sha256.len() == 64
             && admin.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
@@ -133,21 +142,33 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<ValidationError>> {
             );
         }
     }
-    if errs.0.is_empty() { Ok(()) } else { Err(errs.0) }
+    if errs.0.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.0)
+    }
 }
 
 /// Checks one role against the rest of the policy (used for admin changes).
 pub fn validate_role(policy: &Policy, role: &Role) -> Result<(), Vec<ValidationError>> {
     let mut errs = Errors(Vec::new());
     validate_role_into(policy, role, &FieldPath::root(), &mut errs);
-    if errs.0.is_empty() { Ok(()) } else { Err(errs.0) }
+    if errs.0.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.0)
+    }
 }
 
 /// Checks one subject against the policy (used by PutSubject).
 pub fn validate_subject(policy: &Policy, subject: &Subject) -> Result<(), Vec<ValidationError>> {
     let mut errs = Errors(Vec::new());
     validate_subject_into(policy, subject, &FieldPath::root(), &mut errs);
-    if errs.0.is_empty() { Ok(()) } else { Err(errs.0) }
+    if errs.0.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.0)
+    }
 }
 
 fn is_name(text: &str) -> bool {
@@ -158,19 +179,36 @@ fn validate_catalog(policy: &Policy, errs: &mut Errors) {
     let path = FieldPath::root().key("catalog");
     if let Some(pattern) = &policy.catalog.scope_pattern {
         if let Err(e) = regex::Regex::new(pattern) {
-            errs.push(path.key("scope_pattern"), format!("not a valid regular expression: {e}"));
+            errs.push(
+                path.key("scope_pattern"),
+                format!("not a valid regular expression: {e}"),
+            );
         }
     }
-    let known: HashSet<&str> = policy.catalog.permissions.iter().map(|p| p.name.as_str()).collect();
+    let known: HashSet<&str> = policy
+        .catalog
+        .permissions
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     let mut seen = HashSet::new();
     let mut endpoints: HashMap<String, usize> = HashMap::new();
     for (i, perm) in policy.catalog.permissions.iter().enumerate() {
         let path = path.key("permissions").index(i);
         if !is_name(&perm.name) {
-            errs.push(path.key("name"), format!("`{}` is not a valid permission name (non-empty, no spaces)", perm.name));
+            errs.push(
+                path.key("name"),
+                format!(
+                    "`{}` is not a valid permission name (non-empty, no spaces)",
+                    perm.name
+                ),
+            );
         }
         if !seen.insert(perm.name.as_str()) {
-            errs.push(path.key("name"), format!("duplicate permission `{}`", perm.name));
+            errs.push(
+                path.key("name"),
+                format!("duplicate permission `{}`", perm.name),
+            );
         }
         for (j, text) in perm.endpoints.iter().enumerate() {
             match Endpoint::parse(text) {
@@ -180,18 +218,27 @@ fn validate_catalog(policy: &Policy, errs: &mut Errors) {
         }
         for (j, event) in perm.events.iter().enumerate() {
             if !is_name(event) {
-                errs.push(path.key("events").index(j), format!("`{event}` is not a valid event type"));
+                errs.push(
+                    path.key("events").index(j),
+                    format!("`{event}` is not a valid event type"),
+                );
             }
         }
         for (j, t) in perm.applies_to.iter().enumerate() {
             if !is_name(t) {
-                errs.push(path.key("applies_to").index(j), format!("`{t}` is not a valid subject type"));
+                errs.push(
+                    path.key("applies_to").index(j),
+                    format!("`{t}` is not a valid subject type"),
+                );
             }
         }
         for (field, list) in [("implies", &perm.implies), ("requires", &perm.requires)] {
             for (j, other) in list.iter().enumerate() {
                 if !known.contains(other.as_str()) {
-                    errs.push(path.key(field).index(j), format!("unknown permission `{other}`"));
+                    errs.push(
+                        path.key(field).index(j),
+                        format!("unknown permission `{other}`"),
+                    );
                 } else if *other == perm.name {
                     errs.push(path.key(field).index(j), format!("`{other}` names itself"));
                 }
@@ -206,7 +253,10 @@ fn validate_catalog(policy: &Policy, errs: &mut Errors) {
         }
         for (j, kind) in perm.required_for.iter().enumerate() {
             if !is_name(kind) {
-                errs.push(path.key("required_for").index(j), format!("`{kind}` is not a valid role kind"));
+                errs.push(
+                    path.key("required_for").index(j),
+                    format!("`{kind}` is not a valid role kind"),
+                );
             }
         }
     }
@@ -233,11 +283,17 @@ fn validate_presets(policy: &Policy, errs: &mut Errors) {
     for (i, preset) in policy.presets.iter().enumerate() {
         let path = FieldPath::root().key("presets").index(i);
         if !seen.insert(preset.name.as_str()) {
-            errs.push(path.key("name"), format!("duplicate preset `{}`", preset.name));
+            errs.push(
+                path.key("name"),
+                format!("duplicate preset `{}`", preset.name),
+            );
         }
         for (j, name) in preset.permissions.iter().enumerate() {
             if policy.permission(name).is_none() {
-                errs.push(path.key("permissions").index(j), format!("unknown permission `{name}`"));
+                errs.push(
+                    path.key("permissions").index(j),
+                    format!("unknown permission `{name}`"),
+                );
             }
         }
         if preset.permissions.is_empty() && preset.kind.is_none() {
@@ -248,7 +304,10 @@ fn validate_presets(policy: &Policy, errs: &mut Errors) {
 
 fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut Errors) {
     if !is_name(&role.name) {
-        errs.push(path.key("name"), format!("`{}` is not a valid role name", role.name));
+        errs.push(
+            path.key("name"),
+            format!("`{}` is not a valid role name", role.name),
+        );
     }
     if !is_name(&role.kind) {
         errs.push(path.key("kind"), "role kind must be a non-empty word");
@@ -258,59 +317,78 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
         .scope_pattern
         .as_deref()
         .and_then(|p| regex::Regex::new(p).ok());
-    let check_grants = |field: &str, grants: &[super::Grant], errs: &mut Errors| {
-        let mut seen = HashSet::new();
-        for (j, grant) in grants.iter().enumerate() {
-            let gpath = path.key(field).index(j);
-            let Some(perm) = policy.permission(&grant.permission) else {
-                errs.push(gpath.key("permission"), format!("unknown permission `{}`", grant.permission));
-                continue;
-            };
-            if !seen.insert(grant.permission.as_str()) {
-                errs.push(gpath.key("permission"), format!("`{}` is granted twice", grant.permission));
-            }
-            if !perm.scoped && !grant.projects.is_empty() {
-                errs.push(
-                    gpath.key("projects"),
-                    format!("`{}` is not scoped; it takes no projects", grant.permission),
-                );
-            }
-            for (k, project) in grant.projects.iter().enumerate() {
-                let bad = match &scope_re {
-                    Some(re) => !re.is_match(project),
-                    None => !is_name(project),
-                };
-                if bad {
+    let check_grants =
+        |field: &str, grants: &[super::Grant], errs: &mut Errors| {
+            let mut seen = HashSet::new();
+            for (j, grant) in grants.iter().enumerate() {
+                let gpath = path.key(field).index(j);
+                let Some(perm) = policy.permission(&grant.permission) else {
                     errs.push(
+                        gpath.key("permission"),
+                        format!("unknown permission `{}`", grant.permission),
+                    );
+                    continue;
+                };
+                if !seen.insert(grant.permission.as_str()) {
+                    errs.push(
+                        gpath.key("permission"),
+                        format!("`{}` is granted twice", grant.permission),
+                    );
+                }
+                if !perm.scoped && !grant.projects.is_empty() {
+                    errs.push(
+                        gpath.key("projects"),
+                        format!("`{}` is not scoped; it takes no projects", grant.permission),
+                    );
+                }
+                for (k, project) in grant.projects.iter().enumerate() {
+                    let bad = match &scope_re {
+                        Some(re) => !re.is_match(project),
+                        None => !is_name(project),
+                    };
+                    if bad {
+                        errs.push(
                         gpath.key("projects").index(k),
                         format!(
                             "scope id `{project}` does not match the catalog's scope_pattern {}",
                             policy.catalog.scope_pattern.as_deref().unwrap_or("(non-empty word)")
                         ),
                     );
+                    }
                 }
             }
-        }
-    };
+        };
     check_grants("grants", &role.grants, errs);
     check_grants("pending", &role.pending, errs);
     if !role.pending.is_empty() && !role.requires_approval {
-        errs.push(path.key("pending"), "only a role with requires_approval can hold pending grants");
+        errs.push(
+            path.key("pending"),
+            "only a role with requires_approval can hold pending grants",
+        );
     }
     for (j, name) in role.except.iter().enumerate() {
         if policy.permission(name).is_none() {
-            errs.push(path.key("except").index(j), format!("unknown permission `{name}`"));
+            errs.push(
+                path.key("except").index(j),
+                format!("unknown permission `{name}`"),
+            );
         }
     }
     if !role.except.is_empty() && !role.all {
         errs.push(path.key("except"), "`except` needs `all: true`");
     }
     if role.all && !role.grants.is_empty() {
-        errs.push(path.key("grants"), "a role with `all: true` lists `except`, not grants");
+        errs.push(
+            path.key("grants"),
+            "a role with `all: true` lists `except`, not grants",
+        );
     }
     for (j, name) in role.presets.iter().enumerate() {
         if !policy.presets.iter().any(|p| &p.name == name) {
-            errs.push(path.key("presets").index(j), format!("unknown preset `{name}`"));
+            errs.push(
+                path.key("presets").index(j),
+                format!("unknown preset `{name}`"),
+            );
         }
     }
     // Required permissions must stay granted on every role of their kind.
@@ -321,10 +399,9 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
             } else {
                 role.grant(&perm.name).is_some_and(|g| g.enabled)
                     || role.presets.iter().any(|ps| {
-                        policy
-                            .presets
-                            .iter()
-                            .any(|p| &p.name == ps && p.resolve(&policy.catalog).contains(&perm.name))
+                        policy.presets.iter().any(|p| {
+                            &p.name == ps && p.resolve(&policy.catalog).contains(&perm.name)
+                        })
                     })
             };
             if !held {
@@ -347,7 +424,10 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
         }
         Some(name) => match policy.role(name) {
             Some(b) if b.base.is_some() => {
-                errs.push(path.key("base"), format!("base role `{name}` has a base itself; one level only"));
+                errs.push(
+                    path.key("base"),
+                    format!("base role `{name}` has a base itself; one level only"),
+                );
                 None
             }
             Some(b) => Some(b),
@@ -362,7 +442,12 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
             b.paths
                 .iter()
                 .filter_map(|r| {
-                    Some((PathPattern::parse(&r.path).ok()?, Access::parse(&r.access).ok()?, r.default, r.path.as_str()))
+                    Some((
+                        PathPattern::parse(&r.path).ok()?,
+                        Access::parse(&r.access).ok()?,
+                        r.default,
+                        r.path.as_str(),
+                    ))
                 })
                 .collect()
         })
@@ -385,7 +470,10 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
         };
         let Some(base) = base else { continue };
         if rule.default {
-            let same = base.paths.iter().any(|b| b.default && b.path == rule.path && b.access_eq(rule));
+            let same = base
+                .paths
+                .iter()
+                .any(|b| b.default && b.path == rule.path && b.access_eq(rule));
             if !same {
                 errs.push(
                     rpath.clone(),
@@ -424,7 +512,11 @@ pub(crate) fn uncovered(
             missing = missing.union(letter);
         }
     }
-    if missing.is_empty() { None } else { Some(missing) }
+    if missing.is_empty() {
+        None
+    } else {
+        Some(missing)
+    }
 }
 
 impl super::PathRule {
@@ -438,7 +530,13 @@ impl super::PathRule {
 
 fn validate_subject_into(policy: &Policy, subject: &Subject, path: &FieldPath, errs: &mut Errors) {
     if !is_name(&subject.id) {
-        errs.push(path.key("id"), format!("`{}` is not a valid subject id (non-empty, no spaces)", subject.id));
+        errs.push(
+            path.key("id"),
+            format!(
+                "`{}` is not a valid subject id (non-empty, no spaces)",
+                subject.id
+            ),
+        );
     }
     for (j, role) in subject.roles.iter().enumerate() {
         if policy.role(role).is_none() {
@@ -447,15 +545,24 @@ fn validate_subject_into(policy: &Policy, subject: &Subject, path: &FieldPath, e
     }
     for (j, name) in subject.only.iter().enumerate() {
         if policy.permission(name).is_none() {
-            errs.push(path.key("only").index(j), format!("unknown permission `{name}`"));
+            errs.push(
+                path.key("only").index(j),
+                format!("unknown permission `{name}`"),
+            );
         }
     }
     for (j, rr) in subject.resources.iter().enumerate() {
         if rr.resource.is_empty() {
-            errs.push(path.key("resources").index(j).key("resource"), "resource is empty");
+            errs.push(
+                path.key("resources").index(j).key("resource"),
+                "resource is empty",
+            );
         }
         if policy.role(&rr.role).is_none() {
-            errs.push(path.key("resources").index(j).key("role"), format!("unknown role `{}`", rr.role));
+            errs.push(
+                path.key("resources").index(j).key("role"),
+                format!("unknown role `{}`", rr.role),
+            );
         }
     }
 }

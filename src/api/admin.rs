@@ -1,0 +1,170 @@
+//! The admin RPCs: authenticate, translate, run the blocking write off the async runtime.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::authz::{AuthzService, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::convert::{
+    audit_to_pb, grant_from_pb, paths_from_pb, role_to_pb, subject_from_pb, subject_to_pb,
+};
+use super::pb;
+use super::status::{from_auth, from_write, invalid};
+use crate::auth::AdminEntry;
+use crate::live::{LivePolicy, WriteError};
+use crate::model::{AdminPermission, PermissionChange};
+
+impl AuthzService {
+    /// The live policy and the admin making this call, if they hold `permission`.
+    fn admin<T>(
+        &self,
+        request: &Request<T>,
+        permission: AdminPermission,
+        rpc: &str,
+    ) -> Result<(Arc<LivePolicy>, AdminEntry), Status> {
+        let live = Arc::clone(self.state.live()?);
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::AdminSet::bearer);
+        match live.authorize(token, permission) {
+            Ok(admin) => Ok((live, admin)),
+            Err(e) => {
+                // Never log the token itself.
+                tracing::warn!(rpc, reason = %e, "admin call refused");
+                Err(from_auth(e))
+            }
+        }
+    }
+
+    pub(super) async fn admin_update_permission(
+        &self,
+        request: Request<pb::UpdatePermissionRequest>,
+    ) -> Result<Response<pb::UpdatePermissionResponse>, Status> {
+        let (live, admin) =
+            self.admin(&request, AdminPermission::RolesWrite, "UpdatePermission")?;
+        let r = request.into_inner();
+        if r.role.is_empty() {
+            return Err(invalid("role", "role name is empty"));
+        }
+        let change = match r.change {
+            Some(pb::update_permission_request::Change::Set(set)) => {
+                PermissionChange::Set(grant_from_pb(set)?)
+            }
+            Some(pb::update_permission_request::Change::ReplacePaths(paths)) => {
+                PermissionChange::ReplacePaths(paths_from_pb(paths))
+            }
+            None => {
+                return Err(invalid(
+                    "change",
+                    "one of `set`, `replace_paths` is required",
+                ));
+            }
+        };
+        let role = r.role.clone();
+        let expected = r.expected_revision;
+        let (outcome, revision) =
+            blocking(move || live.update_permission(&admin.name, &role, &change, expected)).await?;
+        let live = self.state.live()?;
+        let published = live.current();
+        tracing::info!(role = %r.role, revision, pending = outcome.pending_approval, "role updated");
+        Ok(Response::new(pb::UpdatePermissionResponse {
+            role: Some(role_to_pb(
+                &outcome.role,
+                &published.catalog,
+                &published.roles,
+            )),
+            revision,
+            pending_approval: outcome.pending_approval,
+        }))
+    }
+
+    pub(super) async fn admin_approve_pending(
+        &self,
+        request: Request<pb::ApprovePendingRequest>,
+    ) -> Result<Response<pb::ApprovePendingResponse>, Status> {
+        let (live, admin) =
+            self.admin(&request, AdminPermission::RolesApprove, "ApprovePending")?;
+        let r = request.into_inner();
+        if r.role.is_empty() {
+            return Err(invalid("role", "role name is empty"));
+        }
+        let role = r.role.clone();
+        let (approved, revision) =
+            blocking(move || live.approve_pending(&admin.name, &role, r.expected_revision)).await?;
+        let live = self.state.live()?;
+        let published = live.current();
+        tracing::info!(role = %r.role, revision, "pending change approved");
+        Ok(Response::new(pb::ApprovePendingResponse {
+            role: Some(role_to_pb(&approved, &published.catalog, &published.roles)),
+            revision,
+        }))
+    }
+
+    pub(super) async fn admin_put_subject(
+        &self,
+        request: Request<pb::PutSubjectRequest>,
+    ) -> Result<Response<pb::PutSubjectResponse>, Status> {
+        let (live, admin) = self.admin(&request, AdminPermission::SubjectsWrite, "PutSubject")?;
+        let r = request.into_inner();
+        let subject = subject_from_pb(r.subject)?;
+        let (subject, revision) =
+            blocking(move || live.put_subject(&admin.name, subject, r.expected_revision)).await?;
+        tracing::info!(subject = %subject.id, revision, "subject stored");
+        Ok(Response::new(pb::PutSubjectResponse {
+            subject: Some(subject_to_pb(&subject)),
+            revision,
+        }))
+    }
+
+    pub(super) async fn admin_delete_subject(
+        &self,
+        request: Request<pb::DeleteSubjectRequest>,
+    ) -> Result<Response<pb::DeleteSubjectResponse>, Status> {
+        let (live, admin) =
+            self.admin(&request, AdminPermission::SubjectsWrite, "DeleteSubject")?;
+        let r = request.into_inner();
+        if r.id.is_empty() {
+            return Err(invalid("id", "subject id is empty"));
+        }
+        let id = r.id.clone();
+        let revision =
+            blocking(move || live.delete_subject(&admin.name, &id, r.expected_revision)).await?;
+        tracing::info!(subject = %r.id, revision, "subject deleted");
+        Ok(Response::new(pb::DeleteSubjectResponse { revision }))
+    }
+
+    pub(super) async fn admin_list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let (live, _admin) = self.admin(&request, AdminPermission::AuditRead, "ListAudit")?;
+        let r = request.into_inner();
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => return Err(invalid("page_size", "must not be negative")),
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        let records = blocking(move || live.audit(r.after_revision, size)).await?;
+        let next_after_revision = if records.len() == size {
+            records.last().map_or(0, |r| r.revision)
+        } else {
+            0
+        };
+        Ok(Response::new(pb::ListAuditResponse {
+            entries: records.iter().map(audit_to_pb).collect(),
+            next_after_revision,
+        }))
+    }
+}
+
+/// Runs a store write (which fsyncs) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WriteError> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(from_write),
+        Err(e) => Err(Status::internal(format!("write task failed: {e}"))),
+    }
+}

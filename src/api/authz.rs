@@ -1,0 +1,248 @@
+//! The `authz.v1.Authz` service.
+
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tonic::{Request, Response, Status};
+
+use super::convert::role_to_pb;
+use super::pb;
+use super::status::invalid;
+use crate::engine::{self, Action, Inline, MAX_INLINE_ROLES};
+use crate::live::LivePolicy;
+
+/// Default ListRoles / ListAudit page size.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest page served; larger requests are served this many.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// State shared by every service: the live policy once it is loaded (a readiness latch).
+#[derive(Default)]
+pub struct AppState {
+    live: OnceLock<Arc<LivePolicy>>,
+}
+
+impl AppState {
+    /// Marks the sidecar ready with its loaded policy.
+    pub fn set_ready(&self, live: Arc<LivePolicy>) {
+        let _ = self.live.set(live);
+    }
+
+    /// The live policy, or UNAVAILABLE while it is still loading.
+    pub fn live(&self) -> Result<&Arc<LivePolicy>, Status> {
+        self.live
+            .get()
+            .ok_or_else(|| Status::unavailable("the policy is still loading; retry shortly"))
+    }
+}
+
+/// Implements `authz.v1.Authz`.
+#[derive(Clone)]
+pub struct AuthzService {
+    pub(super) state: Arc<AppState>,
+}
+
+impl AuthzService {
+    /// A service over shared state.
+    pub fn new(state: Arc<AppState>) -> AuthzService {
+        AuthzService { state }
+    }
+}
+
+fn page_size(requested: i32, field: &str) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n < 0 => Err(invalid(field, "must not be negative")),
+        n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// Page tokens carry the kind filter and the last name served, so that a token cannot be
+/// replayed against another filter and pages stay stable while roles change.
+fn encode_token(kind: &str, last: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("r1\n{kind}\n{last}"))
+}
+
+fn decode_token(token: &str, kind: &str) -> Result<Option<String>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid("page_token", "not a token this server issued");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let mut parts = text.splitn(3, '\n');
+    let (Some("r1"), Some(token_kind), Some(last)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if token_kind != kind {
+        return Err(invalid(
+            "page_token",
+            "was issued for another `kind` filter",
+        ));
+    }
+    Ok(Some(last.to_owned()))
+}
+
+#[tonic::async_trait]
+impl pb::authz_server::Authz for AuthzService {
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let live = self.state.live()?;
+        let r = request.get_ref();
+        if r.subject.is_empty() {
+            return Err(invalid("subject", "subject id is empty"));
+        }
+        let action = match &r.action {
+            Some(pb::check_request::Action::Permission(p)) if p.is_empty() => {
+                return Err(invalid("permission", "permission name is empty"));
+            }
+            Some(pb::check_request::Action::Permission(p)) => Action::Permission(p),
+            Some(pb::check_request::Action::Event(e)) if e.is_empty() => {
+                return Err(invalid("event", "event type is empty"));
+            }
+            Some(pb::check_request::Action::Event(e)) => Action::Event(e),
+            Some(pb::check_request::Action::Http(h)) => {
+                if h.method.is_empty() {
+                    return Err(invalid("http.method", "method is empty"));
+                }
+                if !h.path.starts_with('/') {
+                    return Err(invalid("http.path", "path must start with `/`"));
+                }
+                Action::Http {
+                    method: &h.method,
+                    path: &h.path,
+                }
+            }
+            None => {
+                return Err(invalid(
+                    "action",
+                    "one of `permission`, `http`, `event` is required",
+                ));
+            }
+        };
+        if r.roles.len() > MAX_INLINE_ROLES {
+            return Err(invalid(
+                "roles",
+                format!("at most {MAX_INLINE_ROLES} inline roles"),
+            ));
+        }
+        let published = live.current();
+        let snapshot = &published.snapshot;
+        if r.min_revision > snapshot.revision() {
+            return Err(Status::unavailable(format!(
+                "min_revision {} is ahead of the policy revision {}; retry",
+                r.min_revision,
+                snapshot.revision()
+            )));
+        }
+        let decision = snapshot.decide(&engine::Request {
+            subject: &r.subject,
+            action,
+            scope: (!r.scope.is_empty()).then_some(r.scope.as_str()),
+            resource: (!r.resource.is_empty()).then_some(r.resource.as_str()),
+            inline: (!r.roles.is_empty()).then_some(Inline {
+                roles: &r.roles,
+                subject_type: &r.subject_type,
+            }),
+        });
+        Ok(Response::new(pb::CheckResponse {
+            allowed: decision.allowed,
+            reason: decision.reason.to_string(),
+            required: decision
+                .required
+                .ids()
+                .map(|id| snapshot.permission_name(id).to_owned())
+                .collect(),
+            revision: snapshot.revision(),
+        }))
+    }
+
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesResponse>, Status> {
+        let live = self.state.live()?;
+        let r = request.into_inner();
+        let size = page_size(r.page_size, "page_size")?;
+        let after = decode_token(&r.page_token, &r.kind)?;
+        let published = live.current();
+        let mut matching = published
+            .roles
+            .iter()
+            .filter(|role| r.kind.is_empty() || role.kind == r.kind)
+            .filter(|role| after.as_deref().is_none_or(|a| role.name.as_str() > a));
+        let page: Vec<_> = matching.by_ref().take(size).collect();
+        let next_page_token = match (matching.next(), page.last()) {
+            (Some(_), Some(last)) => encode_token(&r.kind, &last.name),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListRolesResponse {
+            roles: page
+                .into_iter()
+                .map(|role| role_to_pb(role, &published.catalog, &published.roles))
+                .collect(),
+            next_page_token,
+            revision: published.snapshot.revision(),
+        }))
+    }
+
+    async fn update_permission(
+        &self,
+        request: Request<pb::UpdatePermissionRequest>,
+    ) -> Result<Response<pb::UpdatePermissionResponse>, Status> {
+        self.admin_update_permission(request).await
+    }
+
+    async fn put_subject(
+        &self,
+        request: Request<pb::PutSubjectRequest>,
+    ) -> Result<Response<pb::PutSubjectResponse>, Status> {
+        self.admin_put_subject(request).await
+    }
+
+    async fn delete_subject(
+        &self,
+        request: Request<pb::DeleteSubjectRequest>,
+    ) -> Result<Response<pb::DeleteSubjectResponse>, Status> {
+        self.admin_delete_subject(request).await
+    }
+
+    async fn approve_pending(
+        &self,
+        request: Request<pb::ApprovePendingRequest>,
+    ) -> Result<Response<pb::ApprovePendingResponse>, Status> {
+        self.admin_approve_pending(request).await
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.admin_list_audit(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_bind_the_filter() {
+        let t = encode_token("app", "app-dashboard");
+        assert_eq!(
+            decode_token(&t, "app").expect("valid"),
+            Some("app-dashboard".into())
+        );
+        assert!(decode_token(&t, "operator").is_err());
+        assert!(decode_token("garbage!", "").is_err());
+        assert!(decode_token(&URL_SAFE_NO_PAD.encode("x\ny"), "").is_err());
+        assert_eq!(decode_token("", "x").expect("empty"), None);
+        assert_eq!(page_size(0, "p").expect("default"), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(5000, "p").expect("clamped"), MAX_PAGE_SIZE);
+        assert!(page_size(-1, "p").is_err());
+    }
+}

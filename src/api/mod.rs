@@ -1,0 +1,19 @@
+//! gRPC services: thin translations between the wire types and the library's own. Only this
+//! module sees generated code.
+
+mod admin;
+mod authz;
+mod convert;
+mod status;
+
+pub use authz::{AppState, AuthzService};
+
+/// Generated types and services of `authz.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("authz.v1");
+
+    /// Encoded descriptor set of `authz.v1`, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/authz_descriptor.bin"));
+}

@@ -1,0 +1,235 @@
+//! Listeners, the gRPC services on them, start-up order and graceful shutdown.
+//!
+//! Start-up: open the store (refusing a locked or foreign data dir), bind the listeners, serve
+//! health as NOT_SERVING, load and compile the policy, then flip to SERVING. Shutdown: report
+//! NOT_SERVING, stop accepting, drain in-flight calls, flush the store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::pb::authz_server::AuthzServer;
+use crate::api::{AppState, AuthzService, pb};
+use crate::config::Config;
+use crate::live::{LivePolicy, OpenError, Opened};
+use crate::store::{SledStore, Store, StoreError};
+
+/// Why the sidecar could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The data dir could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The stored policy could not be loaded.
+    #[error("{0}")]
+    Load(#[from] OpenError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        /// Address or socket path.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor sets.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    tcp_addr: Option<SocketAddr>,
+    uds_path: Option<PathBuf>,
+    revision: u64,
+    shutdown: watch::Sender<bool>,
+    servers: JoinSet<Result<(), tonic::transport::Error>>,
+    health: HealthReporter,
+}
+
+const AUTHZ_SERVICE: &str = "authz.v1.Authz";
+
+impl Sidecar {
+    /// Starts a sidecar as configured and returns once it serves the loaded policy.
+    pub async fn launch(config: Config) -> Result<Sidecar, ServerError> {
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        let store: Arc<dyn Store> = Arc::new(store);
+
+        let tcp = match config.listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let uds = match &config.uds {
+            Some(path) => {
+                // A socket file left by a previous run would make bind fail.
+                if path.exists() {
+                    let _ = std::fs::remove_file(path);
+                }
+                Some(
+                    UnixListener::bind(path).map_err(|source| ServerError::Bind {
+                        what: path.display().to_string(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+
+        let state = Arc::new(AppState::default());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        let authz = AuthzServer::new(AuthzService::new(Arc::clone(&state)));
+
+        let (shutdown, signal) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut servers = JoinSet::new();
+        let router = || {
+            Server::builder()
+                .add_service(health_service.clone())
+                .add_service(reflection.clone())
+                .add_service(authz.clone())
+        };
+        if let Some(listener) = tcp {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            servers.spawn(router().serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
+        }
+        if let Some(listener) = uds {
+            let incoming = UnixListenerStream::new(listener);
+            servers.spawn(router().serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
+        }
+
+        let seed = config.seed.clone();
+        let token = config.admin_token.clone();
+        let opened =
+            tokio::task::spawn_blocking(move || LivePolicy::open(store, &seed, token.as_deref()))
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let (live, opened) = match opened {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = shutdown.send(true);
+                while servers.join_next().await.is_some() {}
+                return Err(e.into());
+            }
+        };
+        let revision = match opened {
+            Opened::Imported { revision } => {
+                tracing::info!(source = %config.seed_source, revision, "empty data dir: imported the seed policy");
+                revision
+            }
+            Opened::Loaded { revision } => {
+                tracing::info!(
+                    revision,
+                    "loaded the stored policy (the seed policy is used only on an empty data dir)"
+                );
+                revision
+            }
+        };
+        state.set_ready(Arc::new(live));
+        health.set_service_status("", ServingStatus::Serving).await;
+        health
+            .set_service_status(AUTHZ_SERVICE, ServingStatus::Serving)
+            .await;
+        tracing::info!(tcp = ?tcp_addr, uds = ?config.uds, "serving");
+        Ok(Sidecar {
+            tcp_addr,
+            uds_path: config.uds,
+            revision,
+            shutdown,
+            servers,
+            health,
+        })
+    }
+
+    /// The bound TCP address (useful with port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The Unix socket path.
+    pub fn uds_path(&self) -> Option<&PathBuf> {
+        self.uds_path.as_ref()
+    }
+
+    /// The policy revision loaded at start-up.
+    pub fn start_revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
+        tokio::select! {
+            _ = signal => {}
+            Some(result) = self.servers.join_next() => {
+                // A listener died on its own: stop the rest and report it.
+                let _ = self.shutdown.send(true);
+                if let Ok(Err(e)) = result {
+                    return Err(e.into());
+                }
+            }
+        }
+        self.stop().await
+    }
+
+    /// Reports NOT_SERVING, stops accepting, waits for in-flight calls to finish.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
+            .await;
+        let _ = self.shutdown.send(true);
+        let mut first_error = None;
+        while let Some(result) = self.servers.join_next().await {
+            if let Ok(Err(e)) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(path) = &self.uds_path {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!("stopped");
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Persistence: the policy, its revision and the audit trail. Only this module uses sled.
+//!
+//! [`Store`] is a trait so that a replicated backend (an etcd mirror) can sit beside sled.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Policy, Role, Subject};
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a store holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The policy (subjects included).
+    pub policy: Policy,
+    /// The revision of the last committed change.
+    pub revision: u64,
+}
+
+/// One committed change to one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Create or replace a role.
+    PutRole(Role),
+    /// Create or replace a subject.
+    PutSubject(Subject),
+    /// Delete a subject by id.
+    DeleteSubject(String),
+}
+
+impl Change {
+    /// `role/NAME` or `subject/ID`.
+    pub fn target(&self) -> String {
+        match self {
+            Change::PutRole(r) => format!("role/{}", r.name),
+            Change::PutSubject(s) => format!("subject/{}", s.id),
+            Change::DeleteSubject(id) => format!("subject/{id}"),
+        }
+    }
+}
+
+/// A change with who made it and the revision it was decided against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    /// The change.
+    pub change: Change,
+    /// The store's revision must still be this, or the write is refused as stale.
+    pub base_revision: u64,
+    /// Admin name.
+    pub actor: String,
+    /// RPC name: `update_permission`, `put_subject`...
+    pub action: String,
+}
+
+/// What a committed write returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The new revision.
+    pub revision: u64,
+    /// Whether the entity existed before (a delete of nothing is refused, not committed).
+    pub existed: bool,
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The revision this change produced.
+    pub revision: u64,
+    /// Who made it.
+    pub actor: String,
+    /// When, in Unix milliseconds.
+    pub at_unix_ms: i64,
+    /// What kind of change.
+    pub action: String,
+    /// What it changed.
+    pub target: String,
+    /// The entity before (absent when created).
+    pub before: Option<serde_json::Value>,
+    /// The entity after (absent when deleted).
+    pub after: Option<serde_json::Value>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The embedded database failed (I/O, lock held by another process...).
+    #[error("data store: {0}")]
+    Backend(String),
+    /// Stored bytes do not decode.
+    #[error("data store is corrupt: {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// Decoder message.
+        detail: String,
+    },
+    /// The data was written by another format version.
+    #[error(
+        "data store format version {found} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
+    UnsupportedFormat {
+        /// The version on disk.
+        found: String,
+    },
+    /// Someone else committed first.
+    #[error("stale revision: expected {expected}, store is at {current}")]
+    Stale {
+        /// The revision the write was decided against.
+        expected: u64,
+        /// The store's revision.
+        current: u64,
+    },
+    /// Deleting something that is not there.
+    #[error("{0} does not exist")]
+    Missing(String),
+}
+
+/// A durable home for the policy.
+pub trait Store: Send + Sync + 'static {
+    /// The stored policy and revision, or `None` for an empty store.
+    fn load(&self) -> Result<Option<Loaded>, StoreError>;
+    /// Replaces everything with `policy` as one change; returns the new revision.
+    fn import(&self, policy: &Policy, actor: &str) -> Result<u64, StoreError>;
+    /// Commits one change atomically and durably (flushed before returning).
+    fn commit(&self, write: &Write) -> Result<Committed, StoreError>;
+    /// Audit entries with revision > `after`, oldest first, at most `limit`.
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+}

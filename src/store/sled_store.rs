@@ -1,0 +1,357 @@
+//! The sled store: one tree per entity kind, a `meta` tree for the revision and format version,
+//! an `audit` tree keyed by revision. Every write is one multi-tree transaction, flushed.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::{AuditRecord, Change, Committed, FORMAT_VERSION, Loaded, Store, StoreError, Write};
+use crate::model::{Admin, Catalog, Policy, Preset, Role, Subject};
+
+const REVISION: &[u8] = b"revision";
+const FORMAT: &[u8] = b"format_version";
+const CATALOG: &[u8] = b"catalog";
+const PRESETS: &[u8] = b"presets";
+const POLICY_VERSION: &[u8] = b"policy_version";
+
+/// A [`Store`] in a sled database directory.
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    catalog: sled::Tree,
+    roles: sled::Tree,
+    subjects: sled::Tree,
+    admins: sled::Tree,
+    audit: sled::Tree,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // PANIC SAFETY: our model types serialize to JSON infallibly (no maps with non-string keys).
+    #[allow(clippy::expect_used)]
+    serde_json::to_vec(value).expect("model types serialize to JSON")
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn revision_of(bytes: Option<sled::IVec>) -> Result<u64, StoreError> {
+    match bytes {
+        None => Ok(0),
+        Some(b) => {
+            let arr: [u8; 8] = b.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                what: "meta/revision".into(),
+                detail: format!("{} bytes, expected 8", b.len()),
+            })?;
+            Ok(u64::from_be_bytes(arr))
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir`. Refuses data of another format version.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new().path(dir).open().map_err(|e| {
+            StoreError::Backend(format!("cannot open data dir {}: {e}", dir.display()))
+        })?;
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let store = SledStore {
+            meta: tree("meta")?,
+            catalog: tree("catalog")?,
+            roles: tree("roles")?,
+            subjects: tree("subjects")?,
+            admins: tree("admins")?,
+            audit: tree("audit")?,
+            db,
+        };
+        match store.meta.get(FORMAT).map_err(backend)? {
+            None => {}
+            Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::UnsupportedFormat {
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    fn all<T: DeserializeOwned>(tree: &sled::Tree, kind: &str) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                decode(&format!("{kind}/{}", String::from_utf8_lossy(&k)), &v)
+            })
+            .collect()
+    }
+}
+
+fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    })
+}
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn bump(meta: &TransactionalTree) -> TxResult<u64> {
+    let current = match revision_of(meta.get(REVISION)?) {
+        Ok(r) => r,
+        Err(e) => return abort(e),
+    };
+    let next = current + 1;
+    meta.insert(REVISION, &next.to_be_bytes())?;
+    meta.insert(FORMAT, FORMAT_VERSION.to_string().as_bytes())?;
+    Ok(next)
+}
+
+impl Store for SledStore {
+    fn load(&self) -> Result<Option<Loaded>, StoreError> {
+        let Some(catalog) = self.catalog.get(CATALOG).map_err(backend)? else {
+            return Ok(None);
+        };
+        let catalog: Catalog = decode("catalog", &catalog)?;
+        let presets: Vec<Preset> = match self.catalog.get(PRESETS).map_err(backend)? {
+            Some(b) => decode("presets", &b)?,
+            None => Vec::new(),
+        };
+        let version: u32 = match self.catalog.get(POLICY_VERSION).map_err(backend)? {
+            Some(b) => decode("policy_version", &b)?,
+            None => 1,
+        };
+        let policy = Policy {
+            version,
+            catalog,
+            presets,
+            roles: Self::all::<Role>(&self.roles, "roles")?,
+            subjects: Self::all::<Subject>(&self.subjects, "subjects")?,
+            admins: Self::all::<Admin>(&self.admins, "admins")?,
+        };
+        let revision = revision_of(self.meta.get(REVISION).map_err(backend)?)?;
+        Ok(Some(Loaded { policy, revision }))
+    }
+
+    fn import(&self, policy: &Policy, actor: &str) -> Result<u64, StoreError> {
+        // Keys to remove are read first; the writer lock above the store keeps this consistent.
+        let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
+            tree.iter().keys().map(|k| k.map_err(backend)).collect()
+        };
+        let (old_roles, old_subjects, old_admins) = (
+            keys(&self.roles)?,
+            keys(&self.subjects)?,
+            keys(&self.admins)?,
+        );
+        let summary = serde_json::json!({
+            "permissions": policy.catalog.permissions.len(),
+            "roles": policy.roles.len(),
+            "subjects": policy.subjects.len(),
+            "admins": policy.admins.len(),
+        });
+        let result = (
+            &self.meta,
+            &self.catalog,
+            &self.roles,
+            &self.subjects,
+            &self.admins,
+            &self.audit,
+        )
+            .transaction(|(meta, catalog, roles, subjects, admins, audit)| {
+                for k in &old_roles {
+                    roles.remove(k)?;
+                }
+                for k in &old_subjects {
+                    subjects.remove(k)?;
+                }
+                for k in &old_admins {
+                    admins.remove(k)?;
+                }
+                catalog.insert(CATALOG, encode(&policy.catalog))?;
+                catalog.insert(PRESETS, encode(&policy.presets))?;
+                catalog.insert(POLICY_VERSION, encode(&policy.version))?;
+                for r in &policy.roles {
+                    roles.insert(r.name.as_bytes(), encode(r))?;
+                }
+                for s in &policy.subjects {
+                    subjects.insert(s.id.as_bytes(), encode(s))?;
+                }
+                for a in &policy.admins {
+                    admins.insert(a.name.as_bytes(), encode(a))?;
+                }
+                let revision = bump(meta)?;
+                let record = AuditRecord {
+                    revision,
+                    actor: actor.to_owned(),
+                    at_unix_ms: now_ms(),
+                    action: "import".into(),
+                    target: "policy".into(),
+                    before: None,
+                    after: Some(summary.clone()),
+                };
+                audit.insert(&revision.to_be_bytes(), encode(&record))?;
+                Ok(revision)
+            });
+        let revision = unwrap_tx(result)?;
+        self.flush()?;
+        Ok(revision)
+    }
+
+    fn commit(&self, write: &Write) -> Result<Committed, StoreError> {
+        let (tree, key, after): (&sled::Tree, &str, Option<Vec<u8>>) = match &write.change {
+            Change::PutRole(r) => (&self.roles, &r.name, Some(encode(r))),
+            Change::PutSubject(s) => (&self.subjects, &s.id, Some(encode(s))),
+            Change::DeleteSubject(id) => (&self.subjects, id, None),
+        };
+        let target = write.change.target();
+        let result = (&self.meta, tree, &self.audit).transaction(|(meta, tree, audit)| {
+            let current = match revision_of(meta.get(REVISION)?) {
+                Ok(r) => r,
+                Err(e) => return abort(e),
+            };
+            if current != write.base_revision {
+                return abort(StoreError::Stale {
+                    expected: write.base_revision,
+                    current,
+                });
+            }
+            let before = tree.get(key.as_bytes())?;
+            if after.is_none() && before.is_none() {
+                return abort(StoreError::Missing(target.clone()));
+            }
+            match &after {
+                Some(bytes) => tree.insert(key.as_bytes(), bytes.as_slice())?,
+                None => tree.remove(key.as_bytes())?,
+            };
+            let revision = bump(meta)?;
+            let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
+            let record = AuditRecord {
+                revision,
+                actor: write.actor.clone(),
+                at_unix_ms: now_ms(),
+                action: write.action.clone(),
+                target: target.clone(),
+                before: before.as_deref().and_then(as_json),
+                after: after.as_deref().and_then(as_json),
+            };
+            audit.insert(&revision.to_be_bytes(), encode(&record))?;
+            Ok(Committed {
+                revision,
+                existed: before.is_some(),
+            })
+        });
+        let committed = unwrap_tx(result)?;
+        self.flush()?;
+        Ok(committed)
+    }
+
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.audit
+            .range(start..)
+            .take(limit)
+            .map(|item| {
+                let (_, v) = item.map_err(backend)?;
+                decode("audit", &v)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::file::{EMBEDDED_DEFAULT, parse_policy};
+
+    fn write(change: Change, base: u64) -> Write {
+        Write {
+            change,
+            base_revision: base,
+            actor: "tester".into(),
+            action: "test".into(),
+        }
+    }
+
+    #[test]
+    fn import_commit_reload_and_audit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = parse_policy("embedded", EMBEDDED_DEFAULT).expect("valid");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            assert!(store.load().expect("load").is_none());
+            assert_eq!(store.import(&policy, "import").expect("import"), 1);
+            let subject = Subject {
+                id: "new".into(),
+                roles: vec!["app-dashboard".into()],
+                ..Subject::default()
+            };
+            let c = store
+                .commit(&write(Change::PutSubject(subject), 1))
+                .expect("commit");
+            assert_eq!(
+                c,
+                Committed {
+                    revision: 2,
+                    existed: false
+                }
+            );
+            let stale = store.commit(&write(Change::DeleteSubject("new".into()), 1));
+            assert!(matches!(
+                stale,
+                Err(StoreError::Stale {
+                    expected: 1,
+                    current: 2
+                })
+            ));
+            let missing = store.commit(&write(Change::DeleteSubject("ghost".into()), 2));
+            assert!(matches!(missing, Err(StoreError::Missing(_))));
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let loaded = store.load().expect("load").expect("present");
+        assert_eq!(loaded.revision, 2);
+        assert_eq!(loaded.policy.subjects.len(), policy.subjects.len() + 1);
+        assert_eq!(loaded.policy.roles, policy.roles);
+        let trail = store.audit(0, 10).expect("audit");
+        assert_eq!(trail.len(), 2);
+        assert_eq!(trail[1].target, "subject/new");
+        assert!(trail[1].before.is_none() && trail[1].after.is_some());
+        assert_eq!(store.audit(1, 10).expect("audit").len(), 1);
+    }
+
+    #[test]
+    fn refuses_other_format_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.meta.insert(FORMAT, b"99".as_slice()).expect("insert");
+            store.flush().expect("flush");
+        }
+        let err = SledStore::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("format version 99"), "{err}");
+    }
+}
