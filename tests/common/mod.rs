@@ -1,0 +1,153 @@
+//! Starts the real sidecar (TCP on port 0 and a Unix socket in a temp dir) through the same
+//! `Sidecar::launch` that `main` uses, and hands back real tonic clients.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use authz_sidecar::api::pb::authz_client::AuthzClient;
+use authz_sidecar::api::pb::{self, check_request};
+use authz_sidecar::config::{Config, LogFormat};
+use authz_sidecar::model::file::parse_policy;
+use authz_sidecar::server::Sidecar;
+use hyper_util::rt::TokioIo;
+use tonic::Request;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The bootstrap admin token every test sidecar gets.
+pub const ADMIN_TOKEN: &str = "test-bootstrap-token";
+
+/// A running sidecar and the temp dir holding its data and socket.
+pub struct TestSidecar {
+    pub sidecar: Sidecar,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn config(dir: &Path, policy_yaml: &str) -> Config {
+    Config {
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        uds: Some(dir.join("authz.sock")),
+        data_dir: dir.join("data"),
+        seed: parse_policy("test policy", policy_yaml).expect("test policy is valid"),
+        seed_source: "test".into(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        log_format: LogFormat::Plain,
+    }
+}
+
+/// Starts a sidecar on a fresh data dir seeded with `policy_yaml`.
+pub async fn start(policy_yaml: &str) -> TestSidecar {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sidecar = Sidecar::launch(config(dir.path(), policy_yaml)).await.expect("sidecar starts");
+    TestSidecar { sidecar, dir }
+}
+
+impl TestSidecar {
+    /// Stops and starts again on the same data dir (the seed is then ignored).
+    pub async fn restart(self, policy_yaml: &str) -> TestSidecar {
+        let TestSidecar { sidecar, dir } = self;
+        sidecar.stop().await.expect("clean stop");
+        let sidecar = Sidecar::launch(config(dir.path(), policy_yaml)).await.expect("sidecar restarts");
+        TestSidecar { sidecar, dir }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let addr = self.sidecar.tcp_addr().expect("tcp");
+        Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connects over TCP")
+    }
+
+    pub async fn uds_channel(&self) -> Channel {
+        let path: PathBuf = self.sidecar.uds_path().expect("uds").clone();
+        Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .expect("connects over the Unix socket")
+    }
+
+    pub async fn client(&self) -> AuthzClient<Channel> {
+        AuthzClient::new(self.channel().await)
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    request
+}
+
+/// A request from the bootstrap admin.
+pub fn admin<T>(message: T) -> Request<T> {
+    with_token(message, ADMIN_TOKEN)
+}
+
+pub fn permission(subject: &str, permission: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        subject: subject.into(),
+        action: Some(check_request::Action::Permission(permission.into())),
+        ..Default::default()
+    }
+}
+
+pub fn http(subject: &str, method: &str, path: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        subject: subject.into(),
+        action: Some(check_request::Action::Http(pb::HttpRequest {
+            method: method.into(),
+            path: path.into(),
+        })),
+        ..Default::default()
+    }
+}
+
+pub fn event(subject: &str, event: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        subject: subject.into(),
+        action: Some(check_request::Action::Event(event.into())),
+        ..Default::default()
+    }
+}
+
+/// Sends a Check and returns the response (panics on a gRPC error).
+pub async fn check(client: &mut AuthzClient<Channel>, request: pb::CheckRequest) -> pb::CheckResponse {
+    client.check(request).await.expect("check succeeds").into_inner()
+}
+
+pub fn set(role: &str, name: &str, enabled: bool, projects: &[&str]) -> pb::UpdatePermissionRequest {
+    pb::UpdatePermissionRequest {
+        role: role.into(),
+        change: Some(pb::update_permission_request::Change::Set(pb::RolePermission {
+            name: name.into(),
+            enabled,
+            projects: projects.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        })),
+        expected_revision: 0,
+    }
+}
+
+pub fn replace_paths(role: &str, rules: &[(&str, &str)]) -> pb::UpdatePermissionRequest {
+    pb::UpdatePermissionRequest {
+        role: role.into(),
+        change: Some(pb::update_permission_request::Change::ReplacePaths(pb::PathPermissions {
+            paths: rules
+                .iter()
+                .map(|(path, access)| pb::PathPermission {
+                    path: path.to_string(),
+                    access: access.to_string(),
+                    default: false,
+                })
+                .collect(),
+        })),
+        expected_revision: 0,
+    }
+}
