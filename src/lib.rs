@@ -1,4 +1,6 @@
 //! authz-sidecar library.
+
+#![forbid(unsafe_code)]
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -1,5 +1,7 @@
 //! The gRPC contract end to end: the real server, real clients, TCP and Unix socket.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
 mod common;
 
 use authz_sidecar::api::pb;

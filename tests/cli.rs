@@ -1,5 +1,7 @@
 //! The binary as operators run it: validate, configuration errors, start-up refusals, SIGTERM.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -159,7 +159,7 @@ fn set_grant(policy: &Policy, role: &mut Role, grant: &Grant) -> Result<bool, Ru
     if let Some(dup) = grant.projects.iter().find(|p| !seen.insert(p.as_str())) {
         return Err(invalid("set.projects", format!("`{dup}` is listed twice")));
     }
-    if !grant.enabled && perm.required_for.iter().any(|k| *k == role.kind) {
+    if !grant.enabled && perm.required_for.contains(&role.kind) {
         return Err(RuleError::RequiredPermission {
             permission: perm.name.clone(),
             kind: role.kind.clone(),

@@ -393,7 +393,7 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
     }
     // Required permissions must stay granted on every role of their kind.
     for perm in &policy.catalog.permissions {
-        if perm.required_for.iter().any(|k| *k == role.kind) {
+        if perm.required_for.contains(&role.kind) {
             let held = if role.all {
                 !role.except.contains(&perm.name)
             } else {

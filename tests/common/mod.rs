@@ -1,7 +1,7 @@
 //! Starts the real sidecar (TCP on port 0 and a Unix socket in a temp dir) through the same
 //! `Sidecar::launch` that `main` uses, and hands back real tonic clients.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
