@@ -90,6 +90,131 @@ pub struct ServeArgs {
     /// Log format: plain or json.
     #[arg(long, env = ENV_LOG_FORMAT, default_value = DEFAULT_LOG_FORMAT)]
     pub log_format: String,
+    /// Envoy ext_authz on the same port: `enforce`, `shadow` (always allow; log, count and mark
+    /// would-be denials) or `off`.
+    #[arg(long, env = "AUTHZ_ENVOY_MODE", default_value = "enforce")]
+    pub envoy_mode: String,
+    /// Where ext_authz takes the subject from: `header`, `jwt` (a jwt_authn payload claim) or
+    /// `spiffe` (the peer's SPIFFE id).
+    #[arg(long, env = "AUTHZ_ENVOY_SUBJECT_SOURCE", default_value = "header")]
+    pub envoy_subject_source: String,
+    /// Request header carrying the subject (with `--envoy-subject-source header`).
+    #[arg(long, env = "AUTHZ_ENVOY_SUBJECT_HEADER", default_value = "x-subject")]
+    pub envoy_subject_header: String,
+    /// `payload_in_metadata` name of the jwt_authn provider (with `--envoy-subject-source jwt`).
+    #[arg(
+        long,
+        env = "AUTHZ_ENVOY_JWT_PAYLOAD_KEY",
+        default_value = "jwt_payload"
+    )]
+    pub envoy_jwt_payload_key: String,
+    /// JWT claim holding the subject id.
+    #[arg(long, env = "AUTHZ_ENVOY_JWT_CLAIM", default_value = "sub")]
+    pub envoy_jwt_claim: String,
+    /// Header added upstream (and to denials) with the policy revision of the decision.
+    #[arg(
+        long,
+        env = "AUTHZ_ENVOY_REVISION_HEADER",
+        default_value = "x-authz-revision"
+    )]
+    pub envoy_revision_header: String,
+    /// Header added upstream with the decided subject.
+    #[arg(
+        long,
+        env = "AUTHZ_ENVOY_SUBJECT_UPSTREAM_HEADER",
+        default_value = "x-authz-subject"
+    )]
+    pub envoy_subject_upstream_header: String,
+    /// Header marking a would-be denial in shadow mode.
+    #[arg(
+        long,
+        env = "AUTHZ_ENVOY_SHADOW_HEADER",
+        default_value = "x-authz-shadow-denied"
+    )]
+    pub envoy_shadow_header: String,
+    /// Remove the subject header before the request goes upstream.
+    #[arg(long, env = "AUTHZ_ENVOY_STRIP_SUBJECT_HEADER")]
+    pub envoy_strip_subject_header: bool,
+    /// Leave the denial reason out of 403 bodies.
+    #[arg(long, env = "AUTHZ_ENVOY_HIDE_REASON")]
+    pub envoy_hide_reason: bool,
+}
+
+/// Whether and how the ext_authz service decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvoyMode {
+    /// Not served.
+    Off,
+    /// Denials deny.
+    Enforce,
+    /// Everything is allowed; would-be denials are logged, counted and marked in a header.
+    Shadow,
+}
+
+/// Where the ext_authz subject comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectSource {
+    /// A request header (set by a trusted filter in front; strip client-sent copies).
+    Header,
+    /// A claim of the payload Envoy's jwt_authn filter verified and forwarded.
+    Jwt,
+    /// The peer's SPIFFE id (mTLS in the mesh).
+    Spiffe,
+}
+
+/// ext_authz settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyConfig {
+    /// Mode.
+    pub mode: EnvoyMode,
+    /// Subject source.
+    pub subject_source: SubjectSource,
+    /// Subject header name, lower-case.
+    pub subject_header: String,
+    /// jwt_authn `payload_in_metadata` key.
+    pub jwt_payload_key: String,
+    /// JWT claim with the subject.
+    pub jwt_claim: String,
+    /// Revision header name.
+    pub revision_header: String,
+    /// Upstream subject header name.
+    pub subject_upstream_header: String,
+    /// Shadow-mode marker header name.
+    pub shadow_header: String,
+    /// Remove the subject header upstream.
+    pub strip_subject_header: bool,
+    /// Omit reasons from denial bodies.
+    pub hide_reason: bool,
+}
+
+impl Default for EnvoyConfig {
+    fn default() -> Self {
+        EnvoyConfig {
+            mode: EnvoyMode::Enforce,
+            subject_source: SubjectSource::Header,
+            subject_header: "x-subject".into(),
+            jwt_payload_key: "jwt_payload".into(),
+            jwt_claim: "sub".into(),
+            revision_header: "x-authz-revision".into(),
+            subject_upstream_header: "x-authz-subject".into(),
+            shadow_header: "x-authz-shadow-denied".into(),
+            strip_subject_header: false,
+            hide_reason: false,
+        }
+    }
+}
+
+fn header_name(flag: &str, value: &str, errors: &mut Vec<String>) -> String {
+    let valid = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+    if !valid {
+        errors.push(format!(
+            "--{flag}: `{value}` is not a valid HTTP header name"
+        ));
+    }
+    value.to_ascii_lowercase()
 }
 
 /// How logs are written.
@@ -118,6 +243,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Envoy ext_authz settings.
+    pub envoy: EnvoyConfig,
+    /// The policy file, re-imported when it changes (none for the built-in example).
+    pub policy_path: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -215,6 +344,52 @@ impl ServeArgs {
                 "both {ENV_ADMIN_TOKEN} and --admin-token-file / {ENV_ADMIN_TOKEN_FILE} are set; set one"
             ));
         }
+        let envoy = EnvoyConfig {
+            mode: match self.envoy_mode.as_str() {
+                "enforce" => EnvoyMode::Enforce,
+                "shadow" => EnvoyMode::Shadow,
+                "off" => EnvoyMode::Off,
+                other => {
+                    errors.push(format!("--envoy-mode / AUTHZ_ENVOY_MODE: `{other}` is not `enforce`, `shadow` or `off`"));
+                    EnvoyMode::Enforce
+                }
+            },
+            subject_source: match self.envoy_subject_source.as_str() {
+                "header" => SubjectSource::Header,
+                "jwt" => SubjectSource::Jwt,
+                "spiffe" => SubjectSource::Spiffe,
+                other => {
+                    errors.push(format!(
+                        "--envoy-subject-source / AUTHZ_ENVOY_SUBJECT_SOURCE: `{other}` is not `header`, `jwt` or `spiffe`"
+                    ));
+                    SubjectSource::Header
+                }
+            },
+            subject_header: header_name(
+                "envoy-subject-header",
+                &self.envoy_subject_header,
+                &mut errors,
+            ),
+            jwt_payload_key: self.envoy_jwt_payload_key.clone(),
+            jwt_claim: self.envoy_jwt_claim.clone(),
+            revision_header: header_name(
+                "envoy-revision-header",
+                &self.envoy_revision_header,
+                &mut errors,
+            ),
+            subject_upstream_header: header_name(
+                "envoy-subject-upstream-header",
+                &self.envoy_subject_upstream_header,
+                &mut errors,
+            ),
+            shadow_header: header_name(
+                "envoy-shadow-header",
+                &self.envoy_shadow_header,
+                &mut errors,
+            ),
+            strip_subject_header: self.envoy_strip_subject_header,
+            hide_reason: self.envoy_hide_reason,
+        };
         match seed {
             Some(seed) if errors.is_empty() => Ok(Config {
                 listen,
@@ -224,6 +399,8 @@ impl ServeArgs {
                 seed_source,
                 admin_token: file_token.or(env_token),
                 log_format,
+                envoy,
+                policy_path: self.policy,
             }),
             _ => Err(errors),
         }

@@ -18,10 +18,12 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::pb::authz_server::AuthzServer;
-use crate::api::{AppState, AuthzService, pb};
+use crate::api::{AppState, AuthzService, EnvoyAuthzService, pb};
 use crate::config::Config;
+use crate::config::EnvoyMode;
 use crate::live::{LivePolicy, OpenError, Opened};
 use crate::store::{SledStore, Store, StoreError};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Why the sidecar could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,12 @@ impl Sidecar {
             .build_v1()
             .map_err(|e| ServerError::Reflection(e.to_string()))?;
         let authz = AuthzServer::new(AuthzService::new(Arc::clone(&state)));
+        let envoy = (config.envoy.mode != EnvoyMode::Off).then(|| {
+            AuthorizationServer::new(EnvoyAuthzService::new(
+                Arc::clone(&state),
+                config.envoy.clone(),
+            ))
+        });
 
         let (shutdown, signal) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -125,6 +133,7 @@ impl Sidecar {
                 .add_service(health_service.clone())
                 .add_service(reflection.clone())
                 .add_service(authz.clone())
+                .add_optional_service(envoy.clone())
         };
         if let Some(listener) = tcp {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

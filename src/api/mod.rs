@@ -4,9 +4,13 @@
 mod admin;
 mod authz;
 mod convert;
+mod envoy;
+mod envoy_path;
 mod status;
 
 pub use authz::{AppState, AuthzService};
+pub use envoy::{EnvoyAuthzService, JWT_AUTHN_NAMESPACE};
+pub use envoy_path::{PathRejection, normalize as normalize_envoy_path};
 
 /// Generated types and services of `authz.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use authz_sidecar::api::pb::authz_client::AuthzClient;
 use authz_sidecar::api::pb::{self, check_request};
-use authz_sidecar::config::{Config, LogFormat};
+use authz_sidecar::config::{Config, EnvoyConfig, LogFormat};
 use authz_sidecar::model::file::parse_policy;
 use authz_sidecar::server::Sidecar;
 use hyper_util::rt::TokioIo;
@@ -32,13 +32,17 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         seed_source: "test".into(),
         admin_token: Some(ADMIN_TOKEN.into()),
         log_format: LogFormat::Plain,
+        envoy: EnvoyConfig::default(),
+        policy_path: None,
     }
 }
 
 /// Starts a sidecar on a fresh data dir seeded with `policy_yaml`.
 pub async fn start(policy_yaml: &str) -> TestSidecar {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sidecar = Sidecar::launch(config(dir.path(), policy_yaml)).await.expect("sidecar starts");
+    let sidecar = Sidecar::launch(config(dir.path(), policy_yaml))
+        .await
+        .expect("sidecar starts");
     TestSidecar { sidecar, dir }
 }
 
@@ -47,7 +51,9 @@ impl TestSidecar {
     pub async fn restart(self, policy_yaml: &str) -> TestSidecar {
         let TestSidecar { sidecar, dir } = self;
         sidecar.stop().await.expect("clean stop");
-        let sidecar = Sidecar::launch(config(dir.path(), policy_yaml)).await.expect("sidecar restarts");
+        let sidecar = Sidecar::launch(config(dir.path(), policy_yaml))
+            .await
+            .expect("sidecar restarts");
         TestSidecar { sidecar, dir }
     }
 
@@ -65,7 +71,11 @@ impl TestSidecar {
         Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }))
             .await
             .expect("connects over the Unix socket")
@@ -79,9 +89,10 @@ impl TestSidecar {
 /// A request carrying `authorization: Bearer <token>`.
 pub fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
     request
 }
 
@@ -118,19 +129,33 @@ pub fn event(subject: &str, event: &str) -> pb::CheckRequest {
 }
 
 /// Sends a Check and returns the response (panics on a gRPC error).
-pub async fn check(client: &mut AuthzClient<Channel>, request: pb::CheckRequest) -> pb::CheckResponse {
-    client.check(request).await.expect("check succeeds").into_inner()
+pub async fn check(
+    client: &mut AuthzClient<Channel>,
+    request: pb::CheckRequest,
+) -> pb::CheckResponse {
+    client
+        .check(request)
+        .await
+        .expect("check succeeds")
+        .into_inner()
 }
 
-pub fn set(role: &str, name: &str, enabled: bool, projects: &[&str]) -> pb::UpdatePermissionRequest {
+pub fn set(
+    role: &str,
+    name: &str,
+    enabled: bool,
+    projects: &[&str],
+) -> pb::UpdatePermissionRequest {
     pb::UpdatePermissionRequest {
         role: role.into(),
-        change: Some(pb::update_permission_request::Change::Set(pb::RolePermission {
-            name: name.into(),
-            enabled,
-            projects: projects.iter().map(|p| p.to_string()).collect(),
-            ..Default::default()
-        })),
+        change: Some(pb::update_permission_request::Change::Set(
+            pb::RolePermission {
+                name: name.into(),
+                enabled,
+                projects: projects.iter().map(|p| p.to_string()).collect(),
+                ..Default::default()
+            },
+        )),
         expected_revision: 0,
     }
 }
@@ -138,16 +163,27 @@ pub fn set(role: &str, name: &str, enabled: bool, projects: &[&str]) -> pb::Upda
 pub fn replace_paths(role: &str, rules: &[(&str, &str)]) -> pb::UpdatePermissionRequest {
     pb::UpdatePermissionRequest {
         role: role.into(),
-        change: Some(pb::update_permission_request::Change::ReplacePaths(pb::PathPermissions {
-            paths: rules
-                .iter()
-                .map(|(path, access)| pb::PathPermission {
-                    path: path.to_string(),
-                    access: access.to_string(),
-                    default: false,
-                })
-                .collect(),
-        })),
+        change: Some(pb::update_permission_request::Change::ReplacePaths(
+            pb::PathPermissions {
+                paths: rules
+                    .iter()
+                    .map(|(path, access)| pb::PathPermission {
+                        path: path.to_string(),
+                        access: access.to_string(),
+                        default: false,
+                    })
+                    .collect(),
+            },
+        )),
         expected_revision: 0,
     }
+}
+
+/// Starts a sidecar whose configuration `tweak` adjusts first.
+pub async fn start_with(policy_yaml: &str, tweak: impl FnOnce(&mut Config)) -> TestSidecar {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path(), policy_yaml);
+    tweak(&mut config);
+    let sidecar = Sidecar::launch(config).await.expect("sidecar starts");
+    TestSidecar { sidecar, dir }
 }

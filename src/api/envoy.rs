@@ -1,0 +1,267 @@
+//! `envoy.service.auth.v3.Authorization`: Envoy's ext_authz filter asks here whether to let an
+//! HTTP request through. The subject comes from a header, a jwt_authn claim or the peer's SPIFFE
+//! id; method and path map onto an HTTP Check. Anything unexpected denies (fail closed).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use tonic::{Request, Response, Status};
+
+use super::authz::AppState;
+use super::envoy_path::normalize;
+use crate::config::{EnvoyConfig, EnvoyMode, SubjectSource};
+use crate::engine::{self, Action};
+
+/// Metadata namespace under which Envoy's jwt_authn filter forwards verified payloads.
+pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+
+/// Implements Envoy's ext_authz v3 Check.
+#[derive(Clone)]
+pub struct EnvoyAuthzService {
+    state: Arc<AppState>,
+    config: Arc<EnvoyConfig>,
+    shadow_denials: Arc<AtomicU64>,
+}
+
+/// What the ext_authz answer says, before it is rendered for Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Allow {
+        subject: String,
+        revision: u64,
+    },
+    Deny {
+        status: u16,
+        reason: String,
+        revision: u64,
+    },
+}
+
+impl EnvoyAuthzService {
+    /// A service over shared state.
+    pub fn new(state: Arc<AppState>, config: EnvoyConfig) -> EnvoyAuthzService {
+        EnvoyAuthzService {
+            state,
+            config: Arc::new(config),
+            shadow_denials: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Would-be denials let through in shadow mode since start.
+    pub fn shadow_denials(&self) -> u64 {
+        self.shadow_denials.load(Ordering::Relaxed)
+    }
+
+    fn subject(&self, request: &CheckRequest) -> Result<String, String> {
+        let attributes = request.attributes.as_ref();
+        match self.config.subject_source {
+            SubjectSource::Header => attributes
+                .and_then(|a| a.request.as_ref())
+                .and_then(|r| r.http.as_ref())
+                .and_then(|h| h.headers.get(&self.config.subject_header))
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "missing subject: no `{}` header",
+                        self.config.subject_header
+                    )
+                }),
+            SubjectSource::Jwt => attributes
+                .and_then(|a| a.metadata_context.as_ref())
+                .and_then(|m| m.filter_metadata.get(JWT_AUTHN_NAMESPACE))
+                .and_then(|s| s.fields.get(&self.config.jwt_payload_key))
+                .and_then(|v| match &v.kind {
+                    Some(Kind::StructValue(payload)) => payload.fields.get(&self.config.jwt_claim),
+                    _ => None,
+                })
+                .and_then(|v| match &v.kind {
+                    Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "missing subject: no `{}` claim in the `{}` jwt_authn payload",
+                        self.config.jwt_claim, self.config.jwt_payload_key
+                    )
+                }),
+            SubjectSource::Spiffe => attributes
+                .and_then(|a| a.source.as_ref())
+                .map(|peer| peer.principal.as_str())
+                .filter(|p| p.starts_with("spiffe://"))
+                .map(str::to_owned)
+                .ok_or_else(|| "missing subject: the peer presented no SPIFFE id".to_owned()),
+        }
+    }
+
+    fn decide(&self, request: &CheckRequest) -> Verdict {
+        let live = match self.state.live() {
+            Ok(live) => live,
+            Err(_) => {
+                return Verdict::Deny {
+                    status: 503,
+                    reason: "the policy is still loading".into(),
+                    revision: 0,
+                };
+            }
+        };
+        let published = live.current();
+        let snapshot = &published.snapshot;
+        let revision = snapshot.revision();
+        let subject = match self.subject(request) {
+            Ok(s) => s,
+            Err(reason) => {
+                return Verdict::Deny {
+                    status: 401,
+                    reason,
+                    revision,
+                };
+            }
+        };
+        let Some(http) = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+        else {
+            return Verdict::Deny {
+                status: 403,
+                reason: "the check carries no HTTP request".into(),
+                revision,
+            };
+        };
+        let path = match normalize(&http.path) {
+            Ok(p) => p,
+            Err(rejection) => {
+                return Verdict::Deny {
+                    status: 403,
+                    reason: rejection.to_string(),
+                    revision,
+                };
+            }
+        };
+        let decision = snapshot.decide(&engine::Request {
+            subject: &subject,
+            action: Action::Http {
+                method: &http.method,
+                path: &path,
+            },
+            scope: None,
+            resource: None,
+            inline: None,
+        });
+        if decision.allowed {
+            Verdict::Allow { subject, revision }
+        } else {
+            Verdict::Deny {
+                status: 403,
+                reason: decision.reason.to_string(),
+                revision,
+            }
+        }
+    }
+
+    fn render(&self, verdict: Verdict) -> CheckResponse {
+        let c = &self.config;
+        match verdict {
+            Verdict::Allow { subject, revision } => {
+                let mut ok = OkHttpResponseBuilder::new();
+                let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+                ok.add_header(
+                    c.revision_header.as_str(),
+                    revision.to_string(),
+                    overwrite,
+                    false,
+                );
+                ok.add_header(
+                    c.subject_upstream_header.as_str(),
+                    subject,
+                    overwrite,
+                    false,
+                );
+                if c.strip_subject_header && c.subject_source == SubjectSource::Header {
+                    ok.remove_header(c.subject_header.as_str());
+                }
+                let mut response = CheckResponse::with_status(Status::ok(""));
+                response.set_http_response(ok);
+                response
+            }
+            Verdict::Deny {
+                status,
+                reason,
+                revision,
+            } => {
+                let body = if c.hide_reason {
+                    serde_json::json!({ "allowed": false, "revision": revision })
+                } else {
+                    serde_json::json!({ "allowed": false, "reason": reason, "revision": revision })
+                };
+                let (code, grpc) = match status {
+                    401 => (HttpStatusCode::Unauthorized, Status::unauthenticated("")),
+                    503 => (HttpStatusCode::ServiceUnavailable, Status::unavailable("")),
+                    _ => (HttpStatusCode::Forbidden, Status::permission_denied("")),
+                };
+                let mut denied = DeniedHttpResponseBuilder::new();
+                denied
+                    .set_http_status(code)
+                    .add_header("content-type", "application/json", None, false)
+                    .add_header(
+                        c.revision_header.as_str(),
+                        revision.to_string(),
+                        None,
+                        false,
+                    )
+                    .set_body(body.to_string());
+                let mut response = CheckResponse::with_status(grpc);
+                response.set_http_response(denied);
+                response
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for EnvoyAuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let request = request.into_inner();
+        let verdict = self.decide(&request);
+        if self.config.mode == EnvoyMode::Shadow {
+            if let Verdict::Deny {
+                status,
+                reason,
+                revision,
+            } = &verdict
+            {
+                let total = self.shadow_denials.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(status, %reason, revision, shadow_denials_total = total, "ext_authz shadow mode: would deny");
+                let mut ok = OkHttpResponseBuilder::new();
+                ok.add_header(
+                    self.config.shadow_header.as_str(),
+                    reason.clone(),
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                );
+                ok.add_header(
+                    self.config.revision_header.as_str(),
+                    revision.to_string(),
+                    None,
+                    false,
+                );
+                let mut response = CheckResponse::with_status(Status::ok(""));
+                response.set_http_response(ok);
+                return Ok(Response::new(response));
+            }
+        }
+        Ok(Response::new(self.render(verdict)))
+    }
+}

@@ -1,0 +1,324 @@
+//! Envoy's ext_authz v3 Check, driven by a real tonic client with requests shaped as Envoy sends
+//! them: attribute context, lower-case headers, the raw `:path` with its query.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
+mod common;
+
+use std::collections::HashMap;
+
+use authz_sidecar::config::{EnvoyMode, SubjectSource};
+use authz_sidecar::model::file::EMBEDDED_DEFAULT;
+use common::*;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
+use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use tonic::transport::Channel;
+
+fn envoy_request(method: &str, raw_path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                principal: String::new(),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    id: "req-1".into(),
+                    method: method.into(),
+                    path: raw_path.into(),
+                    host: "app.local".into(),
+                    scheme: "http".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// (gRPC code, HTTP status for denials, headers, body)
+struct Answer {
+    code: i32,
+    http_status: Option<i32>,
+    headers: HashMap<String, String>,
+    removed: Vec<String>,
+    body: String,
+}
+
+async fn ask(client: &mut AuthorizationClient<Channel>, request: CheckRequest) -> Answer {
+    let response: CheckResponse = client
+        .check(request)
+        .await
+        .expect("ext_authz answers")
+        .into_inner();
+    let code = response.status.as_ref().map_or(-1, |s| s.code);
+    let header_map = |headers: &[envoy_types::ext_authz::v3::pb::HeaderValueOption]| {
+        headers
+            .iter()
+            .filter_map(|h| h.header.as_ref().map(|h| (h.key.clone(), h.value.clone())))
+            .collect::<HashMap<_, _>>()
+    };
+    match response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => Answer {
+            code,
+            http_status: None,
+            headers: header_map(&ok.headers),
+            removed: ok.headers_to_remove,
+            body: String::new(),
+        },
+        Some(HttpResponse::DeniedResponse(denied)) => Answer {
+            code,
+            http_status: denied.status.map(|s| s.code),
+            headers: header_map(&denied.headers),
+            removed: Vec::new(),
+            body: denied.body,
+        },
+        other => panic!("unexpected http_response {other:?}"),
+    }
+}
+
+async fn client(sc: &TestSidecar) -> AuthorizationClient<Channel> {
+    AuthorizationClient::new(sc.channel().await)
+}
+
+const OK: i32 = 0;
+const PERMISSION_DENIED: i32 = 7;
+const UNAUTHENTICATED: i32 = 16;
+
+#[tokio::test]
+async fn allowed_requests_carry_revision_and_subject_upstream() {
+    let sc = start(EMBEDDED_DEFAULT).await;
+    let mut c = client(&sc).await;
+    let a = ask(
+        &mut c,
+        envoy_request(
+            "GET",
+            "/v1/devices/d1?fields=name&x=%2F",
+            &[("x-subject", "dashboard")],
+        ),
+    )
+    .await;
+    assert_eq!(a.code, OK);
+    assert_eq!(
+        a.headers.get("x-authz-revision").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        a.headers.get("x-authz-subject").map(String::as_str),
+        Some("dashboard")
+    );
+    assert!(a.removed.is_empty());
+}
+
+#[tokio::test]
+async fn raw_paths_are_normalized_before_the_decision() {
+    let sc = start(EMBEDDED_DEFAULT).await;
+    let mut c = client(&sc).await;
+    // (method, raw path, allowed, piece of the 403 body)
+    let cases = [
+        ("GET", "/v1/devices/d1", true, ""),
+        ("GET", "/v1/devices/d1?page=2#top", true, ""),
+        ("GET", "//v1///devices//d1/", true, ""),
+        ("GET", "/v1/devices/%64%31", true, ""),
+        ("GET", "/v1/%64evices", true, ""),
+        ("POST", "/v1/alarms/a1/dispatch", false, "alarms:write"),
+        ("GET", "/v1/devices/../alarms/a1", false, "`..` segment"),
+        ("GET", "/v1/devices/%2e%2e/alarms", false, "`..` segment"),
+        ("GET", "/v1/devices/d1%00", false, "NUL"),
+        ("GET", "/v1/devices/%zz", true, ""),
+        ("GET", "/v1/devices/%ff", false, "percent-encoded UTF-8"),
+        ("GET", "/v1/devices/d1%3Fadmin=1", false, "encoded `?`"),
+    ];
+    for (method, path, allowed, reason) in cases {
+        let a = ask(
+            &mut c,
+            envoy_request(method, path, &[("x-subject", "dashboard")]),
+        )
+        .await;
+        if allowed {
+            assert_eq!(a.code, OK, "{method} {path}: {}", a.body);
+        } else {
+            assert_eq!(a.code, PERMISSION_DENIED, "{method} {path}");
+            assert_eq!(a.http_status, Some(403), "{method} {path}");
+            assert_eq!(
+                a.headers.get("content-type").map(String::as_str),
+                Some("application/json")
+            );
+            let body: serde_json::Value = serde_json::from_str(&a.body).expect("json body");
+            assert_eq!(body["allowed"], false);
+            assert!(
+                body["reason"].as_str().expect("reason").contains(reason),
+                "{method} {path}: {}",
+                a.body
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_subject_is_401_with_a_clear_body() {
+    let sc = start(EMBEDDED_DEFAULT).await;
+    let mut c = client(&sc).await;
+    let a = ask(&mut c, envoy_request("GET", "/v1/devices", &[])).await;
+    assert_eq!(a.code, UNAUTHENTICATED);
+    assert_eq!(a.http_status, Some(401));
+    assert!(
+        a.body.contains("missing subject: no `x-subject` header"),
+        "{}",
+        a.body
+    );
+    let unknown = ask(
+        &mut c,
+        envoy_request("GET", "/v1/devices", &[("x-subject", "stranger")]),
+    )
+    .await;
+    assert_eq!(unknown.http_status, Some(403));
+    assert!(unknown.body.contains("unknown subject"), "{}", unknown.body);
+}
+
+#[tokio::test]
+async fn shadow_mode_allows_but_marks_would_be_denials() {
+    let sc = start_with(EMBEDDED_DEFAULT, |c| c.envoy.mode = EnvoyMode::Shadow).await;
+    let mut c = client(&sc).await;
+    let a = ask(
+        &mut c,
+        envoy_request(
+            "POST",
+            "/v1/alarms/a1/dispatch",
+            &[("x-subject", "dashboard")],
+        ),
+    )
+    .await;
+    assert_eq!(a.code, OK);
+    let mark = a.headers.get("x-authz-shadow-denied").expect("marked");
+    assert!(mark.contains("alarms:write"), "{mark}");
+    let fine = ask(
+        &mut c,
+        envoy_request("GET", "/v1/devices", &[("x-subject", "dashboard")]),
+    )
+    .await;
+    assert_eq!(fine.code, OK);
+    assert!(!fine.headers.contains_key("x-authz-shadow-denied"));
+}
+
+#[tokio::test]
+async fn reasons_can_be_hidden_and_the_subject_header_stripped() {
+    let sc = start_with(EMBEDDED_DEFAULT, |c| {
+        c.envoy.hide_reason = true;
+        c.envoy.strip_subject_header = true;
+        c.envoy.subject_header = "x-app-id".into();
+    })
+    .await;
+    let mut c = client(&sc).await;
+    let denied = ask(
+        &mut c,
+        envoy_request(
+            "POST",
+            "/v1/alarms/a1/dispatch",
+            &[("x-app-id", "dashboard")],
+        ),
+    )
+    .await;
+    assert_eq!(denied.http_status, Some(403));
+    assert!(!denied.body.contains("reason"), "{}", denied.body);
+    let ok = ask(
+        &mut c,
+        envoy_request("GET", "/v1/devices", &[("x-app-id", "dashboard")]),
+    )
+    .await;
+    assert_eq!(ok.code, OK);
+    assert_eq!(ok.removed, vec!["x-app-id".to_string()]);
+}
+
+#[tokio::test]
+async fn the_subject_can_come_from_a_jwt_claim_or_a_spiffe_id() {
+    let jwt = start_with(EMBEDDED_DEFAULT, |c| {
+        c.envoy.subject_source = SubjectSource::Jwt;
+        c.envoy.jwt_claim = "client_id".into();
+    })
+    .await;
+    let mut c = client(&jwt).await;
+    let mut request = envoy_request("GET", "/v1/devices", &[("x-subject", "dispatcher")]);
+    let payload = Struct {
+        fields: [(
+            "client_id".to_string(),
+            Value {
+                kind: Some(Kind::StringValue("dashboard".into())),
+            },
+        )]
+        .into(),
+    };
+    let namespace = Struct {
+        fields: [(
+            "jwt_payload".to_string(),
+            Value {
+                kind: Some(Kind::StructValue(payload)),
+            },
+        )]
+        .into(),
+    };
+    request.attributes.as_mut().unwrap().metadata_context = Some(Metadata {
+        filter_metadata: [("envoy.filters.http.jwt_authn".to_string(), namespace)].into(),
+        ..Default::default()
+    });
+    let a = ask(&mut c, request).await;
+    assert_eq!(a.code, OK, "{}", a.body);
+    assert_eq!(
+        a.headers.get("x-authz-subject").map(String::as_str),
+        Some("dashboard"),
+        "claim wins, header ignored"
+    );
+    let no_claim = ask(
+        &mut c,
+        envoy_request("GET", "/v1/devices", &[("x-subject", "dashboard")]),
+    )
+    .await;
+    assert_eq!(no_claim.http_status, Some(401));
+    assert!(
+        no_claim.body.contains("`client_id` claim"),
+        "{}",
+        no_claim.body
+    );
+
+    let policy = format!(
+        "{EMBEDDED_DEFAULT}\n  - {{ id: \"spiffe://cluster.local/ns/shop/sa/dashboard\", type: app, roles: [app-dashboard] }}\n"
+    );
+    let spiffe = start_with(&policy, |c| c.envoy.subject_source = SubjectSource::Spiffe).await;
+    let mut c = client(&spiffe).await;
+    let mut request = envoy_request("GET", "/v1/devices", &[]);
+    request
+        .attributes
+        .as_mut()
+        .unwrap()
+        .source
+        .as_mut()
+        .unwrap()
+        .principal = "spiffe://cluster.local/ns/shop/sa/dashboard".into();
+    assert_eq!(ask(&mut c, request).await.code, OK);
+    let anonymous = ask(&mut c, envoy_request("GET", "/v1/devices", &[])).await;
+    assert_eq!(anonymous.http_status, Some(401));
+}
+
+#[tokio::test]
+async fn envoy_can_be_turned_off() {
+    let sc = start_with(EMBEDDED_DEFAULT, |c| c.envoy.mode = EnvoyMode::Off).await;
+    let mut c = client(&sc).await;
+    let status = c
+        .check(envoy_request(
+            "GET",
+            "/v1/devices",
+            &[("x-subject", "dashboard")],
+        ))
+        .await
+        .expect_err("not served");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+}
