@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::model::Policy;
-use crate::model::file::{EMBEDDED_DEFAULT, load_policy_file, parse_policy};
+use std::time::Duration;
+
+use crate::auth::token_sha256_hex;
+use crate::live::Seed;
+use crate::model::file::{EMBEDDED_DEFAULT, PolicyFileError, Problem, parse_policy};
 
 /// Environment variable for `--listen`.
 pub const ENV_LISTEN: &str = "AUTHZ_LISTEN";
@@ -84,6 +87,9 @@ pub struct ServeArgs {
     /// Policy file imported on first start (empty data dir); default: the built-in example.
     #[arg(long, env = ENV_POLICY)]
     pub policy: Option<PathBuf>,
+    /// Seconds between checks of the policy file for changes (a ConfigMap update); 0 = never.
+    #[arg(long, env = "AUTHZ_POLICY_RELOAD_INTERVAL", default_value_t = 5)]
+    pub policy_reload_interval: u64,
     /// File holding the bootstrap admin token (a mounted Kubernetes Secret).
     #[arg(long, env = ENV_ADMIN_TOKEN_FILE)]
     pub admin_token_file: Option<PathBuf>,
@@ -235,8 +241,8 @@ pub struct Config {
     pub uds: Option<PathBuf>,
     /// sled directory.
     pub data_dir: PathBuf,
-    /// The policy imported into an empty store.
-    pub seed: Policy,
+    /// The policy imported into an empty store (and re-applied when its file changes).
+    pub seed: Seed,
     /// Where the seed came from (file path or `built-in example`).
     pub seed_source: String,
     /// Bootstrap admin token.
@@ -247,6 +253,27 @@ pub struct Config {
     pub envoy: EnvoyConfig,
     /// The policy file, re-imported when it changes (none for the built-in example).
     pub policy_path: Option<PathBuf>,
+    /// How often the policy file is checked for changes; `None` = never.
+    pub reload_interval: Option<Duration>,
+}
+
+/// Reads a policy file into a [`Seed`]: validated, normalized, with the digest of its text.
+pub fn read_seed(path: &Path) -> Result<Seed, PolicyFileError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyFileError {
+        file: name.clone(),
+        problems: vec![Problem {
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    Ok(Seed {
+        policy: parse_policy(&name, &text)?,
+        digest: token_sha256_hex(&text),
+        reloadable: true,
+    })
 }
 
 impl ServeArgs {
@@ -299,8 +326,8 @@ impl ServeArgs {
             ));
         }
         let (seed, seed_source) = match &self.policy {
-            Some(path) => match load_policy_file(path) {
-                Ok(policy) => (Some(policy), path.display().to_string()),
+            Some(path) => match read_seed(path) {
+                Ok(seed) => (Some(seed), path.display().to_string()),
                 Err(e) => {
                     errors.push(format!(
                         "--policy / {ENV_POLICY}: invalid policy file:\n{e}"
@@ -309,7 +336,14 @@ impl ServeArgs {
                 }
             },
             None => match parse_policy("built-in example", EMBEDDED_DEFAULT) {
-                Ok(policy) => (Some(policy), "built-in example".to_owned()),
+                Ok(policy) => (
+                    Some(Seed {
+                        policy,
+                        digest: format!("built-in:{}", token_sha256_hex(EMBEDDED_DEFAULT)),
+                        reloadable: false,
+                    }),
+                    "built-in example".to_owned(),
+                ),
                 Err(e) => {
                     errors.push(e.to_string());
                     (None, String::new())
@@ -400,6 +434,8 @@ impl ServeArgs {
                 admin_token: file_token.or(env_token),
                 log_format,
                 envoy,
+                reload_interval: (self.policy.is_some() && self.policy_reload_interval > 0)
+                    .then(|| Duration::from_secs(self.policy_reload_interval)),
                 policy_path: self.policy,
             }),
             _ => Err(errors),

@@ -7,5 +7,6 @@ pub mod config;
 pub mod engine;
 pub mod live;
 pub mod model;
+pub mod reload;
 pub mod server;
 pub mod store;

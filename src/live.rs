@@ -14,7 +14,7 @@ use crate::model::{
     self, AdminPermission, Catalog, PermissionChange, Policy, Role, RuleError, Subject,
     UpdateOutcome, ValidationError,
 };
-use crate::store::{AuditRecord, Change, Store, StoreError, Write};
+use crate::store::{AuditRecord, Change, ImportMode, Managed, Store, StoreError, Write};
 
 /// What Checks and ListRoles read: one consistent revision.
 #[derive(Debug)]
@@ -35,11 +35,61 @@ pub enum Opened {
         /// Revision after the import.
         revision: u64,
     },
-    /// The store held a policy; the seed was not used.
+    /// The store held a policy; the seed was not used (or had not changed).
     Loaded {
         /// Stored revision.
         revision: u64,
     },
+    /// The store held a policy and the seed file had changed since: it was re-applied under
+    /// the reload rule.
+    Reloaded {
+        /// Revision after the reload.
+        revision: u64,
+    },
+}
+
+/// The policy a sidecar starts from.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// The validated, normalized policy.
+    pub policy: Policy,
+    /// SHA-256 of the text it was read from.
+    pub digest: String,
+    /// True for a policy file (re-applied when it changes); false for the built-in example,
+    /// which only ever seeds an empty store.
+    pub reloadable: bool,
+}
+
+/// Why a policy reload was refused; the current snapshot keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The merged policy does not validate.
+    #[error("the reloaded policy is invalid: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<ValidationError>),
+    /// The store failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The reload rule: the file is the source of everything, except the entities whose latest
+/// change came through the admin API, which keep their API version (a role only while the file
+/// still has it; a subject deleted through the API stays deleted).
+pub fn merge_managed(mut file: Policy, managed: &Managed) -> Policy {
+    for role in &managed.roles {
+        if let Some(slot) = file.roles.iter_mut().find(|r| r.name == role.name) {
+            *slot = role.clone();
+        }
+    }
+    for subject in &managed.subjects {
+        match file.subjects.iter_mut().find(|s| s.id == subject.id) {
+            Some(slot) => *slot = subject.clone(),
+            None => file.subjects.push(subject.clone()),
+        }
+    }
+    file.subjects
+        .retain(|s| !managed.deleted_subjects.contains(&s.id));
+    file.subjects.sort_by(|a, b| a.id.cmp(&b.id));
+    file
 }
 
 /// Why a start-up load failed.
@@ -102,44 +152,85 @@ pub struct LivePolicy {
     /// by the single writer.
     writer: Mutex<Policy>,
     admins: ArcSwap<AdminSet>,
+    bootstrap_token: Option<String>,
 }
 
 impl LivePolicy {
-    /// Loads the stored policy, or imports `seed` into an empty store, and compiles it.
+    /// Loads the stored policy, or imports `seed` into an empty store, and compiles it. A
+    /// reloadable seed that changed since it was last applied is re-applied (reload rule).
     pub fn open(
         store: Arc<dyn Store>,
-        seed: &Policy,
+        seed: &Seed,
         bootstrap_token: Option<&str>,
     ) -> Result<(LivePolicy, Opened), OpenError> {
-        let (policy, revision, opened) = match store.load()? {
+        let (mut policy, revision, mut opened) = match store.load()? {
             Some(loaded) => {
                 model::validate(&loaded.policy).map_err(OpenError::InvalidStored)?;
                 let revision = loaded.revision;
                 (loaded.policy, revision, Opened::Loaded { revision })
             }
             None => {
-                let revision = store.import(seed, "import")?;
-                (seed.clone(), revision, Opened::Imported { revision })
+                let revision =
+                    store.import(&seed.policy, "import", ImportMode::Reseed, &seed.digest)?;
+                (seed.policy.clone(), revision, Opened::Imported { revision })
             }
         };
-        let snapshot = Snapshot::compile(&policy, revision);
-        let admins = AdminSet::new(&policy.admins, bootstrap_token);
-        let published = Published {
-            snapshot,
-            catalog: Arc::new(policy.catalog.clone()),
-            roles: Arc::new(policy.roles.clone()),
-        };
-        let writer_policy = Policy {
-            subjects: Vec::new(),
-            ..policy
-        };
+        let mut revision = revision;
+        if matches!(opened, Opened::Loaded { .. })
+            && seed.reloadable
+            && store.source_digest()?.as_deref() != Some(seed.digest.as_str())
+        {
+            let merged = merge_managed(seed.policy.clone(), &store.managed()?);
+            model::validate(&merged).map_err(OpenError::InvalidStored)?;
+            revision = store.import(&merged, "reload", ImportMode::Reload, &seed.digest)?;
+            policy = merged;
+            opened = Opened::Reloaded { revision };
+        }
         let live = LivePolicy {
             store,
-            published: ArcSwap::from_pointee(published),
-            writer: Mutex::new(writer_policy),
-            admins: ArcSwap::from_pointee(admins),
+            published: ArcSwap::from_pointee(Self::publishable(&policy, revision)),
+            admins: ArcSwap::from_pointee(AdminSet::new(&policy.admins, bootstrap_token)),
+            writer: Mutex::new(Policy {
+                subjects: Vec::new(),
+                ..policy
+            }),
+            bootstrap_token: bootstrap_token.map(str::to_owned),
         };
         Ok((live, opened))
+    }
+
+    fn publishable(policy: &Policy, revision: u64) -> Published {
+        Published {
+            snapshot: Snapshot::compile(policy, revision),
+            catalog: Arc::new(policy.catalog.clone()),
+            roles: Arc::new(policy.roles.clone()),
+        }
+    }
+
+    /// Re-applies a changed policy file under the reload rule ([`merge_managed`]). Returns the
+    /// new revision, or `None` when the file is the one already applied. On error the current
+    /// snapshot keeps serving.
+    pub fn reload(&self, file: &Policy, digest: &str) -> Result<Option<u64>, ReloadError> {
+        let mut writer = self.lock();
+        if self.store.source_digest()?.as_deref() == Some(digest) {
+            return Ok(None);
+        }
+        let merged = merge_managed(file.clone(), &self.store.managed()?);
+        model::validate(&merged).map_err(ReloadError::Invalid)?;
+        let revision = self
+            .store
+            .import(&merged, "reload", ImportMode::Reload, digest)?;
+        self.published
+            .store(Arc::new(Self::publishable(&merged, revision)));
+        self.admins.store(Arc::new(AdminSet::new(
+            &merged.admins,
+            self.bootstrap_token.as_deref(),
+        )));
+        *writer = Policy {
+            subjects: Vec::new(),
+            ..merged
+        };
+        Ok(Some(revision))
     }
 
     /// The published state. Lock-free; hold it for one request, not longer.

@@ -3,10 +3,11 @@
 use std::io::Read;
 use std::process::ExitCode;
 
+use authz_sidecar::config::read_seed;
 use authz_sidecar::config::{Cli, Command, Config, ENV_ADMIN_TOKEN, LogFormat};
 use authz_sidecar::model::file::load_policy_file;
 use authz_sidecar::server::Sidecar;
-use authz_sidecar::store::{SledStore, Store};
+use authz_sidecar::store::{ImportMode, SledStore, Store};
 use clap::Parser;
 
 /// Exit status for configuration errors (as clap uses for usage errors).
@@ -43,14 +44,16 @@ fn validate(file: &std::path::Path) -> ExitCode {
 }
 
 fn import(data_dir: &std::path::Path, file: &std::path::Path) -> ExitCode {
-    let policy = match load_policy_file(file) {
-        Ok(p) => p,
+    let seed = match read_seed(file) {
+        Ok(seed) => seed,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
-    match SledStore::open(data_dir).and_then(|s| s.import(&policy, "import")) {
+    let imported = SledStore::open(data_dir)
+        .and_then(|s| s.import(&seed.policy, "import", ImportMode::Reseed, &seed.digest));
+    match imported {
         Ok(revision) => {
             println!(
                 "imported {} into {} at revision {revision}",

@@ -22,6 +22,7 @@ use crate::api::{AppState, AuthzService, EnvoyAuthzService, pb};
 use crate::config::Config;
 use crate::config::EnvoyMode;
 use crate::live::{LivePolicy, OpenError, Opened};
+use crate::reload::{ReloadStats, watch_policy_file};
 use crate::store::{SledStore, Store, StoreError};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
@@ -59,6 +60,7 @@ pub struct Sidecar {
     shutdown: watch::Sender<bool>,
     servers: JoinSet<Result<(), tonic::transport::Error>>,
     health: HealthReporter,
+    reload_stats: Arc<ReloadStats>,
 }
 
 const AUTHZ_SERVICE: &str = "authz.v1.Authz";
@@ -164,14 +166,32 @@ impl Sidecar {
                 revision
             }
             Opened::Loaded { revision } => {
-                tracing::info!(
-                    revision,
-                    "loaded the stored policy (the seed policy is used only on an empty data dir)"
-                );
+                tracing::info!(revision, "loaded the stored policy");
+                revision
+            }
+            Opened::Reloaded { revision } => {
+                tracing::info!(source = %config.seed_source, revision, "loaded the stored policy and re-applied the changed policy file");
                 revision
             }
         };
-        state.set_ready(Arc::new(live));
+        let live = Arc::new(live);
+        state.set_ready(Arc::clone(&live));
+        let reload_stats = Arc::new(ReloadStats::default());
+        if let (Some(path), Some(interval)) = (config.policy_path.clone(), config.reload_interval) {
+            servers.spawn({
+                let watcher = watch_policy_file(
+                    live,
+                    path,
+                    interval,
+                    Arc::clone(&reload_stats),
+                    signal.clone(),
+                );
+                async move {
+                    watcher.await;
+                    Ok(())
+                }
+            });
+        }
         health.set_service_status("", ServingStatus::Serving).await;
         health
             .set_service_status(AUTHZ_SERVICE, ServingStatus::Serving)
@@ -184,6 +204,7 @@ impl Sidecar {
             shutdown,
             servers,
             health,
+            reload_stats,
         })
     }
 
@@ -195,6 +216,11 @@ impl Sidecar {
     /// The Unix socket path.
     pub fn uds_path(&self) -> Option<&PathBuf> {
         self.uds_path.as_ref()
+    }
+
+    /// Policy file reload counters.
+    pub fn reload_stats(&self) -> &Arc<ReloadStats> {
+        &self.reload_stats
     }
 
     /// The policy revision loaded at start-up.

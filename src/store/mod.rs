@@ -121,12 +121,43 @@ pub enum StoreError {
     Missing(String),
 }
 
+/// How an import treats entities changed through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportMode {
+    /// An explicit re-seed: the file wins entirely and the API marks are cleared.
+    Reseed,
+    /// A policy-file reload: the caller merged API-managed entities in; the marks stay.
+    Reload,
+}
+
+/// Entities whose latest change came through the admin API; a reload keeps them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Managed {
+    /// Roles last changed by UpdatePermission / ApprovePending, as stored.
+    pub roles: Vec<Role>,
+    /// Subjects last put by PutSubject, as stored.
+    pub subjects: Vec<Subject>,
+    /// Subjects deleted by DeleteSubject.
+    pub deleted_subjects: Vec<String>,
+}
+
 /// A durable home for the policy.
 pub trait Store: Send + Sync + 'static {
     /// The stored policy and revision, or `None` for an empty store.
     fn load(&self) -> Result<Option<Loaded>, StoreError>;
-    /// Replaces everything with `policy` as one change; returns the new revision.
-    fn import(&self, policy: &Policy, actor: &str) -> Result<u64, StoreError>;
+    /// Replaces everything with `policy` as one change; returns the new revision. `source` is
+    /// a digest of the file it came from, kept so that an unchanged file is not re-applied.
+    fn import(
+        &self,
+        policy: &Policy,
+        actor: &str,
+        mode: ImportMode,
+        source: &str,
+    ) -> Result<u64, StoreError>;
+    /// The digest recorded by the last import.
+    fn source_digest(&self) -> Result<Option<String>, StoreError>;
+    /// Entities last changed through the admin API.
+    fn managed(&self) -> Result<Managed, StoreError>;
     /// Commits one change atomically and durably (flushed before returning).
     fn commit(&self, write: &Write) -> Result<Committed, StoreError>;
     /// Audit entries with revision > `after`, oldest first, at most `limit`.

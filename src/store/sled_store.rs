@@ -9,7 +9,10 @@ use serde::de::DeserializeOwned;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::{AuditRecord, Change, Committed, FORMAT_VERSION, Loaded, Store, StoreError, Write};
+use super::{
+    AuditRecord, Change, Committed, FORMAT_VERSION, ImportMode, Loaded, Managed, Store, StoreError,
+    Write,
+};
 use crate::model::{Admin, Catalog, Policy, Preset, Role, Subject};
 
 const REVISION: &[u8] = b"revision";
@@ -17,6 +20,9 @@ const FORMAT: &[u8] = b"format_version";
 const CATALOG: &[u8] = b"catalog";
 const PRESETS: &[u8] = b"presets";
 const POLICY_VERSION: &[u8] = b"policy_version";
+const SOURCE_DIGEST: &[u8] = b"source_digest";
+const MARK_PUT: &[u8] = b"put";
+const MARK_DELETED: &[u8] = b"deleted";
 
 /// A [`Store`] in a sled database directory.
 pub struct SledStore {
@@ -27,6 +33,8 @@ pub struct SledStore {
     subjects: sled::Tree,
     admins: sled::Tree,
     audit: sled::Tree,
+    /// `role/NAME` / `subject/ID` → `put` | `deleted`: what the admin API last changed.
+    managed: sled::Tree,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -82,6 +90,7 @@ impl SledStore {
             subjects: tree("subjects")?,
             admins: tree("admins")?,
             audit: tree("audit")?,
+            managed: tree("managed")?,
             db,
         };
         match store.meta.get(FORMAT).map_err(backend)? {
@@ -158,7 +167,13 @@ impl Store for SledStore {
         Ok(Some(Loaded { policy, revision }))
     }
 
-    fn import(&self, policy: &Policy, actor: &str) -> Result<u64, StoreError> {
+    fn import(
+        &self,
+        policy: &Policy,
+        actor: &str,
+        mode: ImportMode,
+        source: &str,
+    ) -> Result<u64, StoreError> {
         // Keys to remove are read first; the writer lock above the store keeps this consistent.
         let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
             tree.iter().keys().map(|k| k.map_err(backend)).collect()
@@ -168,6 +183,14 @@ impl Store for SledStore {
             keys(&self.subjects)?,
             keys(&self.admins)?,
         );
+        let old_marks = match mode {
+            ImportMode::Reseed => keys(&self.managed)?,
+            ImportMode::Reload => Vec::new(),
+        };
+        let action = match mode {
+            ImportMode::Reseed => "import",
+            ImportMode::Reload => "reload",
+        };
         let summary = serde_json::json!({
             "permissions": policy.catalog.permissions.len(),
             "roles": policy.roles.len(),
@@ -181,8 +204,13 @@ impl Store for SledStore {
             &self.subjects,
             &self.admins,
             &self.audit,
+            &self.managed,
         )
-            .transaction(|(meta, catalog, roles, subjects, admins, audit)| {
+            .transaction(|(meta, catalog, roles, subjects, admins, audit, managed)| {
+                for k in &old_marks {
+                    managed.remove(k)?;
+                }
+                catalog.insert(SOURCE_DIGEST, source.as_bytes())?;
                 for k in &old_roles {
                     roles.remove(k)?;
                 }
@@ -209,7 +237,7 @@ impl Store for SledStore {
                     revision,
                     actor: actor.to_owned(),
                     at_unix_ms: now_ms(),
-                    action: "import".into(),
+                    action: action.into(),
                     target: "policy".into(),
                     before: None,
                     after: Some(summary.clone()),
@@ -229,45 +257,81 @@ impl Store for SledStore {
             Change::DeleteSubject(id) => (&self.subjects, id, None),
         };
         let target = write.change.target();
-        let result = (&self.meta, tree, &self.audit).transaction(|(meta, tree, audit)| {
-            let current = match revision_of(meta.get(REVISION)?) {
-                Ok(r) => r,
-                Err(e) => return abort(e),
-            };
-            if current != write.base_revision {
-                return abort(StoreError::Stale {
-                    expected: write.base_revision,
-                    current,
-                });
-            }
-            let before = tree.get(key.as_bytes())?;
-            if after.is_none() && before.is_none() {
-                return abort(StoreError::Missing(target.clone()));
-            }
-            match &after {
-                Some(bytes) => tree.insert(key.as_bytes(), bytes.as_slice())?,
-                None => tree.remove(key.as_bytes())?,
-            };
-            let revision = bump(meta)?;
-            let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
-            let record = AuditRecord {
-                revision,
-                actor: write.actor.clone(),
-                at_unix_ms: now_ms(),
-                action: write.action.clone(),
-                target: target.clone(),
-                before: before.as_deref().and_then(as_json),
-                after: after.as_deref().and_then(as_json),
-            };
-            audit.insert(&revision.to_be_bytes(), encode(&record))?;
-            Ok(Committed {
-                revision,
-                existed: before.is_some(),
-            })
-        });
+        let mark = if after.is_some() {
+            MARK_PUT
+        } else {
+            MARK_DELETED
+        };
+        let result = (&self.meta, tree, &self.audit, &self.managed).transaction(
+            |(meta, tree, audit, managed)| {
+                let current = match revision_of(meta.get(REVISION)?) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                if current != write.base_revision {
+                    return abort(StoreError::Stale {
+                        expected: write.base_revision,
+                        current,
+                    });
+                }
+                let before = tree.get(key.as_bytes())?;
+                if after.is_none() && before.is_none() {
+                    return abort(StoreError::Missing(target.clone()));
+                }
+                match &after {
+                    Some(bytes) => tree.insert(key.as_bytes(), bytes.as_slice())?,
+                    None => tree.remove(key.as_bytes())?,
+                };
+                managed.insert(target.as_bytes(), mark)?;
+                let revision = bump(meta)?;
+                let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
+                let record = AuditRecord {
+                    revision,
+                    actor: write.actor.clone(),
+                    at_unix_ms: now_ms(),
+                    action: write.action.clone(),
+                    target: target.clone(),
+                    before: before.as_deref().and_then(as_json),
+                    after: after.as_deref().and_then(as_json),
+                };
+                audit.insert(&revision.to_be_bytes(), encode(&record))?;
+                Ok(Committed {
+                    revision,
+                    existed: before.is_some(),
+                })
+            },
+        );
         let committed = unwrap_tx(result)?;
         self.flush()?;
         Ok(committed)
+    }
+
+    fn source_digest(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .catalog
+            .get(SOURCE_DIGEST)
+            .map_err(backend)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn managed(&self) -> Result<Managed, StoreError> {
+        let mut managed = Managed::default();
+        for item in self.managed.iter() {
+            let (key, mark) = item.map_err(backend)?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            if let Some(name) = key.strip_prefix("role/") {
+                if let Some(bytes) = self.roles.get(name.as_bytes()).map_err(backend)? {
+                    managed.roles.push(decode(&key, &bytes)?);
+                }
+            } else if let Some(id) = key.strip_prefix("subject/") {
+                if mark.as_ref() == MARK_DELETED {
+                    managed.deleted_subjects.push(id.to_owned());
+                } else if let Some(bytes) = self.subjects.get(id.as_bytes()).map_err(backend)? {
+                    managed.subjects.push(decode(&key, &bytes)?);
+                }
+            }
+        }
+        Ok(managed)
     }
 
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
@@ -304,7 +368,12 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).expect("open");
             assert!(store.load().expect("load").is_none());
-            assert_eq!(store.import(&policy, "import").expect("import"), 1);
+            assert_eq!(
+                store
+                    .import(&policy, "import", ImportMode::Reseed, "digest-1")
+                    .expect("import"),
+                1
+            );
             let subject = Subject {
                 id: "new".into(),
                 roles: vec!["app-dashboard".into()],
@@ -336,6 +405,13 @@ mod tests {
         assert_eq!(loaded.revision, 2);
         assert_eq!(loaded.policy.subjects.len(), policy.subjects.len() + 1);
         assert_eq!(loaded.policy.roles, policy.roles);
+        assert_eq!(
+            store.source_digest().expect("digest").as_deref(),
+            Some("digest-1")
+        );
+        let managed = store.managed().expect("managed");
+        assert_eq!(managed.subjects.len(), 1);
+        assert_eq!(managed.subjects[0].id, "new");
         let trail = store.audit(0, 10).expect("audit");
         assert_eq!(trail.len(), 2);
         assert_eq!(trail[1].target, "subject/new");

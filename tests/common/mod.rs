@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use authz_sidecar::api::pb::authz_client::AuthzClient;
 use authz_sidecar::api::pb::{self, check_request};
 use authz_sidecar::config::{Config, EnvoyConfig, LogFormat};
+use authz_sidecar::live::Seed;
 use authz_sidecar::model::file::parse_policy;
 use authz_sidecar::server::Sidecar;
 use hyper_util::rt::TokioIo;
@@ -28,12 +29,17 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         uds: Some(dir.join("authz.sock")),
         data_dir: dir.join("data"),
-        seed: parse_policy("test policy", policy_yaml).expect("test policy is valid"),
+        seed: Seed {
+            policy: parse_policy("test policy", policy_yaml).expect("test policy is valid"),
+            digest: "test".into(),
+            reloadable: false,
+        },
         seed_source: "test".into(),
         admin_token: Some(ADMIN_TOKEN.into()),
         log_format: LogFormat::Plain,
         envoy: EnvoyConfig::default(),
         policy_path: None,
+        reload_interval: None,
     }
 }
 
