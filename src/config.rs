@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// TCP address to serve on; `none` serves only the Unix socket.
     #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN)]
     pub listen: String,
+    /// Separate TCP address serving only grpc.health.v1 (for kubelet gRPC probes, which dial
+    /// the pod IP while the API stays on loopback); `none` to disable.
+    #[arg(long, env = "AUTHZ_HEALTH_LISTEN", default_value = "none")]
+    pub health_listen: String,
     /// Unix socket path to serve on as well (shared with the app through a volume).
     #[arg(long, env = ENV_UDS)]
     pub uds: Option<PathBuf>,
@@ -237,6 +241,8 @@ pub enum LogFormat {
 pub struct Config {
     /// TCP address, if serving TCP.
     pub listen: Option<SocketAddr>,
+    /// Health-only TCP address, if any.
+    pub health_listen: Option<SocketAddr>,
     /// Unix socket path, if serving one.
     pub uds: Option<PathBuf>,
     /// sled directory.
@@ -287,6 +293,18 @@ impl ServeArgs {
                 Err(_) => {
                     errors.push(format!(
                         "--listen / {ENV_LISTEN}: `{text}` is not an address like {DEFAULT_LISTEN} (or `none`)"
+                    ));
+                    None
+                }
+            },
+        };
+        let health_listen = match self.health_listen.as_str() {
+            "none" | "" => None,
+            text => match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errors.push(format!(
+                        "--health-listen / AUTHZ_HEALTH_LISTEN: `{text}` is not an address like 0.0.0.0:50052 (or `none`)"
                     ));
                     None
                 }
@@ -427,6 +445,7 @@ impl ServeArgs {
         match seed {
             Some(seed) if errors.is_empty() => Ok(Config {
                 listen,
+                health_listen,
                 uds: self.uds,
                 data_dir: self.data_dir,
                 seed,

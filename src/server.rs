@@ -55,6 +55,7 @@ pub enum ServerError {
 /// A running sidecar.
 pub struct Sidecar {
     tcp_addr: Option<SocketAddr>,
+    health_addr: Option<SocketAddr>,
     uds_path: Option<PathBuf>,
     revision: u64,
     shutdown: watch::Sender<bool>,
@@ -88,6 +89,20 @@ impl Sidecar {
             None => None,
         };
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let health_tcp = match config.health_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let health_addr = health_tcp.as_ref().and_then(|l| l.local_addr().ok());
         let uds = match &config.uds {
             Some(path) => {
                 // A socket file left by a previous run would make bind fail.
@@ -140,6 +155,13 @@ impl Sidecar {
         if let Some(listener) = tcp {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             servers.spawn(router().serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
+        }
+        if let Some(listener) = health_tcp {
+            // Health only: kubelet probes reach the pod IP, the API stays on loopback.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let health_only = Server::builder().add_service(health_service.clone());
+            servers
+                .spawn(health_only.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
         if let Some(listener) = uds {
             let incoming = UnixListenerStream::new(listener);
@@ -199,6 +221,7 @@ impl Sidecar {
         tracing::info!(tcp = ?tcp_addr, uds = ?config.uds, "serving");
         Ok(Sidecar {
             tcp_addr,
+            health_addr,
             uds_path: config.uds,
             revision,
             shutdown,
@@ -211,6 +234,11 @@ impl Sidecar {
     /// The bound TCP address (useful with port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// The bound health-only address.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     /// The Unix socket path.

@@ -27,6 +27,7 @@ pub struct TestSidecar {
 pub fn config(dir: &Path, policy_yaml: &str) -> Config {
     Config {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
+        health_listen: Some("127.0.0.1:0".parse().expect("addr")),
         uds: Some(dir.join("authz.sock")),
         data_dir: dir.join("data"),
         seed: Seed {
