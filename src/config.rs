@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// the pod IP while the API stays on loopback); `none` to disable.
     #[arg(long, env = "AUTHZ_HEALTH_LISTEN", default_value = "none")]
     pub health_listen: String,
+    /// Address of the Prometheus `/metrics` HTTP endpoint; `none` to disable.
+    #[arg(long, env = "AUTHZ_METRICS_ADDR", default_value = "none")]
+    pub metrics_addr: String,
     /// Unix socket path to serve on as well (shared with the app through a volume).
     #[arg(long, env = ENV_UDS)]
     pub uds: Option<PathBuf>,
@@ -243,6 +246,8 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Health-only TCP address, if any.
     pub health_listen: Option<SocketAddr>,
+    /// Prometheus metrics address, if any.
+    pub metrics_addr: Option<SocketAddr>,
     /// Unix socket path, if serving one.
     pub uds: Option<PathBuf>,
     /// sled directory.
@@ -305,6 +310,18 @@ impl ServeArgs {
                 Err(_) => {
                     errors.push(format!(
                         "--health-listen / AUTHZ_HEALTH_LISTEN: `{text}` is not an address like 0.0.0.0:50052 (or `none`)"
+                    ));
+                    None
+                }
+            },
+        };
+        let metrics_addr = match self.metrics_addr.as_str() {
+            "none" | "" => None,
+            text => match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errors.push(format!(
+                        "--metrics-addr / AUTHZ_METRICS_ADDR: `{text}` is not an address like 0.0.0.0:9090 (or `none`)"
                     ));
                     None
                 }
@@ -446,6 +463,7 @@ impl ServeArgs {
             Some(seed) if errors.is_empty() => Ok(Config {
                 listen,
                 health_listen,
+                metrics_addr,
                 uds: self.uds,
                 data_dir: self.data_dir,
                 seed,

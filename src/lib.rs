@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod live;
+pub mod metrics;
 pub mod model;
 pub mod reload;
 pub mod server;

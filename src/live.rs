@@ -25,6 +25,8 @@ pub struct Published {
     pub catalog: Arc<Catalog>,
     /// Roles by name order, as stored.
     pub roles: Arc<Vec<Role>>,
+    /// When this state was published.
+    pub published_at: std::time::SystemTime,
 }
 
 /// How start-up found the store.
@@ -204,6 +206,7 @@ impl LivePolicy {
             snapshot: Snapshot::compile(policy, revision),
             catalog: Arc::new(policy.catalog.clone()),
             roles: Arc::new(policy.roles.clone()),
+            published_at: std::time::SystemTime::now(),
         }
     }
 
@@ -285,6 +288,7 @@ impl LivePolicy {
             snapshot: current.snapshot.with_roles(policy, revision),
             catalog: Arc::clone(&current.catalog),
             roles: Arc::new(policy.roles.clone()),
+            published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
     }
@@ -372,6 +376,7 @@ impl LivePolicy {
                 .with_subject(&subject.id, Some(&subject), revision),
             catalog: Arc::clone(&current.catalog),
             roles: Arc::clone(&current.roles),
+            published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
         Ok((subject, revision))
@@ -403,6 +408,7 @@ impl LivePolicy {
             snapshot: current.snapshot.with_subject(id, None, revision),
             catalog: Arc::clone(&current.catalog),
             roles: Arc::clone(&current.roles),
+            published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
         Ok(revision)

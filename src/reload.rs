@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::read_seed;
 use crate::live::LivePolicy;
+use crate::metrics::Metrics;
 
 /// What the watcher has seen; read by metrics and tests.
 #[derive(Debug, Default)]
@@ -58,6 +59,7 @@ pub async fn watch_policy_file(
     path: PathBuf,
     interval: Duration,
     stats: Arc<ReloadStats>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_failed_digest: Option<String> = None;
@@ -89,6 +91,7 @@ pub async fn watch_policy_file(
             Ok(Ok(Some(revision))) => {
                 last_failed_digest = None;
                 stats.succeeded();
+                metrics.admin_change("reload");
                 tracing::info!(revision, file = %path.display(), "policy file changed: reloaded");
             }
             Ok(Ok(None)) => {}
@@ -96,6 +99,7 @@ pub async fn watch_policy_file(
                 // Report a bad file once, not on every poll, until its text changes again.
                 if digest.is_none() || digest != last_failed_digest {
                     stats.failed(message.clone());
+                    metrics.reload_error();
                     for line in message.lines() {
                         tracing::error!(file = %path.display(), problem = %line, "policy reload refused; still serving the previous policy");
                     }
@@ -104,6 +108,7 @@ pub async fn watch_policy_file(
             }
             Err(e) => {
                 stats.failed(e.to_string());
+                metrics.reload_error();
                 tracing::error!(error = %e, "policy reload task failed");
             }
         }

@@ -22,6 +22,7 @@ use crate::api::{AppState, AuthzService, EnvoyAuthzService, pb};
 use crate::config::Config;
 use crate::config::EnvoyMode;
 use crate::live::{LivePolicy, OpenError, Opened};
+use crate::metrics::{Metrics, serve_metrics};
 use crate::reload::{ReloadStats, watch_policy_file};
 use crate::store::{SledStore, Store, StoreError};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -56,6 +57,8 @@ pub enum ServerError {
 pub struct Sidecar {
     tcp_addr: Option<SocketAddr>,
     health_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     uds_path: Option<PathBuf>,
     revision: u64,
     shutdown: watch::Sender<bool>,
@@ -119,7 +122,22 @@ impl Sidecar {
             None => None,
         };
 
-        let state = Arc::new(AppState::default());
+        let metrics = Arc::new(Metrics::new());
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let state = Arc::new(AppState::new(Arc::clone(&metrics)));
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status("", ServingStatus::NotServing)
@@ -155,6 +173,18 @@ impl Sidecar {
         if let Some(listener) = tcp {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             servers.spawn(router().serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
+        }
+        if let Some(listener) = metrics_listener {
+            let serve = serve_metrics(
+                listener,
+                Arc::clone(&metrics),
+                Arc::clone(&state),
+                signal.clone(),
+            );
+            servers.spawn(async move {
+                serve.await;
+                Ok(())
+            });
         }
         if let Some(listener) = health_tcp {
             // Health only: kubelet probes reach the pod IP, the API stays on loopback.
@@ -206,6 +236,7 @@ impl Sidecar {
                     path,
                     interval,
                     Arc::clone(&reload_stats),
+                    Arc::clone(&metrics),
                     signal.clone(),
                 );
                 async move {
@@ -222,6 +253,8 @@ impl Sidecar {
         Ok(Sidecar {
             tcp_addr,
             health_addr,
+            metrics_addr,
+            metrics,
             uds_path: config.uds,
             revision,
             shutdown,
@@ -239,6 +272,16 @@ impl Sidecar {
     /// The bound health-only address.
     pub fn health_addr(&self) -> Option<SocketAddr> {
         self.health_addr
+    }
+
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The sidecar's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The Unix socket path.

@@ -31,6 +31,7 @@ impl AuthzService {
         match live.authorize(token, permission) {
             Ok(admin) => Ok((live, admin)),
             Err(e) => {
+                self.state.metrics.admin_refused();
                 // Never log the token itself.
                 tracing::warn!(rpc, reason = %e, "admin call refused");
                 Err(from_auth(e))
@@ -68,6 +69,7 @@ impl AuthzService {
             blocking(move || live.update_permission(&admin.name, &role, &change, expected)).await?;
         let live = self.state.live()?;
         let published = live.current();
+        self.state.metrics.admin_change("update_permission");
         tracing::info!(role = %r.role, revision, pending = outcome.pending_approval, "role updated");
         Ok(Response::new(pb::UpdatePermissionResponse {
             role: Some(role_to_pb(
@@ -95,6 +97,7 @@ impl AuthzService {
             blocking(move || live.approve_pending(&admin.name, &role, r.expected_revision)).await?;
         let live = self.state.live()?;
         let published = live.current();
+        self.state.metrics.admin_change("approve_pending");
         tracing::info!(role = %r.role, revision, "pending change approved");
         Ok(Response::new(pb::ApprovePendingResponse {
             role: Some(role_to_pb(&approved, &published.catalog, &published.roles)),
@@ -111,6 +114,7 @@ impl AuthzService {
         let subject = subject_from_pb(r.subject)?;
         let (subject, revision) =
             blocking(move || live.put_subject(&admin.name, subject, r.expected_revision)).await?;
+        self.state.metrics.admin_change("put_subject");
         tracing::info!(subject = %subject.id, revision, "subject stored");
         Ok(Response::new(pb::PutSubjectResponse {
             subject: Some(subject_to_pb(&subject)),
@@ -131,6 +135,7 @@ impl AuthzService {
         let id = r.id.clone();
         let revision =
             blocking(move || live.delete_subject(&admin.name, &id, r.expected_revision)).await?;
+        self.state.metrics.admin_change("delete_subject");
         tracing::info!(subject = %r.id, revision, "subject deleted");
         Ok(Response::new(pb::DeleteSubjectResponse { revision }))
     }

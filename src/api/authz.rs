@@ -11,19 +11,31 @@ use super::pb;
 use super::status::invalid;
 use crate::engine::{self, Action, Inline, MAX_INLINE_ROLES};
 use crate::live::LivePolicy;
+use crate::metrics::{ActionKind, Metrics};
 
 /// Default ListRoles / ListAudit page size.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page served; larger requests are served this many.
 pub const MAX_PAGE_SIZE: usize = 1000;
 
-/// State shared by every service: the live policy once it is loaded (a readiness latch).
+/// State shared by every service: the live policy once it is loaded (a readiness latch), and
+/// the metrics.
 #[derive(Default)]
 pub struct AppState {
     live: OnceLock<Arc<LivePolicy>>,
+    /// Metrics every service records into.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
+    /// State that records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> AppState {
+        AppState {
+            live: OnceLock::new(),
+            metrics,
+        }
+    }
+
     /// Marks the sidecar ready with its loaded policy.
     pub fn set_ready(&self, live: Arc<LivePolicy>) {
         let _ = self.live.set(live);
@@ -91,6 +103,7 @@ impl pb::authz_server::Authz for AuthzService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
+        let started = std::time::Instant::now();
         let live = self.state.live()?;
         let r = request.get_ref();
         if r.subject.is_empty() {
@@ -139,6 +152,11 @@ impl pb::authz_server::Authz for AuthzService {
                 snapshot.revision()
             )));
         }
+        let kind = match action {
+            Action::Permission(_) => ActionKind::Permission,
+            Action::Http { .. } => ActionKind::Http,
+            Action::Event(_) => ActionKind::Event,
+        };
         let decision = snapshot.decide(&engine::Request {
             subject: &r.subject,
             action,
@@ -149,6 +167,7 @@ impl pb::authz_server::Authz for AuthzService {
                 subject_type: &r.subject_type,
             }),
         });
+        self.state.metrics.decision(kind, decision.allowed, started);
         Ok(Response::new(pb::CheckResponse {
             allowed: decision.allowed,
             reason: decision.reason.to_string(),

@@ -3,7 +3,6 @@
 //! id; method and path map onto an HTTP Check. Anything unexpected denies (fail closed).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
@@ -18,6 +17,7 @@ use super::authz::AppState;
 use super::envoy_path::normalize;
 use crate::config::{EnvoyConfig, EnvoyMode, SubjectSource};
 use crate::engine::{self, Action};
+use crate::metrics::ActionKind;
 
 /// Metadata namespace under which Envoy's jwt_authn filter forwards verified payloads.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
@@ -27,7 +27,6 @@ pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 pub struct EnvoyAuthzService {
     state: Arc<AppState>,
     config: Arc<EnvoyConfig>,
-    shadow_denials: Arc<AtomicU64>,
 }
 
 /// What the ext_authz answer says, before it is rendered for Envoy.
@@ -50,13 +49,7 @@ impl EnvoyAuthzService {
         EnvoyAuthzService {
             state,
             config: Arc::new(config),
-            shadow_denials: Arc::new(AtomicU64::new(0)),
         }
-    }
-
-    /// Would-be denials let through in shadow mode since start.
-    pub fn shadow_denials(&self) -> u64 {
-        self.shadow_denials.load(Ordering::Relaxed)
     }
 
     fn subject(&self, request: &CheckRequest) -> Result<String, String> {
@@ -233,8 +226,13 @@ impl Authorization for EnvoyAuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
         let verdict = self.decide(&request);
+        let allowed = matches!(verdict, Verdict::Allow { .. });
+        self.state
+            .metrics
+            .decision(ActionKind::Envoy, allowed, started);
         if self.config.mode == EnvoyMode::Shadow {
             if let Verdict::Deny {
                 status,
@@ -242,8 +240,8 @@ impl Authorization for EnvoyAuthzService {
                 revision,
             } = &verdict
             {
-                let total = self.shadow_denials.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(status, %reason, revision, shadow_denials_total = total, "ext_authz shadow mode: would deny");
+                self.state.metrics.shadow_denial();
+                tracing::warn!(status, %reason, revision, "ext_authz shadow mode: would deny");
                 let mut ok = OkHttpResponseBuilder::new();
                 ok.add_header(
                     self.config.shadow_header.as_str(),

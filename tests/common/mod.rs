@@ -28,6 +28,7 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
     Config {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         health_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        metrics_addr: Some("127.0.0.1:0".parse().expect("addr")),
         uds: Some(dir.join("authz.sock")),
         data_dir: dir.join("data"),
         seed: Seed {

@@ -1,0 +1,289 @@
+//! Prometheus metrics on a separate HTTP port (`--metrics-addr`).
+//!
+//! Every handle the request paths touch is resolved once at start-up (no label lookups, no
+//! registry locks while serving): recording a decision is a few atomic adds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::AppState;
+
+/// Check latency buckets, in seconds: decisions take microseconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.002_5,
+    0.01,
+    0.1,
+];
+
+/// Kinds of decisions, as the `action` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    /// A permission Check.
+    Permission = 0,
+    /// An HTTP Check.
+    Http = 1,
+    /// An event Check.
+    Event = 2,
+    /// An Envoy ext_authz Check.
+    Envoy = 3,
+}
+
+const ACTIONS: [&str; 4] = ["permission", "http", "event", "envoy"];
+
+/// Admin changes, as the `action` label.
+pub const ADMIN_ACTIONS: [&str; 5] = [
+    "update_permission",
+    "approve_pending",
+    "put_subject",
+    "delete_subject",
+    "reload",
+];
+
+/// All metrics of one sidecar.
+pub struct Metrics {
+    registry: Registry,
+    decisions: [[IntCounter; 2]; 4],
+    latency: [Histogram; 4],
+    admin_changes: [IntCounter; 5],
+    admin_refused: IntCounter,
+    shadow_denials: IntCounter,
+    reload_errors: IntCounter,
+    decision_log_dropped: IntCounter,
+    revision: IntGauge,
+    snapshot_age: Gauge,
+    subjects: IntGauge,
+}
+
+fn must<T>(result: prometheus::Result<T>) -> T {
+    // PANIC SAFETY: metric names and labels below are static and valid, and each is
+    // registered once; prometheus only errors on invalid or duplicate descriptors.
+    #[allow(clippy::expect_used)]
+    result.expect("static metric definitions are valid")
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let decisions_vec = must(IntCounterVec::new(
+            Opts::new(
+                "authz_decisions_total",
+                "Check decisions by action kind and result",
+            ),
+            &["action", "result"],
+        ));
+        must(registry.register(Box::new(decisions_vec.clone())));
+        let decisions = ACTIONS.map(|action| {
+            [
+                decisions_vec.with_label_values(&[action, "deny"]),
+                decisions_vec.with_label_values(&[action, "allow"]),
+            ]
+        });
+        let latency = ACTIONS.map(|action| {
+            let h = must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "authz_check_duration_seconds",
+                    "Time to decide one Check, in the handler",
+                )
+                .const_label("action", action)
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            ));
+            must(registry.register(Box::new(h.clone())));
+            h
+        });
+        let admin_vec = must(IntCounterVec::new(
+            Opts::new(
+                "authz_admin_changes_total",
+                "Committed policy changes by kind",
+            ),
+            &["action"],
+        ));
+        must(registry.register(Box::new(admin_vec.clone())));
+        let admin_changes = ADMIN_ACTIONS.map(|a| admin_vec.with_label_values(&[a]));
+        let counter = |name: &str, help: &str| {
+            let c = must(IntCounter::new(name, help));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let admin_refused = counter(
+            "authz_admin_refused_total",
+            "Admin calls refused for a missing or insufficient credential",
+        );
+        let shadow_denials = counter(
+            "authz_envoy_shadow_denials_total",
+            "ext_authz requests shadow mode let through that enforce mode would deny",
+        );
+        let reload_errors = counter(
+            "authz_policy_reload_errors_total",
+            "Policy file reloads refused (bad file or store error)",
+        );
+        let decision_log_dropped = counter(
+            "authz_decision_log_dropped_total",
+            "Decision log entries dropped because the writer fell behind",
+        );
+        let revision = must(IntGauge::new(
+            "authz_policy_revision",
+            "Revision of the snapshot being served",
+        ));
+        must(registry.register(Box::new(revision.clone())));
+        let snapshot_age = must(Gauge::new(
+            "authz_snapshot_age_seconds",
+            "Seconds since the served snapshot was published",
+        ));
+        must(registry.register(Box::new(snapshot_age.clone())));
+        let subjects = must(IntGauge::new(
+            "authz_subjects",
+            "Subjects in the served snapshot",
+        ));
+        must(registry.register(Box::new(subjects.clone())));
+        #[cfg(target_os = "linux")]
+        must(registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )));
+        Metrics {
+            registry,
+            decisions,
+            latency,
+            admin_changes,
+            admin_refused,
+            shadow_denials,
+            reload_errors,
+            decision_log_dropped,
+            revision,
+            snapshot_age,
+            subjects,
+        }
+    }
+
+    /// Records one decision and how long it took.
+    #[inline]
+    pub fn decision(&self, kind: ActionKind, allowed: bool, started: Instant) {
+        let k = kind as usize;
+        self.decisions[k][usize::from(allowed)].inc();
+        self.latency[k].observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Decisions recorded so far for a kind and result (for tests and the load tool).
+    pub fn decisions(&self, kind: ActionKind, allowed: bool) -> u64 {
+        self.decisions[kind as usize][usize::from(allowed)].get()
+    }
+
+    /// Records a committed admin change (`action` one of [`ADMIN_ACTIONS`]).
+    pub fn admin_change(&self, action: &str) {
+        if let Some(i) = ADMIN_ACTIONS.iter().position(|a| *a == action) {
+            self.admin_changes[i].inc();
+        }
+    }
+
+    /// Records a refused admin call.
+    pub fn admin_refused(&self) {
+        self.admin_refused.inc();
+    }
+
+    /// Records a would-be denial let through in shadow mode.
+    pub fn shadow_denial(&self) {
+        self.shadow_denials.inc();
+    }
+
+    /// Records a refused policy reload.
+    pub fn reload_error(&self) {
+        self.reload_errors.inc();
+    }
+
+    /// Records a dropped decision-log entry.
+    pub fn decision_log_dropped(&self) {
+        self.decision_log_dropped.inc();
+    }
+
+    /// The text exposition, with the snapshot gauges brought up to date first.
+    pub fn render(&self, state: &AppState) -> String {
+        if let Ok(live) = state.live() {
+            let published = live.current();
+            self.revision.set(published.snapshot.revision() as i64);
+            self.subjects.set(published.snapshot.subject_count() as i64);
+            let age = SystemTime::now()
+                .duration_since(published.published_at)
+                .unwrap_or(Duration::ZERO);
+            self.snapshot_age.set(age.as_secs_f64());
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` flips.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                let state = Arc::clone(&state);
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics, &state)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Metrics, state: &AppState) -> Response<Full<Bytes>> {
+    let mut response = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from(metrics.render(state))));
+        if let Ok(v) = "text/plain; version=0.0.4".parse() {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        r
+    } else {
+        Response::new(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
+    };
+    if !(req.method() == Method::GET && req.uri().path() == "/metrics") {
+        *response.status_mut() = StatusCode::NOT_FOUND;
+    }
+    response
+}
