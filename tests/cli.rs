@@ -39,7 +39,12 @@ fn validate_accepts_the_example_and_lists_every_problem_with_its_line() {
     assert_eq!(code, 1);
     let name = bad.display().to_string();
     assert!(err.contains(&format!("{name}:4:19: catalog.permissions[0].endpoints[0]: endpoint `FETCH /x`: unknown method `FETCH`")), "{err}");
-    assert!(err.contains(&format!("{name}:8:14: roles[0].grants[0].permission: unknown permission `ghost`")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{name}:8:14: roles[0].grants[0].permission: unknown permission `ghost`"
+        )),
+        "{err}"
+    );
     assert!(err.contains("2 problem(s)"), "{err}");
 }
 
@@ -68,7 +73,12 @@ fn bad_configuration_is_reported_at_once_and_refused() {
 /// Starts the binary on an ephemeral port and waits for its "serving" log line.
 fn spawn(data: &Path) -> Child {
     let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--data-dir", data.to_str().expect("utf8")])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+        ])
         .env_remove("AUTHZ_ADMIN_TOKEN")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -97,9 +107,14 @@ fn sigterm_drains_and_exits_zero_and_a_locked_data_dir_is_refused() {
     let mut first = spawn(&data);
 
     // A second sidecar on the same data dir must refuse to start, not share or reset it.
-    let (code, _, err) = run(&["--listen", "127.0.0.1:0", "--data-dir", data.to_str().expect("utf8")]);
+    let (code, _, err) = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+    ]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("cannot open data dir"), "{err}");
+    assert!(err.contains("locked by another process"), "{err}");
 
     let status = Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
@@ -131,7 +146,12 @@ fn hash_token_prints_the_sha256_for_policies() {
         .spawn()
         .expect("spawns");
     use std::io::Write;
-    child.stdin.take().expect("stdin").write_all(b"approver-token\n").expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"approver-token\n")
+        .expect("write");
     let out = child.wait_with_output().expect("output");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),

@@ -29,8 +29,11 @@ pub fn role_to_pb(role: &Role, catalog: &Catalog, roles: &[Role]) -> pb::Role {
             .filter(|r| base.is_none() || !r.default)
             .map(path_to_pb),
     );
-    let path_only =
-        role.grants.is_empty() && !role.all && role.pending.is_empty() && !role.paths.is_empty();
+    // Application-user roles are made of path rules; the permission tree would only be noise.
+    let path_only = role.grants.is_empty()
+        && !role.all
+        && role.pending.is_empty()
+        && (role.base.is_some() || !role.paths.is_empty());
     let permissions = if path_only {
         Vec::new()
     } else {

@@ -266,9 +266,10 @@ fn compile_subject(
 ) -> CompiledSubject {
     let only = (!subject.only.is_empty()).then(|| {
         let mut set = BitSet::new(catalog.names.len());
+        // An override names permissions as grants do: a parent brings its implied children.
         for name in &subject.only {
             if let Some(i) = catalog.index.get(name.as_str()) {
-                set.insert(*i as usize);
+                set.union_with(&catalog.info[*i as usize].implies);
             }
         }
         set

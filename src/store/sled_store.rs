@@ -2,7 +2,7 @@
 //! an `audit` tree keyed by revision. Every write is one multi-tree transaction, flushed.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -74,14 +74,40 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long to wait for the data dir's lock: sled releases it from a background thread shortly
+/// after the previous owner in this process closed it (a restart in place). Another live process
+/// keeps it, and is refused after this.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock") =>
+            {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Backend(format!(
+                        "cannot open data dir {}: it is locked by another process (is another sidecar running on it?)",
+                        dir.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(StoreError::Backend(format!("cannot open data dir {}: {e}", dir.display())));
+            }
+        }
+    }
+}
+
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 impl SledStore {
     /// Opens (creating if needed) the store in `dir`. Refuses data of another format version.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new().path(dir).open().map_err(|e| {
-            StoreError::Backend(format!("cannot open data dir {}: {e}", dir.display()))
-        })?;
+        let db = open_db(dir)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let store = SledStore {
             meta: tree("meta")?,
