@@ -4,6 +4,7 @@
 //! A write goes: rules (model) → one store transaction, flushed → recompile the touched table →
 //! swap. Checks never wait: they load whatever snapshot is published, lock-free.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::{ArcSwap, Guard};
@@ -146,13 +147,25 @@ impl From<StoreError> for WriteError {
     }
 }
 
+/// Subject overlay size at which it is folded into the base.
+const COMPACT_AT: usize = 4096;
+
+fn lock_writer(writer: &Mutex<Policy>) -> MutexGuard<'_, Policy> {
+    // A panic while holding the lock cannot leave the policy half-changed: it is replaced only
+    // after the store committed. So a poisoned lock is still consistent.
+    writer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The sidecar's policy state.
 pub struct LivePolicy {
     store: Arc<dyn Store>,
-    published: ArcSwap<Published>,
+    published: Arc<ArcSwap<Published>>,
+    compacting: Arc<AtomicBool>,
     /// The policy without its subjects (which live in the store and the snapshot only), held
     /// by the single writer.
-    writer: Mutex<Policy>,
+    writer: Arc<Mutex<Policy>>,
     admins: ArcSwap<AdminSet>,
     bootstrap_token: Option<String>,
 }
@@ -190,12 +203,13 @@ impl LivePolicy {
         }
         let live = LivePolicy {
             store,
-            published: ArcSwap::from_pointee(Self::publishable(&policy, revision)),
+            published: Arc::new(ArcSwap::from_pointee(Self::publishable(&policy, revision))),
+            compacting: Arc::new(AtomicBool::new(false)),
             admins: ArcSwap::from_pointee(AdminSet::new(&policy.admins, bootstrap_token)),
-            writer: Mutex::new(Policy {
+            writer: Arc::new(Mutex::new(Policy {
                 subjects: Vec::new(),
                 ..policy
-            }),
+            })),
             bootstrap_token: bootstrap_token.map(str::to_owned),
         };
         Ok((live, opened))
@@ -251,11 +265,37 @@ impl LivePolicy {
     }
 
     fn lock(&self) -> MutexGuard<'_, Policy> {
-        // A panic while holding the lock cannot leave the policy half-changed: it is replaced
-        // only after the store committed. So a poisoned lock is still consistent.
-        self.writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_writer(&self.writer)
+    }
+
+    /// Once the subject overlay has grown, folds it into a new base on a background thread
+    /// and swaps that in (same revision, same decisions), so that subject writes stay cheap.
+    fn maybe_compact(&self) {
+        let snapshot = self.published.load().snapshot.clone();
+        if snapshot.subject_overlay_len() < COMPACT_AT
+            || self.compacting.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let published = Arc::clone(&self.published);
+        let writer = Arc::clone(&self.writer);
+        let compacting = Arc::clone(&self.compacting);
+        std::thread::spawn(move || {
+            let compacted = snapshot.compact_subjects();
+            {
+                let _writer = lock_writer(&writer);
+                let current = published.load();
+                if let Some(next) = current.snapshot.with_compacted(&compacted) {
+                    published.store(Arc::new(Published {
+                        snapshot: next,
+                        catalog: Arc::clone(&current.catalog),
+                        roles: Arc::clone(&current.roles),
+                        published_at: current.published_at,
+                    }));
+                }
+            }
+            compacting.store(false, Ordering::Release);
+        });
     }
 
     fn base_revision(&self, expected: u64) -> Result<u64, WriteError> {
@@ -379,6 +419,7 @@ impl LivePolicy {
             published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
+        self.maybe_compact();
         Ok((subject, revision))
     }
 
@@ -411,6 +452,7 @@ impl LivePolicy {
             published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
+        self.maybe_compact();
         Ok(revision)
     }
 

@@ -47,18 +47,8 @@ impl Snapshot {
 
     /// A new snapshot with one subject created, replaced (`Some`) or deleted (`None`).
     pub fn with_subject(&self, id: &str, subject: Option<&Subject>, revision: u64) -> Snapshot {
-        let mut table = (*self.subjects).clone();
-        match subject {
-            Some(s) => {
-                table.index.insert(
-                    s.id.as_str().into(),
-                    compile_subject(s, &self.catalog, &self.roles),
-                );
-            }
-            None => {
-                table.index.remove(id);
-            }
-        }
+        let compiled = subject.map(|s| compile_subject(s, &self.catalog, &self.roles));
+        let table = self.subjects.with(id, compiled);
         Snapshot {
             revision,
             catalog: Arc::clone(&self.catalog),
@@ -252,10 +242,14 @@ fn compile_subjects<'a>(
     catalog: &CompiledCatalog,
     roles: &RoleTable,
 ) -> SubjectTable {
+    let base: HashMap<Box<str>, CompiledSubject> = subjects
+        .map(|s| (s.id.as_str().into(), compile_subject(s, catalog, roles)))
+        .collect();
     SubjectTable {
-        index: subjects
-            .map(|s| (s.id.as_str().into(), compile_subject(s, catalog, roles)))
-            .collect(),
+        len: base.len(),
+        base: Arc::new(base),
+        overlay: Arc::default(),
+        lineage: super::snapshot::next_lineage(),
     }
 }
 

@@ -296,7 +296,6 @@ impl Snapshot {
         }
         let subject = self
             .subjects
-            .index
             .get(req.subject)
             .ok_or(Reason::UnknownSubject(req.subject))?;
         Ok(View {

@@ -32,7 +32,7 @@ impl Snapshot {
 
     /// Number of subjects served.
     pub fn subject_count(&self) -> usize {
-        self.subjects.index.len()
+        self.subjects.len
     }
 }
 
@@ -102,10 +102,132 @@ pub(super) struct CompiledRule {
     pub text: Box<str>,
 }
 
-/// Subjects by id.
+/// Subjects by id: a large shared base plus a small overlay of recent changes, so that one
+/// subject write copies the overlay, not a million entries. The overlay is folded into a new
+/// base off the write path once it grows (see [`Snapshot::compact_subjects`]).
 #[derive(Debug, Default, Clone)]
 pub(super) struct SubjectTable {
-    pub index: HashMap<Box<str>, CompiledSubject>,
+    pub base: Arc<HashMap<Box<str>, CompiledSubject>>,
+    /// `None` marks a deletion of a base entry.
+    pub overlay: Arc<HashMap<Box<str>, Option<Arc<CompiledSubject>>>>,
+    pub len: usize,
+    /// Identifies the lineage of `base`: a full compile starts a new one, so a compaction taken
+    /// from an older lineage is never applied over a newer policy.
+    pub lineage: u64,
+}
+
+static LINEAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A fresh lineage id for a fully compiled subject table.
+pub(super) fn next_lineage() -> u64 {
+    LINEAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl SubjectTable {
+    /// The subject with this id. Allocates nothing.
+    #[inline]
+    pub fn get(&self, id: &str) -> Option<&CompiledSubject> {
+        if !self.overlay.is_empty() {
+            if let Some(entry) = self.overlay.get(id) {
+                return entry.as_deref();
+            }
+        }
+        self.base.get(id)
+    }
+
+    /// A table with one subject set (`Some`) or removed (`None`).
+    pub fn with(&self, id: &str, subject: Option<CompiledSubject>) -> SubjectTable {
+        let existed = self.get(id).is_some();
+        let mut overlay = (*self.overlay).clone();
+        let added = subject.is_some();
+        overlay.insert(id.into(), subject.map(Arc::new));
+        let len = match (existed, added) {
+            (false, true) => self.len + 1,
+            (true, false) => self.len - 1,
+            _ => self.len,
+        };
+        SubjectTable {
+            base: Arc::clone(&self.base),
+            overlay: Arc::new(overlay),
+            len,
+            lineage: self.lineage,
+        }
+    }
+
+    /// Base and overlay folded into one map. O(subjects): run it off the write path.
+    pub fn merged(&self) -> HashMap<Box<str>, CompiledSubject> {
+        let mut base = (*self.base).clone();
+        for (id, entry) in self.overlay.iter() {
+            match entry {
+                Some(s) => {
+                    base.insert(id.clone(), (**s).clone());
+                }
+                None => {
+                    base.remove(id);
+                }
+            }
+        }
+        base
+    }
+}
+
+/// A subject base folded from an earlier snapshot's table, ready to replace a later one's.
+#[derive(Debug)]
+pub struct CompactedSubjects {
+    lineage: u64,
+    base: Arc<HashMap<Box<str>, CompiledSubject>>,
+    folded: Arc<HashMap<Box<str>, Option<Arc<CompiledSubject>>>>,
+}
+
+impl Snapshot {
+    /// Entries in the subject overlay (changes not yet folded into the base).
+    pub fn subject_overlay_len(&self) -> usize {
+        self.subjects.overlay.len()
+    }
+
+    /// Folds the overlay into a new base. Expensive and pure: call it on a background thread.
+    pub fn compact_subjects(&self) -> CompactedSubjects {
+        CompactedSubjects {
+            lineage: self.subjects.lineage,
+            base: Arc::new(self.subjects.merged()),
+            folded: Arc::clone(&self.subjects.overlay),
+        }
+    }
+
+    /// This snapshot with `compacted` as its subject base. Overlay entries written after the
+    /// compaction was taken stay in the overlay; the decisions are unchanged. `None` when the
+    /// subject table was recompiled since (the compaction is stale).
+    pub fn with_compacted(&self, compacted: &CompactedSubjects) -> Option<Snapshot> {
+        if compacted.lineage != self.subjects.lineage {
+            return None;
+        }
+        let remaining: HashMap<Box<str>, Option<Arc<CompiledSubject>>> = self
+            .subjects
+            .overlay
+            .iter()
+            .filter(|(id, entry)| {
+                let folded = compacted.folded.get(*id);
+                let same = match (folded, entry) {
+                    (Some(Some(a)), Some(b)) => Arc::ptr_eq(a, b),
+                    (Some(None), None) => true,
+                    _ => false,
+                };
+                !same
+            })
+            .map(|(id, entry)| (id.clone(), entry.clone()))
+            .collect();
+        Some(Snapshot {
+            revision: self.revision,
+            catalog: Arc::clone(&self.catalog),
+            roles: Arc::clone(&self.roles),
+            subjects: Arc::new(SubjectTable {
+                base: Arc::clone(&compacted.base),
+                overlay: Arc::new(remaining),
+                len: self.subjects.len,
+                lineage: self.subjects.lineage,
+            }),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -417,3 +417,49 @@ fn incremental_snapshots_match_a_full_compile() {
         Reason::UnknownSubject("r1")
     );
 }
+
+#[test]
+fn subject_overlay_compaction_keeps_every_decision() {
+    use crate::model::Subject;
+    let policy = parse_policy("test", POLICY).expect("test policy");
+    let s0 = Snapshot::compile(&policy, 1);
+    let subject = |id: &str, role: &str| Subject {
+        id: id.into(),
+        roles: vec![role.into()],
+        ..Subject::default()
+    };
+    let s1 = s0.with_subject("n1", Some(&subject("n1", "reader")), 2);
+    let s2 = s1.with_subject("r1", None, 3);
+    assert_eq!(s2.subject_overlay_len(), 2);
+    assert_eq!(s2.subject_count(), s0.subject_count());
+    // Compaction taken at s2; a later write (s3) must survive applying it.
+    let compacted = s2.compact_subjects();
+    let s3 = s2.with_subject("n2", Some(&subject("n2", "writer")), 4);
+    let s4 = s3.with_compacted(&compacted).expect("same lineage");
+    assert_eq!(
+        s4.subject_overlay_len(),
+        1,
+        "only the write after the compaction stays in the overlay"
+    );
+    assert_eq!(s4.revision(), 4);
+    let ask = |snap: &Snapshot, subject: &str, permission: &str| {
+        snap.decide(&Request {
+            subject,
+            action: Action::Permission(permission),
+            scope: None,
+            resource: None,
+            inline: None,
+        })
+        .allowed
+    };
+    for snap in [&s3, &s4] {
+        assert!(ask(snap, "n1", "devices:read"));
+        assert!(!ask(snap, "r1", "devices:read"));
+        assert!(ask(snap, "n2", "devices:write"));
+        assert!(ask(snap, "w1", "devices:write"));
+    }
+    assert_eq!(s4.subject_count(), s3.subject_count());
+    // A compaction from an older lineage is refused after a full recompile.
+    let fresh = Snapshot::compile(&policy, 5);
+    assert!(fresh.with_compacted(&compacted).is_none());
+}

@@ -85,7 +85,8 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         match sled::Config::new().path(dir).open() {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock") =>
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock") =>
             {
                 if Instant::now() >= deadline {
                     return Err(StoreError::Backend(format!(
@@ -96,7 +97,10 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                return Err(StoreError::Backend(format!("cannot open data dir {}: {e}", dir.display())));
+                return Err(StoreError::Backend(format!(
+                    "cannot open data dir {}: {e}",
+                    dir.display()
+                )));
             }
         }
     }

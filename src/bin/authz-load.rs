@@ -1,0 +1,642 @@
+//! `authz-load`: a closed-loop load generator for the sidecar.
+//!
+//! It opens `--connections` HTTP/2 connections to one sidecar (TCP or Unix socket), keeps exactly
+//! `--concurrency` calls in flight (one worker task per stream, round-robin over the
+//! connections, each looping request → response), and runs the scenarios one after the other in
+//! the same invocation so that they share machine conditions:
+//!
+//! - `health`: `grpc.health.v1.Health/Check` — the cheapest RPC the same server answers, the
+//!   floor the Check scenarios are compared against;
+//! - `permission`: `authz.v1.Authz/Check` with a permission;
+//! - `http`: `authz.v1.Authz/Check` with an HTTP method and path;
+//! - `envoy`: `envoy.service.auth.v3.Authorization/Check` with the subject in a header.
+//!
+//! Each scenario first runs `--warmup` seconds unrecorded, then `--duration` seconds recorded:
+//! a call counts when it completes inside the recorded window. It prints a table (or JSON with
+//! `--json`) of requests, throughput, latency percentiles and errors, and each Check scenario's
+//! throughput as a percentage of the health floor. A denied decision is an answer, not an error;
+//! an error is a call that failed (a non-OK gRPC status, a timeout, or a health answer other
+//! than `SERVING`). Exit status: 0 when no call failed, 1 when any did, 2 on a usage or
+//! connection problem.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use authz_sidecar::api::pb::authz_client::AuthzClient;
+use authz_sidecar::api::pb::{CheckRequest, HttpRequest, check_request::Action};
+use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest as EnvoyCheckRequest,
+};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Command line of `authz-load`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "authz-load",
+    version,
+    about = "Closed-loop gRPC load generator for authz-sidecar"
+)]
+struct Cli {
+    /// Sidecar to load: `tcp://HOST:PORT` or `unix:///path/to.sock`.
+    #[arg(
+        long,
+        env = "AUTHZ_LOAD_TARGET",
+        default_value = "tcp://127.0.0.1:50051"
+    )]
+    target: String,
+    /// HTTP/2 connections to open.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Calls in flight in total (one worker per stream, spread round-robin over the connections).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Recorded seconds per scenario (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    duration: f64,
+    /// Unrecorded warm-up seconds before each scenario's recorded window (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    warmup: f64,
+    /// Scenarios to run, in order (repeat the flag or separate with commas).
+    #[arg(
+        long,
+        value_enum,
+        num_args = 1..,
+        value_delimiter = ',',
+        default_values_t = [Scenario::Health, Scenario::Permission, Scenario::Http, Scenario::Envoy]
+    )]
+    scenario: Vec<Scenario>,
+    /// Subject of the Check scenarios.
+    #[arg(long, default_value = "dashboard")]
+    subject: String,
+    /// Permission asked by the `permission` scenario.
+    #[arg(long, default_value = "devices:read")]
+    permission: String,
+    /// HTTP method of the `http` and `envoy` scenarios.
+    #[arg(long, default_value = "GET")]
+    http_method: String,
+    /// HTTP path of the `http` and `envoy` scenarios.
+    #[arg(long, default_value = "/v1/devices/d1")]
+    http_path: String,
+    /// Request header carrying the subject in the `envoy` scenario (the sidecar's
+    /// `--envoy-subject-header`).
+    #[arg(long, default_value = "x-subject")]
+    envoy_subject_header: String,
+    /// A call not answered within this many milliseconds counts as an error.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Client runtime worker threads (default: the number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the results as one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One kind of call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// `grpc.health.v1.Health/Check` (the floor).
+    Health,
+    /// `authz.v1.Authz/Check` with a permission.
+    Permission,
+    /// `authz.v1.Authz/Check` with an HTTP method and path.
+    Http,
+    /// Envoy ext_authz v3 `Check`.
+    Envoy,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Health => "health",
+            Scenario::Permission => "permission",
+            Scenario::Http => "http",
+            Scenario::Envoy => "envoy",
+        }
+    }
+}
+
+/// Where the sidecar listens.
+#[derive(Debug, Clone)]
+enum Target {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl Target {
+    fn parse(text: &str) -> Result<Target, String> {
+        if let Some(addr) = text.strip_prefix("tcp://") {
+            if addr.is_empty() || addr.contains('/') {
+                return Err(format!("--target `{text}`: expected tcp://HOST:PORT"));
+            }
+            Ok(Target::Tcp(addr.to_string()))
+        } else if let Some(path) = text.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(format!("--target `{text}`: expected unix:///path/to.sock"));
+            }
+            Ok(Target::Unix(PathBuf::from(path)))
+        } else {
+            Err(format!(
+                "--target `{text}`: expected tcp://HOST:PORT or unix:///path/to.sock"
+            ))
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        match self {
+            Target::Tcp(_) => "tcp",
+            Target::Unix(_) => "unix",
+        }
+    }
+
+    /// Opens one HTTP/2 connection (a tonic `Channel` is one connection).
+    async fn connect(&self) -> Result<Channel, String> {
+        let connect_timeout = Duration::from_secs(5);
+        match self {
+            Target::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| format!("tcp://{addr}: {e}"))?
+                .tcp_nodelay(true)
+                .connect_timeout(connect_timeout)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to tcp://{addr}: {e}")),
+            Target::Unix(path) => {
+                let socket = path.clone();
+                Endpoint::from_static("http://localhost")
+                    .connect_timeout(connect_timeout)
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let socket = socket.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(
+                                tokio::net::UnixStream::connect(socket).await?,
+                            ))
+                        }
+                    }))
+                    .await
+                    .map_err(|e| format!("cannot connect to unix://{}: {e}", path.display()))
+            }
+        }
+    }
+}
+
+/// The prepared request of a scenario, cloned for every call.
+#[derive(Clone)]
+enum Call {
+    Health(HealthClient<Channel>),
+    Authz(AuthzClient<Channel>, CheckRequest),
+    Envoy(AuthorizationClient<Channel>, EnvoyCheckRequest),
+}
+
+/// What one call produced.
+enum Outcome {
+    Allowed,
+    Denied,
+    /// A health answer: not a decision.
+    Answered,
+    Failed(String),
+}
+
+impl Call {
+    fn new(scenario: Scenario, channel: Channel, cli: &Cli) -> Call {
+        match scenario {
+            Scenario::Health => Call::Health(HealthClient::new(channel)),
+            Scenario::Permission => Call::Authz(
+                AuthzClient::new(channel),
+                CheckRequest {
+                    subject: cli.subject.clone(),
+                    action: Some(Action::Permission(cli.permission.clone())),
+                    ..Default::default()
+                },
+            ),
+            Scenario::Http => Call::Authz(
+                AuthzClient::new(channel),
+                CheckRequest {
+                    subject: cli.subject.clone(),
+                    action: Some(Action::Http(HttpRequest {
+                        method: cli.http_method.clone(),
+                        path: cli.http_path.clone(),
+                    })),
+                    ..Default::default()
+                },
+            ),
+            Scenario::Envoy => Call::Envoy(
+                AuthorizationClient::new(channel),
+                EnvoyCheckRequest {
+                    attributes: Some(AttributeContext {
+                        request: Some(attribute_context::Request {
+                            http: Some(attribute_context::HttpRequest {
+                                id: "authz-load".into(),
+                                method: cli.http_method.clone(),
+                                path: cli.http_path.clone(),
+                                host: "authz-load.local".into(),
+                                scheme: "http".into(),
+                                protocol: "HTTP/1.1".into(),
+                                headers: [
+                                    (cli.envoy_subject_header.clone(), cli.subject.clone()),
+                                    (":method".into(), cli.http_method.clone()),
+                                    (":path".into(), cli.http_path.clone()),
+                                ]
+                                .into_iter()
+                                .collect(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                },
+            ),
+        }
+    }
+
+    async fn once(&mut self) -> Outcome {
+        match self {
+            Call::Health(client) => match client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            {
+                Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                    Outcome::Answered
+                }
+                Ok(response) => Outcome::Failed(format!(
+                    "health status {:?}",
+                    ServingStatus::try_from(response.get_ref().status)
+                )),
+                Err(status) => Outcome::Failed(describe(&status)),
+            },
+            Call::Authz(client, request) => match client.check(request.clone()).await {
+                Ok(response) if response.get_ref().allowed => Outcome::Allowed,
+                Ok(_) => Outcome::Denied,
+                Err(status) => Outcome::Failed(describe(&status)),
+            },
+            Call::Envoy(client, request) => match client.check(request.clone()).await {
+                // ext_authz answers a decision in `status`: OK allows, anything else denies.
+                Ok(response) => match response.get_ref().status.as_ref().map(|s| s.code) {
+                    Some(0) => Outcome::Allowed,
+                    _ => Outcome::Denied,
+                },
+                Err(status) => Outcome::Failed(describe(&status)),
+            },
+        }
+    }
+}
+
+fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// One worker's record.
+#[derive(Default)]
+struct Tally {
+    /// Latency of each successful call completed in the recorded window, in nanoseconds
+    /// (a call cannot exceed the timeout, at most 4.29 s, so it fits).
+    latencies: Vec<u32>,
+    allowed: u64,
+    denied: u64,
+    /// Failed calls in any phase (warm-up, recorded window, or the tail after it).
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// A scenario's merged result.
+struct Summary {
+    scenario: Scenario,
+    requests: u64,
+    rps: f64,
+    /// p50, p90, p99, p99.9, max in nanoseconds.
+    percentiles: [u32; 5],
+    allowed: u64,
+    denied: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn worker(
+    mut call: Call,
+    start_recording: Instant,
+    deadline: Instant,
+    timeout: Duration,
+) -> Tally {
+    let mut tally = Tally {
+        latencies: Vec::with_capacity(16 * 1024),
+        ..Tally::default()
+    };
+    loop {
+        let started = Instant::now();
+        if started >= deadline {
+            break;
+        }
+        let outcome = match tokio::time::timeout(timeout, call.once()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Failed(format!("no answer within {timeout:?}")),
+        };
+        let finished = Instant::now();
+        let recorded = finished >= start_recording && finished <= deadline;
+        match outcome {
+            Outcome::Failed(message) => {
+                tally.errors += 1;
+                tally.first_error.get_or_insert(message);
+            }
+            _ if !recorded => {}
+            outcome => {
+                let nanos = finished.duration_since(started).as_nanos();
+                tally
+                    .latencies
+                    .push(u32::try_from(nanos).unwrap_or(u32::MAX));
+                match outcome {
+                    Outcome::Allowed => tally.allowed += 1,
+                    Outcome::Denied => tally.denied += 1,
+                    Outcome::Answered | Outcome::Failed(_) => {}
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u32], q: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn run_scenario(
+    scenario: Scenario,
+    channels: &[Channel],
+    cli: &Cli,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Summary, String> {
+    let start_recording = Instant::now() + warmup;
+    let deadline = start_recording + duration;
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let workers: Vec<_> = (0..cli.concurrency)
+        .map(|i| {
+            let call = Call::new(scenario, channels[i % channels.len()].clone(), cli);
+            tokio::spawn(worker(call, start_recording, deadline, timeout))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let (mut allowed, mut denied, mut errors) = (0, 0, 0);
+    let mut first_error = None;
+    for handle in workers {
+        let tally = handle
+            .await
+            .map_err(|e| format!("a {} worker failed: {e}", scenario.name()))?;
+        latencies.extend_from_slice(&tally.latencies);
+        allowed += tally.allowed;
+        denied += tally.denied;
+        errors += tally.errors;
+        if first_error.is_none() {
+            first_error = tally.first_error;
+        }
+    }
+    latencies.sort_unstable();
+    let requests = latencies.len() as u64;
+    Ok(Summary {
+        scenario,
+        requests,
+        rps: requests as f64 / duration.as_secs_f64(),
+        percentiles: [
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.90),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 0.999),
+            latencies.last().copied().unwrap_or(0),
+        ],
+        allowed,
+        denied,
+        errors,
+        first_error,
+    })
+}
+
+/// Nanoseconds as microseconds with one decimal, for the table.
+fn micros(nanos: u32) -> String {
+    format!("{:.1}", f64::from(nanos) / 1000.0)
+}
+
+/// Each Check scenario's throughput as a percentage of the health floor.
+fn ratios(summaries: &[Summary]) -> Vec<(Scenario, f64)> {
+    let Some(floor) = summaries
+        .iter()
+        .find(|s| s.scenario == Scenario::Health)
+        .map(|s| s.rps)
+        .filter(|rps| *rps > 0.0)
+    else {
+        return Vec::new();
+    };
+    summaries
+        .iter()
+        .filter(|s| s.scenario != Scenario::Health)
+        .map(|s| (s.scenario, 100.0 * s.rps / floor))
+        .collect()
+}
+
+fn print_table(cli: &Cli, target: &Target, summaries: &[Summary]) {
+    println!(
+        "target {} ({}), {} connection(s), {} in flight, {} s per scenario after {} s warm-up",
+        cli.target,
+        target.transport(),
+        cli.connections,
+        cli.concurrency,
+        cli.duration,
+        cli.warmup
+    );
+    println!("latencies in µs");
+    let header = [
+        "scenario", "requests", "req/s", "p50", "p90", "p99", "p99.9", "max", "errors", "allowed",
+        "denied",
+    ];
+    let rows: Vec<[String; 11]> = summaries
+        .iter()
+        .map(|s| {
+            [
+                s.scenario.name().to_string(),
+                s.requests.to_string(),
+                format!("{:.0}", s.rps),
+                micros(s.percentiles[0]),
+                micros(s.percentiles[1]),
+                micros(s.percentiles[2]),
+                micros(s.percentiles[3]),
+                micros(s.percentiles[4]),
+                s.errors.to_string(),
+                s.allowed.to_string(),
+                s.denied.to_string(),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, width))| {
+                if i == 0 {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect();
+        println!("| {} |", padded.join(" | "));
+    };
+    line(header.to_vec());
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 {
+                "-".repeat(*w)
+            } else {
+                format!("{}:", "-".repeat(w.saturating_sub(1)))
+            }
+        })
+        .collect();
+    println!("|-{}-|", rule.join("-|-"));
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    let ratios = ratios(summaries);
+    if !ratios.is_empty() {
+        let parts: Vec<String> = ratios
+            .iter()
+            .map(|(s, pct)| format!("{} {pct:.1}%", s.name()))
+            .collect();
+        println!(
+            "throughput vs the health floor (same run): {}",
+            parts.join(", ")
+        );
+    }
+}
+
+fn json(cli: &Cli, target: &Target, summaries: &[Summary]) -> serde_json::Value {
+    let ratios = ratios(summaries);
+    let scenarios: Vec<serde_json::Value> = summaries
+        .iter()
+        .map(|s| {
+            let us = |nanos: u32| f64::from(nanos) / 1000.0;
+            serde_json::json!({
+                "scenario": s.scenario.name(),
+                "requests": s.requests,
+                "rps": s.rps,
+                "p50_us": us(s.percentiles[0]),
+                "p90_us": us(s.percentiles[1]),
+                "p99_us": us(s.percentiles[2]),
+                "p999_us": us(s.percentiles[3]),
+                "max_us": us(s.percentiles[4]),
+                "errors": s.errors,
+                "first_error": s.first_error,
+                "allowed": s.allowed,
+                "denied": s.denied,
+                "pct_of_health": ratios.iter().find(|(r, _)| *r == s.scenario).map(|(_, p)| *p),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "target": cli.target,
+        "transport": target.transport(),
+        "connections": cli.connections,
+        "concurrency": cli.concurrency,
+        "duration_s": cli.duration,
+        "warmup_s": cli.warmup,
+        "scenarios": scenarios,
+        "errors": summaries.iter().map(|s| s.errors).sum::<u64>(),
+    })
+}
+
+fn seconds(flag: &str, value: f64, allow_zero: bool) -> Result<Duration, String> {
+    if !value.is_finite() || value < 0.0 || (!allow_zero && value == 0.0) || value > 86_400.0 {
+        return Err(format!(
+            "--{flag} {value}: expected a number of seconds{}",
+            if allow_zero { " ≥ 0" } else { " > 0" }
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+async fn run(cli: &Cli) -> Result<bool, String> {
+    let target = Target::parse(&cli.target)?;
+    if cli.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    if cli.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    if cli.timeout_ms == 0 || cli.timeout_ms > 4_000 {
+        return Err("--timeout-ms must be between 1 and 4000".into());
+    }
+    let duration = seconds("duration", cli.duration, false)?;
+    let warmup = seconds("warmup", cli.warmup, true)?;
+
+    let mut channels = Vec::with_capacity(cli.connections);
+    for _ in 0..cli.connections {
+        channels.push(target.connect().await?);
+    }
+
+    let mut summaries = Vec::with_capacity(cli.scenario.len());
+    for &scenario in &cli.scenario {
+        let summary = run_scenario(scenario, &channels, cli, warmup, duration).await?;
+        if let Some(message) = &summary.first_error {
+            eprintln!(
+                "authz-load: {}: {} failed call(s), first: {message}",
+                scenario.name(),
+                summary.errors
+            );
+        }
+        summaries.push(summary);
+    }
+
+    if cli.json {
+        println!("{}", json(cli, &target, &summaries));
+    } else {
+        print_table(cli, &target, &summaries);
+    }
+    Ok(summaries.iter().all(|s| s.errors == 0))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = cli.threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("authz-load: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("authz-load: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
