@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::{ArcSwap, Guard};
 
 use crate::auth::{AdminEntry, AdminSet, AuthError};
-use crate::engine::Snapshot;
+use crate::engine::{Snapshot, SnapshotBuilder};
 use crate::model::{
     self, AdminPermission, Catalog, PermissionChange, Policy, Role, RuleError, Subject,
     UpdateOutcome, ValidationError,
@@ -178,32 +178,38 @@ impl LivePolicy {
         seed: &Seed,
         bootstrap_token: Option<&str>,
     ) -> Result<(LivePolicy, Opened), OpenError> {
-        let (mut policy, revision, mut opened) = match store.load()? {
-            Some(loaded) => {
-                model::validate(&loaded.policy).map_err(OpenError::InvalidStored)?;
-                let revision = loaded.revision;
-                (loaded.policy, revision, Opened::Loaded { revision })
-            }
+        let head = store.load_head()?;
+        let seed_changed = seed.reloadable
+            && head.is_some()
+            && store.source_digest()?.as_deref() != Some(seed.digest.as_str());
+        let (policy, snapshot, opened) = match head {
             None => {
                 let revision =
                     store.import(&seed.policy, "import", ImportMode::Reseed, &seed.digest)?;
-                (seed.policy.clone(), revision, Opened::Imported { revision })
+                let snapshot = Snapshot::compile(&seed.policy, revision);
+                (seed.policy.clone(), snapshot, Opened::Imported { revision })
+            }
+            Some(_) if seed_changed => {
+                let merged = merge_managed(seed.policy.clone(), &store.managed()?);
+                model::validate(&merged).map_err(OpenError::InvalidStored)?;
+                let revision = store.import(&merged, "reload", ImportMode::Reload, &seed.digest)?;
+                let snapshot = Snapshot::compile(&merged, revision);
+                (merged, snapshot, Opened::Reloaded { revision })
+            }
+            Some(head) => {
+                let revision = head.revision;
+                let snapshot = Self::compile_stored(store.as_ref(), &head.policy, revision)?;
+                (head.policy, snapshot, Opened::Loaded { revision })
             }
         };
-        let mut revision = revision;
-        if matches!(opened, Opened::Loaded { .. })
-            && seed.reloadable
-            && store.source_digest()?.as_deref() != Some(seed.digest.as_str())
-        {
-            let merged = merge_managed(seed.policy.clone(), &store.managed()?);
-            model::validate(&merged).map_err(OpenError::InvalidStored)?;
-            revision = store.import(&merged, "reload", ImportMode::Reload, &seed.digest)?;
-            policy = merged;
-            opened = Opened::Reloaded { revision };
-        }
         let live = LivePolicy {
             store,
-            published: Arc::new(ArcSwap::from_pointee(Self::publishable(&policy, revision))),
+            published: Arc::new(ArcSwap::from_pointee(Published {
+                snapshot,
+                catalog: Arc::new(policy.catalog.clone()),
+                roles: Arc::new(policy.roles.clone()),
+                published_at: std::time::SystemTime::now(),
+            })),
             compacting: Arc::new(AtomicBool::new(false)),
             admins: ArcSwap::from_pointee(AdminSet::new(&policy.admins, bootstrap_token)),
             writer: Arc::new(Mutex::new(Policy {
@@ -213,6 +219,32 @@ impl LivePolicy {
             bootstrap_token: bootstrap_token.map(str::to_owned),
         };
         Ok((live, opened))
+    }
+
+    /// Validates and compiles the stored policy, streaming its subjects from the store (they
+    /// are never all held as model values at once).
+    fn compile_stored(
+        store: &dyn Store,
+        head: &Policy,
+        revision: u64,
+    ) -> Result<Snapshot, OpenError> {
+        model::validate(head).map_err(OpenError::InvalidStored)?;
+        let mut builder = SnapshotBuilder::new(head);
+        let mut invalid = Vec::new();
+        store.visit_subjects(&mut |subject| {
+            match model::validate_subject(head, &subject) {
+                Ok(()) => builder.add(&subject),
+                Err(errors) => invalid.extend(errors.into_iter().map(|e| ValidationError {
+                    path: model::FieldPath::root().key(&format!("subjects/{}", subject.id)),
+                    message: format!("{}: {}", e.path, e.message),
+                })),
+            }
+            Ok(())
+        })?;
+        if !invalid.is_empty() {
+            return Err(OpenError::InvalidStored(invalid));
+        }
+        Ok(builder.finish(revision))
     }
 
     fn publishable(policy: &Policy, revision: u64) -> Published {

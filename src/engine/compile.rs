@@ -7,23 +7,73 @@ use std::sync::Arc;
 use super::bitset::BitSet;
 use super::routes::RouteTable;
 use super::snapshot::{
-    CompiledCatalog, CompiledRole, CompiledRule, CompiledSubject, PermInfo, RoleTable, Scopes,
-    Snapshot, SubjectTable,
+    CompiledCatalog, CompiledRole, CompiledRule, CompiledSubject, PermInfo, RoleList, RoleTable,
+    Scopes, Snapshot, SubjectExtras, SubjectTable,
 };
 use crate::model::{Access, Endpoint, PathPattern, Policy, Role, Subject};
+
+/// Builds a snapshot with subjects added one at a time, so that a store can stream a million
+/// of them without collecting them first.
+pub struct SnapshotBuilder {
+    catalog: Arc<CompiledCatalog>,
+    roles: Arc<RoleTable>,
+    subjects: HashMap<Box<str>, CompiledSubject>,
+    type_names: HashMap<Box<str>, Arc<str>>,
+}
+
+impl SnapshotBuilder {
+    /// Compiles the catalog and roles of `policy` (its subjects are not read).
+    pub fn new(policy: &Policy) -> SnapshotBuilder {
+        let catalog = Arc::new(compile_catalog(policy));
+        let roles = Arc::new(compile_roles(policy, &catalog));
+        SnapshotBuilder {
+            catalog,
+            roles,
+            subjects: HashMap::new(),
+            type_names: HashMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) one subject.
+    pub fn add(&mut self, subject: &Subject) {
+        let type_name = match self.type_names.get(subject.subject_type.as_str()) {
+            Some(name) => Arc::clone(name),
+            None => {
+                let name: Arc<str> = subject.subject_type.as_str().into();
+                self.type_names
+                    .insert(subject.subject_type.as_str().into(), Arc::clone(&name));
+                name
+            }
+        };
+        let compiled = compile_subject(subject, type_name, &self.catalog, &self.roles);
+        self.subjects.insert(subject.id.as_str().into(), compiled);
+    }
+
+    /// The finished snapshot.
+    pub fn finish(mut self, revision: u64) -> Snapshot {
+        self.subjects.shrink_to_fit();
+        Snapshot {
+            revision,
+            catalog: self.catalog,
+            roles: self.roles,
+            subjects: Arc::new(SubjectTable {
+                len: self.subjects.len(),
+                base: Arc::new(self.subjects),
+                overlay: Arc::default(),
+                lineage: super::snapshot::next_lineage(),
+            }),
+        }
+    }
+}
 
 impl Snapshot {
     /// Compiles a whole policy.
     pub fn compile(policy: &Policy, revision: u64) -> Snapshot {
-        let catalog = Arc::new(compile_catalog(policy));
-        let roles = Arc::new(compile_roles(policy, &catalog));
-        let subjects = Arc::new(compile_subjects(policy.subjects.iter(), &catalog, &roles));
-        Snapshot {
-            revision,
-            catalog,
-            roles,
-            subjects,
+        let mut builder = SnapshotBuilder::new(policy);
+        for subject in &policy.subjects {
+            builder.add(subject);
         }
+        builder.finish(revision)
     }
 
     /// A new snapshot after roles changed (same role names): the role table is rebuilt, the
@@ -47,7 +97,14 @@ impl Snapshot {
 
     /// A new snapshot with one subject created, replaced (`Some`) or deleted (`None`).
     pub fn with_subject(&self, id: &str, subject: Option<&Subject>, revision: u64) -> Snapshot {
-        let compiled = subject.map(|s| compile_subject(s, &self.catalog, &self.roles));
+        let compiled = subject.map(|s| {
+            compile_subject(
+                s,
+                s.subject_type.as_str().into(),
+                &self.catalog,
+                &self.roles,
+            )
+        });
         let table = self.subjects.with(id, compiled);
         Snapshot {
             revision,
@@ -237,24 +294,9 @@ fn compile_role(policy: &Policy, role: &Role, catalog: &CompiledCatalog) -> Comp
     }
 }
 
-fn compile_subjects<'a>(
-    subjects: impl Iterator<Item = &'a Subject>,
-    catalog: &CompiledCatalog,
-    roles: &RoleTable,
-) -> SubjectTable {
-    let base: HashMap<Box<str>, CompiledSubject> = subjects
-        .map(|s| (s.id.as_str().into(), compile_subject(s, catalog, roles)))
-        .collect();
-    SubjectTable {
-        len: base.len(),
-        base: Arc::new(base),
-        overlay: Arc::default(),
-        lineage: super::snapshot::next_lineage(),
-    }
-}
-
 fn compile_subject(
     subject: &Subject,
+    type_name: Arc<str>,
     catalog: &CompiledCatalog,
     roles: &RoleTable,
 ) -> CompiledSubject {
@@ -279,15 +321,22 @@ fn compile_subject(
         })
         .collect();
     resources.sort_by(|a, b| a.0.cmp(&b.0));
+    let extras = (only.is_some() || !resources.is_empty()).then(|| {
+        Box::new(SubjectExtras {
+            only,
+            resources: resources.into_boxed_slice(),
+        })
+    });
     CompiledSubject {
-        roles: subject
-            .roles
-            .iter()
-            .filter_map(|r| roles.index.get(r.as_str()).copied())
-            .collect(),
+        roles: RoleList::from_ids(
+            subject
+                .roles
+                .iter()
+                .filter_map(|r| roles.index.get(r.as_str()).copied())
+                .collect(),
+        ),
         type_id: catalog.types.get(subject.subject_type.as_str()).copied(),
-        type_name: subject.subject_type.as_str().into(),
-        only,
-        resources: resources.into_boxed_slice(),
+        type_name,
+        extras,
     }
 }

@@ -300,11 +300,11 @@ impl Snapshot {
             .ok_or(Reason::UnknownSubject(req.subject))?;
         Ok(View {
             id: req.subject,
-            roles: RoleIds::Stored(&subject.roles),
+            roles: RoleIds::Stored(subject.roles.as_slice()),
             type_id: subject.type_id,
             type_name: &subject.type_name,
-            only: subject.only.as_ref(),
-            resources: &subject.resources,
+            only: subject.extras.as_ref().and_then(|e| e.only.as_ref()),
+            resources: subject.extras.as_ref().map_or(&[], |e| &e.resources[..]),
         })
     }
 

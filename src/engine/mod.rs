@@ -3,6 +3,7 @@
 
 mod bitset;
 mod compile;
+pub use compile::SnapshotBuilder;
 mod decide;
 mod routes;
 mod snapshot;

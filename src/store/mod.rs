@@ -143,8 +143,27 @@ pub struct Managed {
 
 /// A durable home for the policy.
 pub trait Store: Send + Sync + 'static {
-    /// The stored policy and revision, or `None` for an empty store.
-    fn load(&self) -> Result<Option<Loaded>, StoreError>;
+    /// The stored policy without its subjects, and the revision; `None` for an empty store.
+    fn load_head(&self) -> Result<Option<Loaded>, StoreError>;
+    /// Calls `visit` with every stored subject, in id order, without collecting them (a
+    /// million subjects are compiled as they stream by).
+    fn visit_subjects(
+        &self,
+        visit: &mut dyn FnMut(Subject) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// The whole stored policy and revision, or `None` for an empty store.
+    fn load(&self) -> Result<Option<Loaded>, StoreError> {
+        let Some(mut loaded) = self.load_head()? else {
+            return Ok(None);
+        };
+        let mut subjects = Vec::new();
+        self.visit_subjects(&mut |s| {
+            subjects.push(s);
+            Ok(())
+        })?;
+        loaded.policy.subjects = subjects;
+        Ok(Some(loaded))
+    }
     /// Replaces everything with `policy` as one change; returns the new revision. `source` is
     /// a digest of the file it came from, kept so that an unchanged file is not re-applied.
     fn import(

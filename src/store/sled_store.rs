@@ -74,6 +74,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// sled page cache size.
+const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// How long to wait for the data dir's lock: sled releases it from a background thread shortly
 /// after the previous owner in this process closed it (a restart in place). Another live process
 /// keeps it, and is refused after this.
@@ -82,7 +85,13 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match sled::Config::new().path(dir).open() {
+        // sled's page cache defaults to 1 GiB; the sidecar reads sled only at start-up and on
+        // writes (decisions come from the snapshot), so a small cache is plenty.
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+        {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock
@@ -172,7 +181,7 @@ fn bump(meta: &TransactionalTree) -> TxResult<u64> {
 }
 
 impl Store for SledStore {
-    fn load(&self) -> Result<Option<Loaded>, StoreError> {
+    fn load_head(&self) -> Result<Option<Loaded>, StoreError> {
         let Some(catalog) = self.catalog.get(CATALOG).map_err(backend)? else {
             return Ok(None);
         };
@@ -190,11 +199,23 @@ impl Store for SledStore {
             catalog,
             presets,
             roles: Self::all::<Role>(&self.roles, "roles")?,
-            subjects: Self::all::<Subject>(&self.subjects, "subjects")?,
+            subjects: Vec::new(),
             admins: Self::all::<Admin>(&self.admins, "admins")?,
         };
         let revision = revision_of(self.meta.get(REVISION).map_err(backend)?)?;
         Ok(Some(Loaded { policy, revision }))
+    }
+
+    fn visit_subjects(
+        &self,
+        visit: &mut dyn FnMut(Subject) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.subjects.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let what = format!("subjects/{}", String::from_utf8_lossy(&key));
+            visit(decode(&what, &value)?)?;
+        }
+        Ok(())
     }
 
     fn import(
