@@ -192,7 +192,7 @@ impl Target {
 enum Call {
     Health(HealthClient<Channel>),
     Authz(AuthzClient<Channel>, CheckRequest),
-    Envoy(AuthorizationClient<Channel>, EnvoyCheckRequest),
+    Envoy(AuthorizationClient<Channel>, Box<EnvoyCheckRequest>),
 }
 
 /// What one call produced.
@@ -229,7 +229,7 @@ impl Call {
             ),
             Scenario::Envoy => Call::Envoy(
                 AuthorizationClient::new(channel),
-                EnvoyCheckRequest {
+                Box::new(EnvoyCheckRequest {
                     attributes: Some(AttributeContext {
                         request: Some(attribute_context::Request {
                             http: Some(attribute_context::HttpRequest {
@@ -252,7 +252,7 @@ impl Call {
                         }),
                         ..Default::default()
                     }),
-                },
+                }),
             ),
         }
     }
@@ -279,7 +279,7 @@ impl Call {
                 Ok(_) => Outcome::Denied,
                 Err(status) => Outcome::Failed(describe(&status)),
             },
-            Call::Envoy(client, request) => match client.check(request.clone()).await {
+            Call::Envoy(client, request) => match client.check((**request).clone()).await {
                 // ext_authz answers a decision in `status`: OK allows, anything else denies.
                 Ok(response) => match response.get_ref().status.as_ref().map(|s| s.code) {
                     Some(0) => Outcome::Allowed,
@@ -504,18 +504,19 @@ fn print_table(cli: &Cli, target: &Target, summaries: &[Summary]) {
         println!("| {} |", padded.join(" | "));
     };
     line(header.to_vec());
+    // A Markdown table rule: the scenario column left-aligned, the numbers right-aligned.
     let rule: Vec<String> = widths
         .iter()
         .enumerate()
         .map(|(i, w)| {
             if i == 0 {
-                "-".repeat(*w)
+                "-".repeat(w + 2)
             } else {
-                format!("{}:", "-".repeat(w.saturating_sub(1)))
+                format!("{}:", "-".repeat(w + 1))
             }
         })
         .collect();
-    println!("|-{}-|", rule.join("-|-"));
+    println!("|{}|", rule.join("|"));
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
