@@ -97,6 +97,32 @@ pub struct ServeArgs {
     /// Seconds between checks of the policy file for changes (a ConfigMap update); 0 = never.
     #[arg(long, env = "AUTHZ_POLICY_RELOAD_INTERVAL", default_value_t = 5)]
     pub policy_reload_interval: u64,
+    /// Where admin RPCs are accepted: `on` (every API listener), `uds` (only the Unix socket and
+    /// `--admin-listen`), `off` (nowhere; the policy changes only through the file).
+    #[arg(long, env = "AUTHZ_ADMIN", default_value = "on")]
+    pub admin: String,
+    /// A separate TCP listener for the API with admin RPCs (e.g. for an operator network).
+    #[arg(long, env = "AUTHZ_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// Server certificate (PEM) for TLS on the TCP listeners.
+    #[arg(long, env = "AUTHZ_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM) for TLS.
+    #[arg(long, env = "AUTHZ_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates are required on the TCP listeners (mTLS).
+    #[arg(long, env = "AUTHZ_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Most requests in flight on one connection; more wait (a greedy client cannot starve Check).
+    #[arg(
+        long,
+        env = "AUTHZ_MAX_CONCURRENT_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub max_concurrent_per_connection: usize,
+    /// Deadline for any one request, in milliseconds.
+    #[arg(long, env = "AUTHZ_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
     /// File holding the bootstrap admin token (a mounted Kubernetes Secret).
     #[arg(long, env = ENV_ADMIN_TOKEN_FILE)]
     pub admin_token_file: Option<PathBuf>,
@@ -151,6 +177,46 @@ pub struct ServeArgs {
     /// Leave the denial reason out of 403 bodies.
     #[arg(long, env = "AUTHZ_ENVOY_HIDE_REASON")]
     pub envoy_hide_reason: bool,
+}
+
+/// Where admin RPCs are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminExposure {
+    /// On every API listener.
+    On,
+    /// Only on the Unix socket (and `--admin-listen`).
+    UdsOnly,
+    /// Nowhere.
+    Off,
+}
+
+/// TLS material for the TCP listeners, read at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Server certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Server key, PEM.
+    pub key_pem: Vec<u8>,
+    /// Client CA, PEM; when set, clients must present a certificate it signed.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+/// Limits and layers that keep one client from starving others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests in flight per connection.
+    pub max_concurrent_per_connection: usize,
+    /// Per-request deadline.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_per_connection: 256,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Whether and how the ext_authz service decides.
@@ -262,6 +328,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Envoy ext_authz settings.
     pub envoy: EnvoyConfig,
+    /// Where admin RPCs are accepted.
+    pub admin: AdminExposure,
+    /// A separate API listener with admin RPCs.
+    pub admin_listen: Option<SocketAddr>,
+    /// TLS on the TCP listeners.
+    pub tls: Option<TlsConfig>,
+    /// Per-connection concurrency and request deadline.
+    pub limits: Limits,
     /// The policy file, re-imported when it changes (none for the built-in example).
     pub policy_path: Option<PathBuf>,
     /// How often the policy file is checked for changes; `None` = never.
@@ -459,6 +533,87 @@ impl ServeArgs {
             strip_subject_header: self.envoy_strip_subject_header,
             hide_reason: self.envoy_hide_reason,
         };
+        let admin = match self.admin.as_str() {
+            "on" => AdminExposure::On,
+            "uds" => AdminExposure::UdsOnly,
+            "off" => AdminExposure::Off,
+            other => {
+                errors.push(format!(
+                    "--admin / AUTHZ_ADMIN: `{other}` is not `on`, `uds` or `off`"
+                ));
+                AdminExposure::On
+            }
+        };
+        if admin == AdminExposure::Off && self.admin_listen.is_some() {
+            errors.push("--admin off and --admin-listen contradict each other".into());
+        }
+        if admin == AdminExposure::UdsOnly && self.uds.is_none() && self.admin_listen.is_none() {
+            errors.push(
+                "--admin uds needs --uds or --admin-listen: admin calls would be accepted nowhere"
+                    .into(),
+            );
+        }
+        let admin_listen = match self.admin_listen.as_deref() {
+            None | Some("none") | Some("") => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errors.push(format!(
+                        "--admin-listen / AUTHZ_ADMIN_LISTEN: `{text}` is not an address"
+                    ));
+                    None
+                }
+            },
+        };
+        let read = |flag: &str, path: &Path, errors: &mut Vec<String>| match std::fs::read(path) {
+            Ok(bytes) if !bytes.is_empty() => Some(bytes),
+            Ok(_) => {
+                errors.push(format!("{flag}: {} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("{flag}: cannot read {}: {e}", path.display()));
+                None
+            }
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => {
+                if self.tls_client_ca.is_some() {
+                    errors.push("--tls-client-ca needs --tls-cert and --tls-key".into());
+                }
+                None
+            }
+            (Some(cert), Some(key)) => {
+                let cert_pem = read("--tls-cert / AUTHZ_TLS_CERT", cert, &mut errors);
+                let key_pem = read("--tls-key / AUTHZ_TLS_KEY", key, &mut errors);
+                let client_ca_pem = match &self.tls_client_ca {
+                    Some(ca) => read("--tls-client-ca / AUTHZ_TLS_CLIENT_CA", ca, &mut errors),
+                    None => None,
+                };
+                match (cert_pem, key_pem) {
+                    (Some(cert_pem), Some(key_pem)) => Some(TlsConfig {
+                        cert_pem,
+                        key_pem,
+                        client_ca_pem,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => {
+                errors.push("--tls-cert and --tls-key go together".into());
+                None
+            }
+        };
+        if self.max_concurrent_per_connection == 0 {
+            errors.push("--max-concurrent-per-connection must be at least 1".into());
+        }
+        if self.request_timeout_ms == 0 {
+            errors.push("--request-timeout-ms must be at least 1".into());
+        }
+        let limits = Limits {
+            max_concurrent_per_connection: self.max_concurrent_per_connection.max(1),
+            request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+        };
         match seed {
             Some(seed) if errors.is_empty() => Ok(Config {
                 listen,
@@ -471,6 +626,10 @@ impl ServeArgs {
                 admin_token: file_token.or(env_token),
                 log_format,
                 envoy,
+                admin,
+                admin_listen,
+                tls,
+                limits,
                 reload_interval: (self.policy.is_some() && self.policy_reload_interval > 0)
                     .then(|| Duration::from_secs(self.policy_reload_interval)),
                 policy_path: self.policy,

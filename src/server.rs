@@ -14,13 +14,14 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::pb::authz_server::AuthzServer;
-use crate::api::{AppState, AuthzService, EnvoyAuthzService, pb};
+use crate::api::{AppState, AuthzService, EnvoyAuthzService, MAX_MESSAGE_BYTES, pb};
 use crate::config::Config;
-use crate::config::EnvoyMode;
+use crate::config::{AdminExposure, EnvoyMode};
 use crate::live::{LivePolicy, OpenError, Opened};
 use crate::metrics::{Metrics, serve_metrics};
 use crate::reload::{ReloadStats, watch_policy_file};
@@ -56,6 +57,7 @@ pub enum ServerError {
 /// A running sidecar.
 pub struct Sidecar {
     tcp_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     health_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
@@ -106,6 +108,20 @@ impl Sidecar {
             None => None,
         };
         let health_addr = health_tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_tcp = match config.admin_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let admin_addr = admin_tcp.as_ref().and_then(|l| l.local_addr().ok());
         let uds = match &config.uds {
             Some(path) => {
                 // A socket file left by a previous run would make bind fail.
@@ -150,7 +166,12 @@ impl Sidecar {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ServerError::Reflection(e.to_string()))?;
-        let authz = AuthzServer::new(AuthzService::new(Arc::clone(&state)));
+        let authz_service = |admin_enabled: bool| {
+            AuthzServer::new(AuthzService::new(Arc::clone(&state), admin_enabled))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        };
+        let admin_on_tcp = config.admin == AdminExposure::On;
+        let admin_on_uds = config.admin != AdminExposure::Off;
         let envoy = (config.envoy.mode != EnvoyMode::Off).then(|| {
             AuthorizationServer::new(EnvoyAuthzService::new(
                 Arc::clone(&state),
@@ -163,16 +184,46 @@ impl Sidecar {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let mut servers = JoinSet::new();
-        let router = || {
-            Server::builder()
-                .add_service(health_service.clone())
-                .add_service(reflection.clone())
-                .add_service(authz.clone())
-                .add_optional_service(envoy.clone())
+        let tls = match &config.tls {
+            Some(tls) => {
+                let mut server_tls = ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+                if let Some(ca) = &tls.client_ca_pem {
+                    server_tls = server_tls.client_ca_root(Certificate::from_pem(ca));
+                }
+                Some(server_tls)
+            }
+            None => None,
         };
+        let limits = config.limits;
+        // Layers every listener shares: a per-connection concurrency limit and a deadline, so
+        // that one slow or greedy client cannot starve the others' Checks.
+        let builder = |tls: Option<&ServerTlsConfig>| -> Result<Server, ServerError> {
+            let mut builder = Server::builder()
+                .concurrency_limit_per_connection(limits.max_concurrent_per_connection)
+                .timeout(limits.request_timeout);
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls.clone())?;
+            }
+            Ok(builder)
+        };
+        let router =
+            |tls: Option<&ServerTlsConfig>, admin_enabled: bool| -> Result<_, ServerError> {
+                Ok(builder(tls)?
+                    .add_service(health_service.clone())
+                    .add_service(reflection.clone())
+                    .add_service(authz_service(admin_enabled))
+                    .add_optional_service(envoy.clone()))
+            };
         if let Some(listener) = tcp {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            servers.spawn(router().serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
+            let routes = router(tls.as_ref(), admin_on_tcp)?;
+            servers.spawn(routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
+        }
+        if let Some(listener) = admin_tcp {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let routes = router(tls.as_ref(), true)?;
+            servers.spawn(routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
         if let Some(listener) = metrics_listener {
             let serve = serve_metrics(
@@ -194,8 +245,10 @@ impl Sidecar {
                 .spawn(health_only.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
         if let Some(listener) = uds {
+            // The socket's file permissions are its access control; no TLS on it.
             let incoming = UnixListenerStream::new(listener);
-            servers.spawn(router().serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
+            let routes = router(None, admin_on_uds)?;
+            servers.spawn(routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
 
         let seed = config.seed.clone();
@@ -252,6 +305,7 @@ impl Sidecar {
         tracing::info!(tcp = ?tcp_addr, uds = ?config.uds, "serving");
         Ok(Sidecar {
             tcp_addr,
+            admin_addr,
             health_addr,
             metrics_addr,
             metrics,
@@ -267,6 +321,11 @@ impl Sidecar {
     /// The bound TCP address (useful with port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// The bound admin listener address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The bound health-only address.

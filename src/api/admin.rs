@@ -22,6 +22,13 @@ impl AuthzService {
         permission: AdminPermission,
         rpc: &str,
     ) -> Result<(Arc<LivePolicy>, AdminEntry), Status> {
+        if !self.admin_enabled {
+            self.state.metrics.admin_refused();
+            tracing::warn!(rpc, "admin call refused: not accepted on this listener");
+            return Err(Status::permission_denied(
+                "admin calls are not accepted on this listener (see --admin / --admin-listen)",
+            ));
+        }
         let live = Arc::clone(self.state.live()?);
         let token = request
             .metadata()
@@ -54,7 +61,7 @@ impl AuthzService {
                 PermissionChange::Set(grant_from_pb(set)?)
             }
             Some(pb::update_permission_request::Change::ReplacePaths(paths)) => {
-                PermissionChange::ReplacePaths(paths_from_pb(paths))
+                PermissionChange::ReplacePaths(paths_from_pb(paths)?)
             }
             None => {
                 return Err(invalid(

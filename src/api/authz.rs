@@ -53,13 +53,35 @@ impl AppState {
 #[derive(Clone)]
 pub struct AuthzService {
     pub(super) state: Arc<AppState>,
+    /// Whether this listener accepts admin RPCs (see `--admin`).
+    pub(super) admin_enabled: bool,
 }
 
+/// Largest request message accepted (the default 4 MiB is far above any real call).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Longest id, name, scope or resource accepted.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest HTTP path accepted.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Most path segments accepted.
+pub const MAX_PATH_SEGMENTS: usize = 64;
+
 impl AuthzService {
-    /// A service over shared state.
-    pub fn new(state: Arc<AppState>) -> AuthzService {
-        AuthzService { state }
+    /// A service over shared state; `admin_enabled` says whether admin RPCs are accepted here.
+    pub fn new(state: Arc<AppState>, admin_enabled: bool) -> AuthzService {
+        AuthzService {
+            state,
+            admin_enabled,
+        }
     }
+}
+
+/// Refuses a field longer than `max` bytes.
+pub(super) fn bounded(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.len() > max {
+        return Err(invalid(field, format!("longer than {max} bytes")));
+    }
+    Ok(())
 }
 
 fn page_size(requested: i32, field: &str) -> Result<usize, Status> {
@@ -137,6 +159,27 @@ impl pb::authz_server::Authz for AuthzService {
                 ));
             }
         };
+        bounded("subject", &r.subject, MAX_NAME_BYTES)?;
+        bounded("scope", &r.scope, MAX_NAME_BYTES)?;
+        bounded("resource", &r.resource, MAX_NAME_BYTES)?;
+        bounded("subject_type", &r.subject_type, MAX_NAME_BYTES)?;
+        match &action {
+            Action::Permission(p) => bounded("permission", p, MAX_NAME_BYTES)?,
+            Action::Event(e) => bounded("event", e, MAX_NAME_BYTES)?,
+            Action::Http { method, path } => {
+                bounded("http.method", method, 16)?;
+                bounded("http.path", path, MAX_PATH_BYTES)?;
+                if path.split('/').filter(|s| !s.is_empty()).count() > MAX_PATH_SEGMENTS {
+                    return Err(invalid(
+                        "http.path",
+                        format!("more than {MAX_PATH_SEGMENTS} segments"),
+                    ));
+                }
+            }
+        }
+        for (i, role) in r.roles.iter().enumerate() {
+            bounded(&format!("roles[{i}]"), role, MAX_NAME_BYTES)?;
+        }
         if r.roles.len() > MAX_INLINE_ROLES {
             return Err(invalid(
                 "roles",

@@ -2,8 +2,12 @@
 
 use tonic::Status;
 
+use super::authz::{MAX_NAME_BYTES, MAX_PATH_BYTES, bounded};
 use super::pb;
 use super::status::invalid;
+
+/// Most entries in one list of a request (projects, path rules, roles...).
+pub const MAX_LIST: usize = 1000;
 use crate::model::{Catalog, Grant, PathRule, Permission, ResourceRole, Role, Subject};
 use crate::store::AuditRecord;
 
@@ -110,6 +114,16 @@ pub fn grant_from_pb(set: pb::RolePermission) -> Result<Grant, Status> {
     if set.name.is_empty() {
         return Err(invalid("set.name", "permission name is empty"));
     }
+    bounded("set.name", &set.name, MAX_NAME_BYTES)?;
+    if set.projects.len() > MAX_LIST {
+        return Err(invalid(
+            "set.projects",
+            format!("more than {MAX_LIST} entries"),
+        ));
+    }
+    for (i, p) in set.projects.iter().enumerate() {
+        bounded(&format!("set.projects[{i}]"), p, MAX_NAME_BYTES)?;
+    }
     if !set.children.is_empty() {
         return Err(invalid(
             "set.children",
@@ -124,8 +138,22 @@ pub fn grant_from_pb(set: pb::RolePermission) -> Result<Grant, Status> {
 }
 
 /// The `replace_paths` of an UpdatePermission.
-pub fn paths_from_pb(paths: pb::PathPermissions) -> Vec<PathRule> {
-    paths
+pub fn paths_from_pb(paths: pb::PathPermissions) -> Result<Vec<PathRule>, Status> {
+    if paths.paths.len() > MAX_LIST {
+        return Err(invalid(
+            "replace_paths.paths",
+            format!("more than {MAX_LIST} rules"),
+        ));
+    }
+    for (i, p) in paths.paths.iter().enumerate() {
+        bounded(
+            &format!("replace_paths.paths[{i}].path"),
+            &p.path,
+            MAX_PATH_BYTES,
+        )?;
+        bounded(&format!("replace_paths.paths[{i}].access"), &p.access, 4)?;
+    }
+    Ok(paths
         .paths
         .into_iter()
         .map(|p| PathRule {
@@ -133,7 +161,7 @@ pub fn paths_from_pb(paths: pb::PathPermissions) -> Vec<PathRule> {
             access: p.access,
             default: p.default,
         })
-        .collect()
+        .collect())
 }
 
 /// A subject from the wire.
@@ -141,6 +169,34 @@ pub fn subject_from_pb(subject: Option<pb::Subject>) -> Result<Subject, Status> 
     let s = subject.ok_or_else(|| invalid("subject", "is required"))?;
     if s.id.is_empty() {
         return Err(invalid("subject.id", "subject id is empty"));
+    }
+    bounded("subject.id", &s.id, MAX_NAME_BYTES)?;
+    bounded("subject.type", &s.r#type, MAX_NAME_BYTES)?;
+    for (field, list) in [("subject.roles", &s.roles), ("subject.only", &s.only)] {
+        if list.len() > MAX_LIST {
+            return Err(invalid(field, format!("more than {MAX_LIST} entries")));
+        }
+        for (i, item) in list.iter().enumerate() {
+            bounded(&format!("{field}[{i}]"), item, MAX_NAME_BYTES)?;
+        }
+    }
+    if s.resources.len() > MAX_LIST {
+        return Err(invalid(
+            "subject.resources",
+            format!("more than {MAX_LIST} entries"),
+        ));
+    }
+    for (i, r) in s.resources.iter().enumerate() {
+        bounded(
+            &format!("subject.resources[{i}].resource"),
+            &r.resource,
+            MAX_NAME_BYTES,
+        )?;
+        bounded(
+            &format!("subject.resources[{i}].role"),
+            &r.role,
+            MAX_NAME_BYTES,
+        )?;
     }
     Ok(Subject {
         id: s.id,

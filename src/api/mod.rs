@@ -8,7 +8,7 @@ mod envoy;
 mod envoy_path;
 mod status;
 
-pub use authz::{AppState, AuthzService};
+pub use authz::{AppState, AuthzService, MAX_MESSAGE_BYTES};
 pub use envoy::{EnvoyAuthzService, JWT_AUTHN_NAMESPACE};
 pub use envoy_path::{PathRejection, normalize as normalize_envoy_path};
 

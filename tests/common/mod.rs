@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use authz_sidecar::api::pb::authz_client::AuthzClient;
 use authz_sidecar::api::pb::{self, check_request};
-use authz_sidecar::config::{Config, EnvoyConfig, LogFormat};
+use authz_sidecar::config::{AdminExposure, Config, EnvoyConfig, Limits, LogFormat};
 use authz_sidecar::live::Seed;
 use authz_sidecar::model::file::parse_policy;
 use authz_sidecar::server::Sidecar;
@@ -40,6 +40,10 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         admin_token: Some(ADMIN_TOKEN.into()),
         log_format: LogFormat::Plain,
         envoy: EnvoyConfig::default(),
+        admin: AdminExposure::On,
+        admin_listen: None,
+        tls: None,
+        limits: Limits::default(),
         policy_path: None,
         reload_interval: None,
     }
