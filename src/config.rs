@@ -123,6 +123,9 @@ pub struct ServeArgs {
     /// Deadline for any one request, in milliseconds.
     #[arg(long, env = "AUTHZ_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
+    /// Log one decision in N on the `authz::decision` target (0 = no decision log).
+    #[arg(long, env = "AUTHZ_DECISION_LOG_EVERY", default_value_t = 0)]
+    pub decision_log_every: u64,
     /// File holding the bootstrap admin token (a mounted Kubernetes Secret).
     #[arg(long, env = ENV_ADMIN_TOKEN_FILE)]
     pub admin_token_file: Option<PathBuf>,
@@ -336,6 +339,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Per-connection concurrency and request deadline.
     pub limits: Limits,
+    /// Log one decision in this many; `None` = no decision log.
+    pub decision_log_every: Option<u64>,
     /// The policy file, re-imported when it changes (none for the built-in example).
     pub policy_path: Option<PathBuf>,
     /// How often the policy file is checked for changes; `None` = never.
@@ -630,6 +635,8 @@ impl ServeArgs {
                 admin_listen,
                 tls,
                 limits,
+                decision_log_every: (self.decision_log_every > 0)
+                    .then_some(self.decision_log_every),
                 reload_interval: (self.policy.is_some() && self.policy_reload_interval > 0)
                     .then(|| Duration::from_secs(self.policy_reload_interval)),
                 policy_path: self.policy,

@@ -22,6 +22,7 @@ use crate::api::pb::authz_server::AuthzServer;
 use crate::api::{AppState, AuthzService, EnvoyAuthzService, MAX_MESSAGE_BYTES, pb};
 use crate::config::Config;
 use crate::config::{AdminExposure, EnvoyMode};
+use crate::decision_log::{DecisionLog, QUEUE as DECISION_QUEUE, write_decisions};
 use crate::live::{LivePolicy, OpenError, Opened};
 use crate::metrics::{Metrics, serve_metrics};
 use crate::reload::{ReloadStats, watch_policy_file};
@@ -153,7 +154,14 @@ impl Sidecar {
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let state = Arc::new(AppState::new(Arc::clone(&metrics)));
+        let mut decision_writer = None;
+        let mut state = AppState::new(Arc::clone(&metrics));
+        if let Some(every) = config.decision_log_every {
+            let (log, rx) = DecisionLog::new(every, DECISION_QUEUE, Arc::clone(&metrics));
+            state = state.with_decision_log(log);
+            decision_writer = Some(rx);
+        }
+        let state = Arc::new(state);
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status("", ServingStatus::NotServing)
@@ -184,6 +192,10 @@ impl Sidecar {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let mut servers = JoinSet::new();
+        if let Some(rx) = decision_writer {
+            // Ends when the services (the senders) are dropped at shutdown.
+            tokio::spawn(write_decisions(rx));
+        }
         let tls = match &config.tls {
             Some(tls) => {
                 let mut server_tls = ServerTlsConfig::new()

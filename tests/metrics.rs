@@ -103,3 +103,88 @@ async fn metrics_count_decisions_changes_and_refusals() {
     let missing = scrape(addr, "/nope").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }
+
+#[tokio::test]
+async fn the_decision_log_writes_structured_json_lines() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("authz.sock");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_authz-sidecar"))
+        .args([
+            "--listen",
+            "none",
+            "--log-format",
+            "json",
+            "--decision-log-every",
+            "1",
+        ])
+        .arg("--uds")
+        .arg(&socket)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("AUTHZ_ADMIN_TOKEN")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let channel = loop {
+        let path = socket.clone();
+        let attempt = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await;
+        if let Ok(channel) = attempt {
+            let mut client =
+                authz_sidecar::api::pb::authz_client::AuthzClient::new(channel.clone());
+            if client
+                .check(permission("dashboard", "devices:read"))
+                .await
+                .is_ok()
+            {
+                break channel;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "sidecar never served");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut client = authz_sidecar::api::pb::authz_client::AuthzClient::new(channel);
+    check(
+        &mut client,
+        http("dashboard", "POST", "/v1/alarms/a1/dispatch"),
+    )
+    .await;
+    drop(client);
+    let pid = child.id().expect("pid").to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let out = child.wait_with_output().await.expect("exits");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let entries: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "authz::decision")
+        .collect();
+    assert!(entries.len() >= 2, "{stderr}");
+    let denied = entries
+        .iter()
+        .find(|e| e["fields"]["kind"] == "http")
+        .expect("the http decision");
+    assert_eq!(denied["fields"]["subject"], "dashboard");
+    assert_eq!(denied["fields"]["allowed"], false);
+    assert_eq!(denied["fields"]["action"], "POST /v1/alarms/a1/dispatch");
+    assert!(
+        denied["fields"]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("alarms:write")
+    );
+}

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert::role_to_pb;
 use super::pb;
 use super::status::invalid;
+use crate::decision_log::{DecisionEntry, DecisionLog};
 use crate::engine::{self, Action, Inline, MAX_INLINE_ROLES};
 use crate::live::LivePolicy;
 use crate::metrics::{ActionKind, Metrics};
@@ -25,6 +26,8 @@ pub struct AppState {
     live: OnceLock<Arc<LivePolicy>>,
     /// Metrics every service records into.
     pub metrics: Arc<Metrics>,
+    /// The sampled decision log, when enabled.
+    pub decision_log: Option<DecisionLog>,
 }
 
 impl AppState {
@@ -33,7 +36,14 @@ impl AppState {
         AppState {
             live: OnceLock::new(),
             metrics,
+            decision_log: None,
         }
+    }
+
+    /// State that also feeds a decision log.
+    pub fn with_decision_log(mut self, log: DecisionLog) -> AppState {
+        self.decision_log = Some(log);
+        self
     }
 
     /// Marks the sidecar ready with its loaded policy.
@@ -211,6 +221,21 @@ impl pb::authz_server::Authz for AuthzService {
             }),
         });
         self.state.metrics.decision(kind, decision.allowed, started);
+        if let Some(log) = self.state.decision_log.as_ref().filter(|log| log.sample()) {
+            let (kind, action) = match action {
+                Action::Permission(p) => ("permission", p.to_owned()),
+                Action::Http { method, path } => ("http", format!("{method} {path}")),
+                Action::Event(e) => ("event", e.to_owned()),
+            };
+            log.record(DecisionEntry {
+                subject: r.subject.clone(),
+                kind,
+                action,
+                allowed: decision.allowed,
+                reason: decision.reason.to_string(),
+                revision: snapshot.revision(),
+            });
+        }
         Ok(Response::new(pb::CheckResponse {
             allowed: decision.allowed,
             reason: decision.reason.to_string(),

@@ -44,6 +44,7 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         admin_listen: None,
         tls: None,
         limits: Limits::default(),
+        decision_log_every: None,
         policy_path: None,
         reload_interval: None,
     }
