@@ -1,5 +1,6 @@
 //! Compiles the gRPC contract with protox (pure Rust: no system `protoc`) and writes the
-//! descriptor set that the reflection service serves.
+//! descriptor set that the reflection service serves. Also compiles the vendored etcd v3 API
+//! subset (`proto/etcd/`) into a client-only module for fleet mode.
 
 use std::{env, fs, path::PathBuf};
 
@@ -18,5 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
+
+    // etcd v3: client only, packages `etcdserverpb` and `mvccpb` (written as their own files).
+    let etcd = protox::compile(["etcdserverpb/rpc.proto"], ["proto/etcd"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(etcd)?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
 use crate::auth::token_sha256_hex;
+use crate::fleet::{DEFAULT_PREFIX, EtcdConfig, FleetConfig};
 use crate::live::Seed;
 use crate::model::file::{EMBEDDED_DEFAULT, PolicyFileError, Problem, parse_policy};
 
@@ -60,11 +61,19 @@ pub enum Command {
         /// Policy file (YAML or JSON).
         file: PathBuf,
     },
-    /// Replace the policy stored in a data dir with a policy file (the sidecar must be stopped).
+    /// Replace the stored policy with a policy file: in a data dir (the sidecar must be
+    /// stopped), or with `--source etcd` under the etcd prefix, which seeds or replaces a
+    /// fleet's policy (every sidecar follows).
     Import {
-        /// sled directory.
+        /// sled directory (`--source embedded`).
         #[arg(long, env = ENV_DATA_DIR, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Where the policy lives: `embedded` (the data dir) or `etcd`.
+        #[arg(long, env = "AUTHZ_SOURCE", default_value = "embedded")]
+        source: String,
+        /// etcd connection (`--source etcd`).
+        #[command(flatten)]
+        etcd: Box<EtcdArgs>,
         /// Policy file (YAML or JSON).
         file: PathBuf,
     },
@@ -72,9 +81,153 @@ pub enum Command {
     HashToken,
 }
 
+/// How to reach etcd (fleet mode and `import --source etcd`).
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated (`http://…` or `https://…`).
+    #[arg(long, env = "AUTHZ_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// Key prefix holding the policy and every admin change.
+    #[arg(long, env = "AUTHZ_ETCD_PREFIX", default_value = DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// etcd user (etcd auth); needs --etcd-password-file.
+    #[arg(long, env = "AUTHZ_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// File holding the etcd user's password (a mounted Secret).
+    #[arg(long, env = "AUTHZ_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// CA (PEM) that signed the etcd server certificates (`https` endpoints).
+    #[arg(long, env = "AUTHZ_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd mTLS; goes with --etcd-key.
+    #[arg(long, env = "AUTHZ_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd mTLS.
+    #[arg(long, env = "AUTHZ_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+fn read_file(flag: &str, path: &Path, errors: &mut Vec<String>) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) if !bytes.is_empty() => Some(bytes),
+        Ok(_) => {
+            errors.push(format!("{flag}: {} is empty", path.display()));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("{flag}: cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+impl EtcdArgs {
+    /// Validates the etcd settings, adding every problem to `errors`.
+    pub fn to_config(&self, errors: &mut Vec<String>) -> Option<EtcdConfig> {
+        let before = errors.len();
+        let endpoints: Vec<String> = self
+            .etcd_endpoints
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if endpoints.is_empty() {
+            errors.push(
+                "--etcd-endpoints / AUTHZ_ETCD_ENDPOINTS: required with --source etcd (e.g. http://etcd:2379)"
+                    .into(),
+            );
+        }
+        for e in &endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                errors.push(format!(
+                    "--etcd-endpoints / AUTHZ_ETCD_ENDPOINTS: `{e}` is not an http:// or https:// URL"
+                ));
+            }
+        }
+        let tls = endpoints.iter().any(|e| e.starts_with("https://"));
+        if tls && self.etcd_ca.is_none() {
+            errors.push("--etcd-ca / AUTHZ_ETCD_CA: required with https:// etcd endpoints".into());
+        }
+        if !tls && (self.etcd_ca.is_some() || self.etcd_cert.is_some()) {
+            errors.push("--etcd-ca / --etcd-cert: TLS options need https:// etcd endpoints".into());
+        }
+        if self.etcd_prefix.is_empty() || !self.etcd_prefix.ends_with('/') {
+            errors.push(format!(
+                "--etcd-prefix / AUTHZ_ETCD_PREFIX: `{}` must be non-empty and end with `/` (e.g. {DEFAULT_PREFIX})",
+                self.etcd_prefix
+            ));
+        }
+        let credentials = match (&self.etcd_username, &self.etcd_password_file) {
+            (None, None) => None,
+            (Some(user), Some(file)) => {
+                match read_file(
+                    "--etcd-password-file / AUTHZ_ETCD_PASSWORD_FILE",
+                    file,
+                    errors,
+                ) {
+                    Some(bytes) => match String::from_utf8(bytes) {
+                        Ok(password) => Some((user.clone(), password.trim_end().to_owned())),
+                        Err(_) => {
+                            errors.push(
+                                "--etcd-password-file / AUTHZ_ETCD_PASSWORD_FILE: not UTF-8".into(),
+                            );
+                            None
+                        }
+                    },
+                    None => None,
+                }
+            }
+            _ => {
+                errors.push("--etcd-username and --etcd-password-file go together".into());
+                None
+            }
+        };
+        let ca_pem = self
+            .etcd_ca
+            .as_deref()
+            .and_then(|p| read_file("--etcd-ca / AUTHZ_ETCD_CA", p, errors));
+        let client_identity = match (&self.etcd_cert, &self.etcd_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let cert = read_file("--etcd-cert / AUTHZ_ETCD_CERT", cert, errors);
+                let key = read_file("--etcd-key / AUTHZ_ETCD_KEY", key, errors);
+                cert.zip(key)
+            }
+            _ => {
+                errors.push("--etcd-cert and --etcd-key go together".into());
+                None
+            }
+        };
+        (errors.len() == before).then_some(EtcdConfig {
+            endpoints,
+            prefix: self.etcd_prefix.clone(),
+            credentials,
+            ca_pem,
+            client_identity,
+        })
+    }
+}
+
 /// Flags of the serving mode.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Where the policy lives: `embedded` (this pod's sled store) or `etcd` (fleet mode: etcd
+    /// is the shared source of truth, mirrored into the local store).
+    #[arg(long, env = "AUTHZ_SOURCE", default_value = "embedded")]
+    pub source: String,
+    /// etcd connection (fleet mode).
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Fleet mode: report NOT_SERVING once the mirror may be staler than this many seconds
+    /// (etcd unreachable); 0 = keep serving stale data.
+    #[arg(long, env = "AUTHZ_MAX_STALENESS", default_value_t = 0)]
+    pub max_staleness: u64,
+    /// Fleet mode: how long a Check waits for its `min_revision` before UNAVAILABLE.
+    #[arg(long, env = "AUTHZ_MIN_REVISION_WAIT_MS", default_value_t = 2000)]
+    pub min_revision_wait_ms: u64,
     /// TCP address to serve on; `none` serves only the Unix socket.
     #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN)]
     pub listen: String,
@@ -345,6 +498,8 @@ pub struct Config {
     pub policy_path: Option<PathBuf>,
     /// How often the policy file is checked for changes; `None` = never.
     pub reload_interval: Option<Duration>,
+    /// Fleet mode (`--source etcd`); `None` = the embedded single-pod mode.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// Reads a policy file into a [`Seed`]: validated, normalized, with the digest of its text.
@@ -370,6 +525,35 @@ impl ServeArgs {
     /// Validates every setting; returns all problems at once. `env_token` is `AUTHZ_ADMIN_TOKEN`.
     pub fn into_config(self, env_token: Option<String>) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
+        let fleet = match self.source.as_str() {
+            "embedded" => {
+                if self.etcd.etcd_endpoints.is_some() {
+                    errors
+                        .push("--etcd-endpoints / AUTHZ_ETCD_ENDPOINTS needs --source etcd".into());
+                }
+                None
+            }
+            "etcd" => {
+                if self.policy.is_some() {
+                    errors.push(format!(
+                        "--policy / {ENV_POLICY}: does not apply with --source etcd; seed the fleet with `authz-sidecar import --source etcd FILE`"
+                    ));
+                }
+                let etcd = self.etcd.to_config(&mut errors);
+                etcd.map(|etcd| FleetConfig {
+                    etcd,
+                    max_staleness: (self.max_staleness > 0)
+                        .then(|| Duration::from_secs(self.max_staleness)),
+                    min_revision_wait: Duration::from_millis(self.min_revision_wait_ms),
+                })
+            }
+            other => {
+                errors.push(format!(
+                    "--source / AUTHZ_SOURCE: `{other}` is not `embedded` or `etcd`"
+                ));
+                None
+            }
+        };
         let listen = match self.listen.as_str() {
             "none" | "" => None,
             text => match text.parse::<SocketAddr>() {
@@ -637,9 +821,12 @@ impl ServeArgs {
                 limits,
                 decision_log_every: (self.decision_log_every > 0)
                     .then_some(self.decision_log_every),
-                reload_interval: (self.policy.is_some() && self.policy_reload_interval > 0)
-                    .then(|| Duration::from_secs(self.policy_reload_interval)),
+                reload_interval: (self.policy.is_some()
+                    && self.policy_reload_interval > 0
+                    && fleet.is_none())
+                .then(|| Duration::from_secs(self.policy_reload_interval)),
                 policy_path: self.policy,
+                fleet,
             }),
             _ => Err(errors),
         }
@@ -704,6 +891,59 @@ mod tests {
         assert_eq!(config.seed_source, "built-in example");
         assert_eq!(config.admin_token.as_deref(), Some("tok"));
         assert!(data.is_dir());
+    }
+
+    #[test]
+    fn fleet_flags_are_validated_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("utf8");
+        let errs = args(&[
+            "--data-dir",
+            data,
+            "--source",
+            "etcd",
+            "--etcd-endpoints",
+            "etcd:2379,https://etcd-1:2379",
+            "--etcd-prefix",
+            "/authz",
+            "--etcd-username",
+            "sidecar",
+        ])
+        .into_config(None)
+        .expect_err("invalid");
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(errs[0].contains("`etcd:2379`"));
+        assert!(errs[1].contains("--etcd-ca"));
+        assert!(errs[2].contains("--etcd-prefix"));
+        assert!(errs[3].contains("--etcd-password-file"));
+        let errs = args(&["--data-dir", data, "--source", "cloud"])
+            .into_config(None)
+            .expect_err("invalid");
+        assert!(errs[0].contains("--source"), "{errs:#?}");
+        let config = args(&[
+            "--data-dir",
+            data,
+            "--source",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379, http://127.0.0.1:22379",
+            "--max-staleness",
+            "30",
+        ])
+        .into_config(None)
+        .expect("valid");
+        let fleet = config.fleet.expect("fleet mode");
+        assert_eq!(fleet.etcd.endpoints.len(), 2);
+        assert_eq!(fleet.etcd.prefix, "/authz/");
+        assert_eq!(fleet.max_staleness, Some(Duration::from_secs(30)));
+        assert!(
+            args(&["--data-dir", data])
+                .into_config(None)
+                .expect("valid")
+                .fleet
+                .is_none()
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod decision_log;
 pub mod engine;
+pub mod fleet;
 pub mod live;
 pub mod metrics;
 pub mod model;

@@ -5,7 +5,8 @@
 //! swap. Checks never wait: they load whatever snapshot is published, lock-free.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
 
@@ -15,7 +16,10 @@ use crate::model::{
     self, AdminPermission, Catalog, PermissionChange, Policy, Role, RuleError, Subject,
     UpdateOutcome, ValidationError,
 };
-use crate::store::{AuditRecord, Change, ImportMode, Managed, Store, StoreError, Write};
+use crate::store::{
+    AuditRecord, Change, ImportMode, Managed, MirrorBatch, MirrorOrigin, Mirrored, Store,
+    StoreError, Write,
+};
 
 /// What Checks and ListRoles read: one consistent revision.
 #[derive(Debug)]
@@ -135,6 +139,74 @@ pub enum WriteError {
     /// The store failed; nothing was changed.
     #[error(transparent)]
     Store(StoreError),
+    /// Fleet mode: the shared store (etcd) cannot be reached or the local mirror did not catch
+    /// up in time; the change may or may not have been made (retry with `expected_revision`).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A write to the shared source of truth (fleet mode): one transaction that succeeds only if
+/// none of the keys the write depends on changed after `unchanged_since`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedWrite {
+    /// The change.
+    pub change: Change,
+    /// The base role of a role change (its rules depend on it), if any.
+    pub base_role: Option<String>,
+    /// Keys the write depends on must not have been modified after this revision.
+    pub unchanged_since: u64,
+    /// Admin name.
+    pub actor: String,
+    /// RPC name.
+    pub action: String,
+}
+
+/// Why a shared write was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    /// A key the write depends on changed after `unchanged_since`.
+    #[error("changed at revision {modified_at}")]
+    Conflict {
+        /// The newest modification revision among the keys.
+        modified_at: u64,
+    },
+    /// Deleting something that is not there.
+    #[error("{0} does not exist")]
+    Missing(String),
+    /// The shared store cannot be reached.
+    #[error("the shared policy store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The shared source of truth of a fleet (etcd). Called from the blocking pool.
+pub trait SharedSource: Send + Sync + 'static {
+    /// Commits `write`; returns the revision it produced.
+    fn commit(&self, write: &SharedWrite) -> Result<u64, SharedError>;
+}
+
+/// Fleet mode settings of a [`LivePolicy`].
+#[derive(Clone)]
+pub struct FleetHooks {
+    /// Where admin writes go.
+    pub shared: Arc<dyn SharedSource>,
+    /// How long a Check waits for its `min_revision`.
+    pub min_revision_wait: Duration,
+    /// How long an admin write waits for the local mirror to apply its revision.
+    pub apply_wait: Duration,
+}
+
+/// Why a mirrored change was not applied (the mirror then reloads the whole prefix).
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// The mirrored policy does not validate; the last valid one keeps serving.
+    #[error("the mirrored policy is invalid: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<ValidationError>),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Recompiling from the store failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
 }
 
 impl From<StoreError> for WriteError {
@@ -168,6 +240,10 @@ pub struct LivePolicy {
     writer: Arc<Mutex<Policy>>,
     admins: ArcSwap<AdminSet>,
     bootstrap_token: Option<String>,
+    /// The revision published last (fleet mode waits on it).
+    applied: tokio::sync::watch::Sender<u64>,
+    /// Set in fleet mode.
+    fleet: OnceLock<FleetHooks>,
 }
 
 impl LivePolicy {
@@ -202,7 +278,18 @@ impl LivePolicy {
                 (head.policy, snapshot, Opened::Loaded { revision })
             }
         };
-        let live = LivePolicy {
+        let live = Self::assemble(store, policy, snapshot, bootstrap_token);
+        Ok((live, opened))
+    }
+
+    fn assemble(
+        store: Arc<dyn Store>,
+        policy: Policy,
+        snapshot: Snapshot,
+        bootstrap_token: Option<&str>,
+    ) -> LivePolicy {
+        let revision = snapshot.revision();
+        LivePolicy {
             store,
             published: Arc::new(ArcSwap::from_pointee(Published {
                 snapshot,
@@ -217,8 +304,323 @@ impl LivePolicy {
                 ..policy
             })),
             bootstrap_token: bootstrap_token.map(str::to_owned),
+            applied: tokio::sync::watch::Sender::new(revision),
+            fleet: OnceLock::new(),
+        }
+    }
+
+    /// Fleet mode: the policy last mirrored into the local store, served as it is (the
+    /// sidecar serves its last mirrored state while the shared store is unreachable). `None`
+    /// when the store holds no mirror of `origin_prefix`.
+    pub fn open_mirror(
+        store: Arc<dyn Store>,
+        origin_prefix: &str,
+        bootstrap_token: Option<&str>,
+    ) -> Result<Option<LivePolicy>, OpenError> {
+        match store.mirror_origin()? {
+            Some(origin) if origin.prefix == origin_prefix => {}
+            _ => return Ok(None),
+        }
+        let Some(head) = store.load_head()? else {
+            return Ok(None);
         };
-        Ok((live, opened))
+        let snapshot = Self::compile_stored(store.as_ref(), &head.policy, head.revision)?;
+        Ok(Some(Self::assemble(
+            store,
+            head.policy,
+            snapshot,
+            bootstrap_token,
+        )))
+    }
+
+    /// Fleet mode: a full load of the shared store at `revision`, mirrored into the local
+    /// store and compiled.
+    pub fn open_loaded(
+        store: Arc<dyn Store>,
+        policy: &Policy,
+        revision: u64,
+        origin: &MirrorOrigin,
+        bootstrap_token: Option<&str>,
+    ) -> Result<LivePolicy, MirrorError> {
+        model::validate(policy).map_err(MirrorError::Invalid)?;
+        store.replace_mirrored(policy, revision, origin)?;
+        let snapshot = Snapshot::compile(policy, revision);
+        Ok(Self::assemble(
+            store,
+            policy.clone(),
+            snapshot,
+            bootstrap_token,
+        ))
+    }
+
+    /// Switches admin writes to the shared store and lets Checks wait for `min_revision`.
+    pub fn enable_fleet(&self, hooks: FleetHooks) {
+        let _ = self.fleet.set(hooks);
+    }
+
+    /// The fleet settings, in fleet mode.
+    pub fn fleet(&self) -> Option<&FleetHooks> {
+        self.fleet.get()
+    }
+
+    /// The local store's mirror origin (fleet mode).
+    pub fn mirror_origin(&self) -> Result<Option<MirrorOrigin>, StoreError> {
+        self.store.mirror_origin()
+    }
+
+    /// The revision of the published snapshot.
+    pub fn revision(&self) -> u64 {
+        self.published.load().snapshot.revision()
+    }
+
+    /// Waits until the published revision reaches `revision`, at most `timeout`; true if it
+    /// did. Async callers (Check).
+    pub async fn wait_for(&self, revision: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        if *rx.borrow() >= revision {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// [`LivePolicy::wait_for`] from the blocking pool (admin writes).
+    fn wait_blocking(&self, revision: u64, timeout: Duration) -> bool {
+        if self.revision() >= revision {
+            return true;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.block_on(self.wait_for(revision, timeout)),
+            Err(_) => false,
+        }
+    }
+
+    /// Check's read-your-writes: in fleet mode waits (bounded by `--min-revision-wait-ms`)
+    /// for `min_revision`; embedded mode answers at once.
+    pub async fn await_min_revision(&self, min_revision: u64) {
+        if let Some(fleet) = self.fleet.get() {
+            if min_revision > self.revision() && !fleet.min_revision_wait.is_zero() {
+                self.wait_for(min_revision, fleet.min_revision_wait).await;
+            }
+        }
+    }
+
+    fn notify_applied(&self) {
+        let revision = self.revision();
+        self.applied.send_if_modified(|r| {
+            if *r < revision {
+                *r = revision;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Fleet mode: applies one mirrored revision (validated first) to the local store and
+    /// publishes it, recompiling incrementally: subjects through `with_subject`, roles through
+    /// `with_roles`, and everything only when the catalog changed or a role was removed.
+    /// Returns false when the revision was applied before.
+    pub fn apply_mirrored(&self, batch: &MirrorBatch) -> Result<bool, MirrorError> {
+        let mut policy = self.lock();
+        let current = self.published.load_full();
+        if batch.revision <= current.snapshot.revision() {
+            return Ok(false);
+        }
+        let mut next = policy.clone();
+        let (mut full, mut roles_changed, mut admins_changed) = (false, false, false);
+        let mut subjects: Vec<(&str, Option<&Subject>)> = Vec::new();
+        for change in &batch.changes {
+            match change {
+                Mirrored::Head(head) => {
+                    next.version = head.version;
+                    next.catalog = head.catalog.clone();
+                    next.presets = head.presets.clone();
+                    full = true;
+                }
+                Mirrored::PutRole(role) => {
+                    match next.roles.binary_search_by(|r| r.name.cmp(&role.name)) {
+                        Ok(i) => next.roles[i] = role.clone(),
+                        Err(i) => next.roles.insert(i, role.clone()),
+                    }
+                    roles_changed = true;
+                }
+                Mirrored::DeleteRole(name) => {
+                    next.roles.retain(|r| &r.name != name);
+                    full = true;
+                }
+                Mirrored::PutSubject(s) => subjects.push((&s.id, Some(s))),
+                Mirrored::DeleteSubject(id) => subjects.push((id, None)),
+                Mirrored::PutAdmin(admin) => {
+                    match next.admins.binary_search_by(|a| a.name.cmp(&admin.name)) {
+                        Ok(i) => next.admins[i] = admin.clone(),
+                        Err(i) => next.admins.insert(i, admin.clone()),
+                    }
+                    admins_changed = true;
+                }
+                Mirrored::DeleteAdmin(name) => {
+                    next.admins.retain(|a| &a.name != name);
+                    admins_changed = true;
+                }
+            }
+        }
+        if full || roles_changed || admins_changed {
+            model::validate(&next).map_err(MirrorError::Invalid)?;
+        }
+        for (_, subject) in &subjects {
+            if let Some(subject) = subject {
+                model::validate_subject(&next, subject).map_err(MirrorError::Invalid)?;
+            }
+        }
+        if !self.store.apply_mirrored(batch)? {
+            return Ok(false);
+        }
+        let revision = batch.revision;
+        let published = if full {
+            Self::publishable_stored(self.store.as_ref(), &next, revision)?
+        } else {
+            let mut snapshot = if roles_changed || subjects.is_empty() {
+                current.snapshot.with_roles(&next, revision)
+            } else {
+                current.snapshot.clone()
+            };
+            for (id, subject) in &subjects {
+                snapshot = snapshot.with_subject(id, *subject, revision);
+            }
+            Published {
+                snapshot,
+                catalog: Arc::clone(&current.catalog),
+                roles: if roles_changed {
+                    Arc::new(next.roles.clone())
+                } else {
+                    Arc::clone(&current.roles)
+                },
+                published_at: std::time::SystemTime::now(),
+            }
+        };
+        self.published.store(Arc::new(published));
+        if admins_changed {
+            self.admins.store(Arc::new(AdminSet::new(
+                &next.admins,
+                self.bootstrap_token.as_deref(),
+            )));
+        }
+        *policy = next;
+        drop(policy);
+        self.maybe_compact();
+        self.notify_applied();
+        Ok(true)
+    }
+
+    fn publishable_stored(
+        store: &dyn Store,
+        head: &Policy,
+        revision: u64,
+    ) -> Result<Published, OpenError> {
+        Ok(Published {
+            snapshot: Self::compile_stored(store, head, revision)?,
+            catalog: Arc::new(head.catalog.clone()),
+            roles: Arc::new(head.roles.clone()),
+            published_at: std::time::SystemTime::now(),
+        })
+    }
+
+    /// Fleet mode: replaces the mirror with a full load of the shared store (after a
+    /// compaction, or when the local store mirrors something else) and publishes it.
+    pub fn replace_mirrored(
+        &self,
+        policy: &Policy,
+        revision: u64,
+        origin: &MirrorOrigin,
+    ) -> Result<(), MirrorError> {
+        let mut writer = self.lock();
+        model::validate(policy).map_err(MirrorError::Invalid)?;
+        self.store.replace_mirrored(policy, revision, origin)?;
+        self.published
+            .store(Arc::new(Self::publishable(policy, revision)));
+        self.admins.store(Arc::new(AdminSet::new(
+            &policy.admins,
+            self.bootstrap_token.as_deref(),
+        )));
+        *writer = Policy {
+            subjects: Vec::new(),
+            ..policy.clone()
+        };
+        drop(writer);
+        self.notify_applied();
+        Ok(())
+    }
+
+    /// Fleet mode write: decides the change on the mirrored policy, commits it to the shared
+    /// store in one transaction guarded by the keys' mod revisions, then waits until the local
+    /// mirror has applied it, so that the answer's revision is the one this sidecar serves.
+    /// A key changed by another sidecar in between: with `expected_revision` set, the write
+    /// is stale; without, it is decided again on the newer state.
+    fn shared_write<T>(
+        &self,
+        fleet: &FleetHooks,
+        expected_revision: u64,
+        actor: &str,
+        action: &str,
+        decide: impl Fn(&Policy) -> Result<(Change, Option<String>, T), WriteError>,
+    ) -> Result<(T, u64), WriteError> {
+        let behind = |revision: u64| {
+            WriteError::Unavailable(format!(
+                "the local policy mirror has not reached revision {revision} yet (is etcd reachable?); retry"
+            ))
+        };
+        if expected_revision != 0 && !self.wait_blocking(expected_revision, fleet.apply_wait) {
+            return Err(behind(expected_revision));
+        }
+        for _ in 0..8 {
+            let (change, base_role, out, base) = {
+                let policy = self.lock();
+                let base = self.revision();
+                let (change, base_role, out) = decide(&policy)?;
+                (change, base_role, out, base)
+            };
+            let write = SharedWrite {
+                change,
+                base_role,
+                unchanged_since: if expected_revision != 0 {
+                    expected_revision
+                } else {
+                    base
+                },
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+            };
+            match fleet.shared.commit(&write) {
+                Ok(revision) => {
+                    if !self.wait_blocking(revision, fleet.apply_wait) {
+                        return Err(WriteError::Unavailable(format!(
+                            "committed at revision {revision}, but the local policy mirror has not applied it yet"
+                        )));
+                    }
+                    return Ok((out, revision));
+                }
+                Err(SharedError::Conflict { modified_at }) if expected_revision != 0 => {
+                    return Err(WriteError::Stale {
+                        expected: expected_revision,
+                        current: modified_at,
+                    });
+                }
+                Err(SharedError::Conflict { modified_at }) => {
+                    if !self.wait_blocking(modified_at, fleet.apply_wait) {
+                        return Err(behind(modified_at));
+                    }
+                }
+                Err(SharedError::Missing(what)) => return Err(WriteError::NotFound(what)),
+                Err(e @ SharedError::Unavailable(_)) => {
+                    return Err(WriteError::Unavailable(e.to_string()));
+                }
+            }
+        }
+        Err(WriteError::Unavailable(
+            "the policy kept changing under this write; retry".into(),
+        ))
     }
 
     /// Validates and compiles the stored policy, streaming its subjects from the store (they
@@ -389,6 +791,22 @@ impl LivePolicy {
         change: &PermissionChange,
         expected_revision: u64,
     ) -> Result<(UpdateOutcome, u64), WriteError> {
+        if let Some(fleet) = self.fleet.get() {
+            return self.shared_write(
+                fleet,
+                expected_revision,
+                actor,
+                "update_permission",
+                |policy| {
+                    let outcome = model::apply_update(policy, role, change)?;
+                    Ok((
+                        Change::PutRole(outcome.role.clone()),
+                        outcome.role.base.clone(),
+                        outcome,
+                    ))
+                },
+            );
+        }
         let mut policy = self.lock();
         let base = self.base_revision(expected_revision)?;
         let outcome = model::apply_update(&policy, role, change)?;
@@ -409,6 +827,22 @@ impl LivePolicy {
         role: &str,
         expected_revision: u64,
     ) -> Result<(Role, u64), WriteError> {
+        if let Some(fleet) = self.fleet.get() {
+            return self.shared_write(
+                fleet,
+                expected_revision,
+                actor,
+                "approve_pending",
+                |policy| {
+                    let approved = model::apply_approval(policy, role)?;
+                    Ok((
+                        Change::PutRole(approved.clone()),
+                        approved.base.clone(),
+                        approved,
+                    ))
+                },
+            );
+        }
         let mut policy = self.lock();
         let base = self.base_revision(expected_revision)?;
         let approved = model::apply_approval(&policy, role)?;
@@ -429,6 +863,15 @@ impl LivePolicy {
         subject: Subject,
         expected_revision: u64,
     ) -> Result<(Subject, u64), WriteError> {
+        if let Some(fleet) = self.fleet.get() {
+            return self.shared_write(fleet, expected_revision, actor, "put_subject", |policy| {
+                model::validate_subject(policy, &subject).map_err(|errs| WriteError::Invalid {
+                    field: format!("subject.{}", errs[0].path),
+                    message: errs[0].message.clone(),
+                })?;
+                Ok((Change::PutSubject(subject.clone()), None, subject.clone()))
+            });
+        }
         let policy = self.lock();
         let base = self.base_revision(expected_revision)?;
         model::validate_subject(&policy, &subject).map_err(|errs| WriteError::Invalid {
@@ -462,13 +905,20 @@ impl LivePolicy {
         id: &str,
         expected_revision: u64,
     ) -> Result<u64, WriteError> {
-        let _policy = self.lock();
         if id.is_empty() {
             return Err(WriteError::Invalid {
                 field: "id".into(),
                 message: "subject id is empty".into(),
             });
         }
+        if let Some(fleet) = self.fleet.get() {
+            return self
+                .shared_write(fleet, expected_revision, actor, "delete_subject", |_| {
+                    Ok((Change::DeleteSubject(id.to_owned()), None, ()))
+                })
+                .map(|((), revision)| revision);
+        }
+        let _policy = self.lock();
         let base = self.base_revision(expected_revision)?;
         let revision = self.commit(
             Change::DeleteSubject(id.to_owned()),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use authz_sidecar::config::read_seed;
 use authz_sidecar::config::{Cli, Command, Config, ENV_ADMIN_TOKEN, LogFormat};
+use authz_sidecar::fleet;
 use authz_sidecar::model::file::load_policy_file;
 use authz_sidecar::server::Sidecar;
 use authz_sidecar::store::{ImportMode, SledStore, Store};
@@ -17,7 +18,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Validate { file }) => validate(&file),
-        Some(Command::Import { data_dir, file }) => import(&data_dir, &file),
+        Some(Command::Import {
+            data_dir,
+            file,
+            source,
+            etcd,
+        }) => match source.as_str() {
+            "embedded" => import(&data_dir, &file),
+            "etcd" => import_etcd(&etcd, &file),
+            other => {
+                eprintln!("error: --source / AUTHZ_SOURCE: `{other}` is not `embedded` or `etcd`");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Some(Command::HashToken) => hash_token(),
         None => serve(cli.serve.into_config(std::env::var(ENV_ADMIN_TOKEN).ok())),
     }
@@ -59,6 +72,51 @@ fn import(data_dir: &std::path::Path, file: &std::path::Path) -> ExitCode {
                 "imported {} into {} at revision {revision}",
                 file.display(),
                 data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("import failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Seeds (or replaces) a fleet's policy in etcd; every sidecar on the prefix follows.
+fn import_etcd(etcd: &authz_sidecar::config::EtcdArgs, file: &std::path::Path) -> ExitCode {
+    let mut errors = Vec::new();
+    let config = etcd.to_config(&mut errors);
+    let seed = read_seed(file);
+    let (config, seed) = match (config, seed) {
+        (Some(config), Ok(seed)) if errors.is_empty() => (config, seed),
+        (_, seed) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            if let Err(e) = seed {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = fleet::EtcdClient::new(&config)?;
+        let layout = fleet::Layout::new(&config.prefix);
+        fleet::import_policy(&client, &layout, &seed.policy, "import").await
+    });
+    match result {
+        Ok(revision) => {
+            println!(
+                "imported {} into etcd prefix {} at revision {revision}",
+                file.display(),
+                config.prefix
             );
             ExitCode::SUCCESS
         }

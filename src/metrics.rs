@@ -73,7 +73,24 @@ pub struct Metrics {
     revision: IntGauge,
     snapshot_age: Gauge,
     subjects: IntGauge,
+    fleet: FleetMetrics,
 }
+
+/// Fleet mode: the mirror's lag and cost.
+struct FleetMetrics {
+    staleness: Gauge,
+    connected: IntGauge,
+    revisions: IntCounter,
+    events: IntCounter,
+    reloads: IntCounter,
+    watch_errors: IntCounter,
+    apply: Histogram,
+}
+
+/// Mirror apply buckets, in seconds (one sled transaction with fsync, plus a recompile).
+const APPLY_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 fn must<T>(result: prometheus::Result<T>) -> T {
     // PANIC SAFETY: metric names and labels below are static and valid, and each is
@@ -157,6 +174,48 @@ impl Metrics {
             "Subjects in the served snapshot",
         ));
         must(registry.register(Box::new(subjects.clone())));
+        let gauge = |name: &str, help: &str| {
+            let g = must(Gauge::new(name, help));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let fleet_connected = must(IntGauge::new(
+            "authz_fleet_connected",
+            "Fleet mode: 1 while the etcd watch is established",
+        ));
+        must(registry.register(Box::new(fleet_connected.clone())));
+        let fleet_apply = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "authz_fleet_mirror_apply_seconds",
+                "Fleet mode: time to apply one mirrored etcd revision (sled commit and recompile)",
+            )
+            .buckets(APPLY_BUCKETS.to_vec()),
+        ));
+        must(registry.register(Box::new(fleet_apply.clone())));
+        let fleet = FleetMetrics {
+            staleness: gauge(
+                "authz_fleet_staleness_seconds",
+                "Fleet mode: how long the local mirror may have missed etcd changes (0 while watching)",
+            ),
+            connected: fleet_connected,
+            revisions: counter(
+                "authz_fleet_mirrored_revisions_total",
+                "Fleet mode: etcd revisions applied to the local mirror",
+            ),
+            events: counter(
+                "authz_fleet_mirrored_changes_total",
+                "Fleet mode: entity changes applied to the local mirror",
+            ),
+            reloads: counter(
+                "authz_fleet_reloads_total",
+                "Fleet mode: full reloads of the etcd prefix (after a compaction or a failed apply)",
+            ),
+            watch_errors: counter(
+                "authz_fleet_watch_errors_total",
+                "Fleet mode: etcd watch interruptions",
+            ),
+            apply: fleet_apply,
+        };
         #[cfg(target_os = "linux")]
         must(registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -173,7 +232,53 @@ impl Metrics {
             revision,
             snapshot_age,
             subjects,
+            fleet,
         }
+    }
+
+    /// Fleet mode: one mirrored revision with `changes` entity changes, applied in `took`.
+    pub fn fleet_applied(&self, changes: u64, took: Duration) {
+        self.fleet.revisions.inc();
+        self.fleet.events.inc_by(changes);
+        self.fleet.apply.observe(took.as_secs_f64());
+    }
+
+    /// Fleet mode: a full reload of the prefix.
+    pub fn fleet_reload(&self) {
+        self.fleet.reloads.inc();
+    }
+
+    /// Fleet mode: a watch interruption.
+    pub fn fleet_watch_error(&self) {
+        self.fleet.watch_errors.inc();
+    }
+
+    /// Fleet mode: connection state and staleness.
+    pub fn fleet_state(&self, connected: bool, staleness: Duration) {
+        self.fleet.connected.set(i64::from(connected));
+        self.fleet.staleness.set(staleness.as_secs_f64());
+    }
+
+    /// Fleet mode: the current staleness gauge, in seconds (tests).
+    pub fn fleet_staleness_seconds(&self) -> f64 {
+        self.fleet.staleness.get()
+    }
+
+    /// Fleet mode: mirrored revisions, reloads and watch errors so far (tests, benches).
+    pub fn fleet_counts(&self) -> (u64, u64, u64) {
+        (
+            self.fleet.revisions.get(),
+            self.fleet.reloads.get(),
+            self.fleet.watch_errors.get(),
+        )
+    }
+
+    /// Fleet mode: (count, sum in seconds) of mirrored-revision apply times.
+    pub fn fleet_apply_time(&self) -> (u64, f64) {
+        (
+            self.fleet.apply.get_sample_count(),
+            self.fleet.apply.get_sample_sum(),
+        )
     }
 
     /// Records one decision and how long it took.

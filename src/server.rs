@@ -23,6 +23,7 @@ use crate::api::{AppState, AuthzService, EnvoyAuthzService, MAX_MESSAGE_BYTES, p
 use crate::config::Config;
 use crate::config::{AdminExposure, EnvoyMode};
 use crate::decision_log::{DecisionLog, QUEUE as DECISION_QUEUE, write_decisions};
+use crate::fleet::{self, EtcdClient, FleetError, FleetStatus, Mirror, watch_staleness};
 use crate::live::{LivePolicy, OpenError, Opened};
 use crate::metrics::{Metrics, serve_metrics};
 use crate::reload::{ReloadStats, watch_policy_file};
@@ -50,6 +51,9 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Fleet mode: etcd or the mirrored policy failed.
+    #[error("fleet: {0}")]
+    Fleet(#[from] FleetError),
     /// Reflection could not be built from the descriptor sets.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -263,35 +267,61 @@ impl Sidecar {
             servers.spawn(routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
 
-        let seed = config.seed.clone();
-        let token = config.admin_token.clone();
-        let opened =
-            tokio::task::spawn_blocking(move || LivePolicy::open(store, &seed, token.as_deref()))
-                .await
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-        let (live, opened) = match opened {
-            Ok(ok) => ok,
-            Err(e) => {
-                let _ = shutdown.send(true);
-                while servers.join_next().await.is_some() {}
-                return Err(e.into());
+        let (live, revision) = match &config.fleet {
+            None => {
+                let (live, revision) = match Self::open_embedded(&config, store).await {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        let _ = shutdown.send(true);
+                        while servers.join_next().await.is_some() {}
+                        return Err(e);
+                    }
+                };
+                (Arc::new(live), revision)
+            }
+            Some(fleet_config) => {
+                let client = EtcdClient::new(&fleet_config.etcd)?;
+                let opened =
+                    fleet::open_live(store, fleet_config, config.admin_token.clone(), &client)
+                        .await;
+                let (live, how) = match opened {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        let _ = shutdown.send(true);
+                        while servers.join_next().await.is_some() {}
+                        return Err(e.into());
+                    }
+                };
+                let revision = live.revision();
+                tracing::info!(from = how, revision, prefix = %fleet_config.etcd.prefix, "fleet mode: policy loaded; following etcd");
+                let status = Arc::new(FleetStatus::default());
+                let mirror = Mirror {
+                    client,
+                    layout: fleet::Layout::new(&fleet_config.etcd.prefix),
+                    live: Arc::clone(&live),
+                    status: Arc::clone(&status),
+                    metrics: Arc::clone(&metrics),
+                };
+                let stop = signal.clone();
+                servers.spawn(async move {
+                    mirror.run(stop).await;
+                    Ok(())
+                });
+                let staleness = watch_staleness(
+                    status,
+                    Arc::clone(&metrics),
+                    health.clone(),
+                    &["", AUTHZ_SERVICE],
+                    fleet_config.max_staleness,
+                    signal.clone(),
+                );
+                servers.spawn(async move {
+                    staleness.await;
+                    Ok(())
+                });
+                (live, revision)
             }
         };
-        let revision = match opened {
-            Opened::Imported { revision } => {
-                tracing::info!(source = %config.seed_source, revision, "empty data dir: imported the seed policy");
-                revision
-            }
-            Opened::Loaded { revision } => {
-                tracing::info!(revision, "loaded the stored policy");
-                revision
-            }
-            Opened::Reloaded { revision } => {
-                tracing::info!(source = %config.seed_source, revision, "loaded the stored policy and re-applied the changed policy file");
-                revision
-            }
-        };
-        let live = Arc::new(live);
         state.set_ready(Arc::clone(&live));
         let reload_stats = Arc::new(ReloadStats::default());
         if let (Some(path), Some(interval)) = (config.policy_path.clone(), config.reload_interval) {
@@ -328,6 +358,35 @@ impl Sidecar {
             health,
             reload_stats,
         })
+    }
+
+    /// Embedded mode: loads the sled store, or imports the seed into an empty one.
+    async fn open_embedded(
+        config: &Config,
+        store: Arc<dyn Store>,
+    ) -> Result<(LivePolicy, u64), ServerError> {
+        let seed = config.seed.clone();
+        let token = config.admin_token.clone();
+        let opened =
+            tokio::task::spawn_blocking(move || LivePolicy::open(store, &seed, token.as_deref()))
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))??;
+        let (live, opened) = opened;
+        let revision = match opened {
+            Opened::Imported { revision } => {
+                tracing::info!(source = %config.seed_source, revision, "empty data dir: imported the seed policy");
+                revision
+            }
+            Opened::Loaded { revision } => {
+                tracing::info!(revision, "loaded the stored policy");
+                revision
+            }
+            Opened::Reloaded { revision } => {
+                tracing::info!(source = %config.seed_source, revision, "loaded the stored policy and re-applied the changed policy file");
+                revision
+            }
+        };
+        Ok((live, revision))
     }
 
     /// The bound TCP address (useful with port 0).

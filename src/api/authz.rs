@@ -196,6 +196,10 @@ impl pb::authz_server::Authz for AuthzService {
                 format!("at most {MAX_INLINE_ROLES} inline roles"),
             ));
         }
+        if r.min_revision > 0 {
+            // Fleet mode waits (bounded) for the mirror; embedded mode answers at once.
+            live.await_min_revision(r.min_revision).await;
+        }
         let published = live.current();
         let snapshot = &published.snapshot;
         if r.min_revision > snapshot.revision() {

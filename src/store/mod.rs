@@ -8,7 +8,7 @@ pub use sled_store::SledStore;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Policy, Role, Subject};
+use crate::model::{Admin, Catalog, Policy, Preset, Role, Subject};
 
 /// The on-disk format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -141,6 +141,74 @@ pub struct Managed {
     pub deleted_subjects: Vec<String>,
 }
 
+/// What a policy is besides its roles, subjects and admins (fleet mode keeps it in one key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyHead {
+    /// Policy format version.
+    pub version: u32,
+    /// The permission catalog.
+    pub catalog: Catalog,
+    /// Named starting sets.
+    pub presets: Vec<Preset>,
+}
+
+/// One entity change mirrored from the shared source (fleet mode).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mirrored {
+    /// The catalog, presets and version changed.
+    Head(PolicyHead),
+    /// A role was created or replaced.
+    PutRole(Role),
+    /// A role was removed.
+    DeleteRole(String),
+    /// A subject was created or replaced.
+    PutSubject(Subject),
+    /// A subject was removed.
+    DeleteSubject(String),
+    /// An admin was created or replaced.
+    PutAdmin(Admin),
+    /// An admin was removed.
+    DeleteAdmin(String),
+}
+
+impl Mirrored {
+    /// `policy`, `role/NAME`, `subject/ID` or `admin/NAME`.
+    pub fn target(&self) -> String {
+        match self {
+            Mirrored::Head(_) => "policy".into(),
+            Mirrored::PutRole(r) => format!("role/{}", r.name),
+            Mirrored::DeleteRole(n) => format!("role/{n}"),
+            Mirrored::PutSubject(s) => format!("subject/{}", s.id),
+            Mirrored::DeleteSubject(id) => format!("subject/{id}"),
+            Mirrored::PutAdmin(a) => format!("admin/{}", a.name),
+            Mirrored::DeleteAdmin(n) => format!("admin/{n}"),
+        }
+    }
+}
+
+/// Every change of one shared-source revision, applied to the local mirror as one unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorBatch {
+    /// The shared source's revision (the etcd revision) these changes produced.
+    pub revision: u64,
+    /// The changes, in the order the source reported them.
+    pub changes: Vec<Mirrored>,
+    /// Who made the change, as the writer recorded it (`etcd` when unknown).
+    pub actor: String,
+    /// RPC or tool that made it (`mirror` when unknown).
+    pub action: String,
+}
+
+/// Which shared source a local mirror copies (so that a data dir is never mistaken for a
+/// mirror of another cluster or prefix).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorOrigin {
+    /// etcd cluster id.
+    pub cluster_id: u64,
+    /// Key prefix.
+    pub prefix: String,
+}
+
 /// A durable home for the policy.
 pub trait Store: Send + Sync + 'static {
     /// The stored policy without its subjects, and the revision; `None` for an empty store.
@@ -181,4 +249,17 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, write: &Write) -> Result<Committed, StoreError>;
     /// Audit entries with revision > `after`, oldest first, at most `limit`.
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Fleet mode: applies one shared-source revision's changes in one transaction, flushed,
+    /// and records `batch.revision` as the store's revision. A batch at or below the stored
+    /// revision was applied before and is skipped (`Ok(false)`).
+    fn apply_mirrored(&self, batch: &MirrorBatch) -> Result<bool, StoreError>;
+    /// Fleet mode: replaces everything with a full load of the shared source at `revision`.
+    fn replace_mirrored(
+        &self,
+        policy: &Policy,
+        revision: u64,
+        origin: &MirrorOrigin,
+    ) -> Result<(), StoreError>;
+    /// The shared source this store mirrors, if it is a mirror.
+    fn mirror_origin(&self) -> Result<Option<MirrorOrigin>, StoreError>;
 }

@@ -10,8 +10,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::{
-    AuditRecord, Change, Committed, FORMAT_VERSION, ImportMode, Loaded, Managed, Store, StoreError,
-    Write,
+    AuditRecord, Change, Committed, FORMAT_VERSION, ImportMode, Loaded, Managed, MirrorBatch,
+    MirrorOrigin, Mirrored, Store, StoreError, Write,
 };
 use crate::model::{Admin, Catalog, Policy, Preset, Role, Subject};
 
@@ -21,6 +21,7 @@ const CATALOG: &[u8] = b"catalog";
 const PRESETS: &[u8] = b"presets";
 const POLICY_VERSION: &[u8] = b"policy_version";
 const SOURCE_DIGEST: &[u8] = b"source_digest";
+const MIRROR_ORIGIN: &[u8] = b"mirror_origin";
 const MARK_PUT: &[u8] = b"put";
 const MARK_DELETED: &[u8] = b"deleted";
 
@@ -180,6 +181,110 @@ fn bump(meta: &TransactionalTree) -> TxResult<u64> {
     Ok(next)
 }
 
+impl SledStore {
+    /// Replaces every entity with `policy` in one transaction, flushed. The new revision is
+    /// `at` when given (a mirror of a shared source), else the stored one plus one.
+    fn replace_all(
+        &self,
+        policy: &Policy,
+        actor: &str,
+        action: &str,
+        clear_marks: bool,
+        source: Option<&str>,
+        at: Option<(u64, &MirrorOrigin)>,
+    ) -> Result<u64, StoreError> {
+        // Keys to remove are read first; the writer lock above the store keeps this consistent.
+        let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
+            tree.iter().keys().map(|k| k.map_err(backend)).collect()
+        };
+        let (old_roles, old_subjects, old_admins) = (
+            keys(&self.roles)?,
+            keys(&self.subjects)?,
+            keys(&self.admins)?,
+        );
+        let old_marks = if clear_marks {
+            keys(&self.managed)?
+        } else {
+            Vec::new()
+        };
+        let summary = serde_json::json!({
+            "permissions": policy.catalog.permissions.len(),
+            "roles": policy.roles.len(),
+            "subjects": policy.subjects.len(),
+            "admins": policy.admins.len(),
+        });
+        let origin = at.map(|(_, origin)| encode(origin));
+        let result = (
+            &self.meta,
+            &self.catalog,
+            &self.roles,
+            &self.subjects,
+            &self.admins,
+            &self.audit,
+            &self.managed,
+        )
+            .transaction(|(meta, catalog, roles, subjects, admins, audit, managed)| {
+                for k in &old_marks {
+                    managed.remove(k)?;
+                }
+                if let Some(source) = source {
+                    catalog.insert(SOURCE_DIGEST, source.as_bytes())?;
+                }
+                for k in &old_roles {
+                    roles.remove(k)?;
+                }
+                for k in &old_subjects {
+                    subjects.remove(k)?;
+                }
+                for k in &old_admins {
+                    admins.remove(k)?;
+                }
+                catalog.insert(CATALOG, encode(&policy.catalog))?;
+                catalog.insert(PRESETS, encode(&policy.presets))?;
+                catalog.insert(POLICY_VERSION, encode(&policy.version))?;
+                for r in &policy.roles {
+                    roles.insert(r.name.as_bytes(), encode(r))?;
+                }
+                for s in &policy.subjects {
+                    subjects.insert(s.id.as_bytes(), encode(s))?;
+                }
+                for a in &policy.admins {
+                    admins.insert(a.name.as_bytes(), encode(a))?;
+                }
+                let revision = match at {
+                    None => bump(meta)?,
+                    Some((revision, _)) => {
+                        set_revision(meta, revision)?;
+                        revision
+                    }
+                };
+                if let Some(origin) = &origin {
+                    meta.insert(MIRROR_ORIGIN, origin.as_slice())?;
+                }
+                let record = AuditRecord {
+                    revision,
+                    actor: actor.to_owned(),
+                    at_unix_ms: now_ms(),
+                    action: action.into(),
+                    target: "policy".into(),
+                    before: None,
+                    after: Some(summary.clone()),
+                };
+                audit.insert(&revision.to_be_bytes(), encode(&record))?;
+                Ok(revision)
+            });
+        let revision = unwrap_tx(result)?;
+        self.flush()?;
+        Ok(revision)
+    }
+}
+
+fn set_revision(meta: &TransactionalTree, revision: u64) -> TxResult<()> {
+    meta.insert(REVISION, &revision.to_be_bytes())?;
+    meta.insert(FORMAT, FORMAT_VERSION.to_string().as_bytes())?;
+    Ok(())
+}
+
 impl Store for SledStore {
     fn load_head(&self) -> Result<Option<Loaded>, StoreError> {
         let Some(catalog) = self.catalog.get(CATALOG).map_err(backend)? else {
@@ -225,80 +330,18 @@ impl Store for SledStore {
         mode: ImportMode,
         source: &str,
     ) -> Result<u64, StoreError> {
-        // Keys to remove are read first; the writer lock above the store keeps this consistent.
-        let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
-            tree.iter().keys().map(|k| k.map_err(backend)).collect()
-        };
-        let (old_roles, old_subjects, old_admins) = (
-            keys(&self.roles)?,
-            keys(&self.subjects)?,
-            keys(&self.admins)?,
-        );
-        let old_marks = match mode {
-            ImportMode::Reseed => keys(&self.managed)?,
-            ImportMode::Reload => Vec::new(),
-        };
         let action = match mode {
             ImportMode::Reseed => "import",
             ImportMode::Reload => "reload",
         };
-        let summary = serde_json::json!({
-            "permissions": policy.catalog.permissions.len(),
-            "roles": policy.roles.len(),
-            "subjects": policy.subjects.len(),
-            "admins": policy.admins.len(),
-        });
-        let result = (
-            &self.meta,
-            &self.catalog,
-            &self.roles,
-            &self.subjects,
-            &self.admins,
-            &self.audit,
-            &self.managed,
+        self.replace_all(
+            policy,
+            actor,
+            action,
+            mode == ImportMode::Reseed,
+            Some(source),
+            None,
         )
-            .transaction(|(meta, catalog, roles, subjects, admins, audit, managed)| {
-                for k in &old_marks {
-                    managed.remove(k)?;
-                }
-                catalog.insert(SOURCE_DIGEST, source.as_bytes())?;
-                for k in &old_roles {
-                    roles.remove(k)?;
-                }
-                for k in &old_subjects {
-                    subjects.remove(k)?;
-                }
-                for k in &old_admins {
-                    admins.remove(k)?;
-                }
-                catalog.insert(CATALOG, encode(&policy.catalog))?;
-                catalog.insert(PRESETS, encode(&policy.presets))?;
-                catalog.insert(POLICY_VERSION, encode(&policy.version))?;
-                for r in &policy.roles {
-                    roles.insert(r.name.as_bytes(), encode(r))?;
-                }
-                for s in &policy.subjects {
-                    subjects.insert(s.id.as_bytes(), encode(s))?;
-                }
-                for a in &policy.admins {
-                    admins.insert(a.name.as_bytes(), encode(a))?;
-                }
-                let revision = bump(meta)?;
-                let record = AuditRecord {
-                    revision,
-                    actor: actor.to_owned(),
-                    at_unix_ms: now_ms(),
-                    action: action.into(),
-                    target: "policy".into(),
-                    before: None,
-                    after: Some(summary.clone()),
-                };
-                audit.insert(&revision.to_be_bytes(), encode(&record))?;
-                Ok(revision)
-            });
-        let revision = unwrap_tx(result)?;
-        self.flush()?;
-        Ok(revision)
     }
 
     fn commit(&self, write: &Write) -> Result<Committed, StoreError> {
@@ -396,6 +439,104 @@ impl Store for SledStore {
             })
             .collect()
     }
+
+    fn apply_mirrored(&self, batch: &MirrorBatch) -> Result<bool, StoreError> {
+        let result = (
+            &self.meta,
+            &self.catalog,
+            &self.roles,
+            &self.subjects,
+            &self.admins,
+            &self.audit,
+        )
+            .transaction(|(meta, catalog, roles, subjects, admins, audit)| {
+                let current = match revision_of(meta.get(REVISION)?) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                if batch.revision <= current {
+                    return Ok(false);
+                }
+                let mut before = None;
+                let mut after = None;
+                for change in &batch.changes {
+                    let (old, new) = match change {
+                        Mirrored::Head(head) => {
+                            let old = catalog.get(CATALOG)?;
+                            catalog.insert(CATALOG, encode(&head.catalog))?;
+                            catalog.insert(PRESETS, encode(&head.presets))?;
+                            catalog.insert(POLICY_VERSION, encode(&head.version))?;
+                            (old, Some(encode(&head.catalog)))
+                        }
+                        Mirrored::PutRole(r) => {
+                            let bytes = encode(r);
+                            (roles.insert(r.name.as_bytes(), bytes.clone())?, Some(bytes))
+                        }
+                        Mirrored::DeleteRole(name) => (roles.remove(name.as_bytes())?, None),
+                        Mirrored::PutSubject(s) => {
+                            let bytes = encode(s);
+                            (
+                                subjects.insert(s.id.as_bytes(), bytes.clone())?,
+                                Some(bytes),
+                            )
+                        }
+                        Mirrored::DeleteSubject(id) => (subjects.remove(id.as_bytes())?, None),
+                        Mirrored::PutAdmin(a) => {
+                            (admins.insert(a.name.as_bytes(), encode(a))?, None)
+                        }
+                        Mirrored::DeleteAdmin(name) => (admins.remove(name.as_bytes())?, None),
+                    };
+                    before = old;
+                    after = new;
+                }
+                set_revision(meta, batch.revision)?;
+                let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
+                let single = batch.changes.len() == 1;
+                let record = AuditRecord {
+                    revision: batch.revision,
+                    actor: batch.actor.clone(),
+                    at_unix_ms: now_ms(),
+                    action: batch.action.clone(),
+                    target: match batch.changes.as_slice() {
+                        [one] => one.target(),
+                        many => format!("policy ({} changes)", many.len()),
+                    },
+                    before: before.as_deref().filter(|_| single).and_then(as_json),
+                    after: after.as_deref().filter(|_| single).and_then(as_json),
+                };
+                audit.insert(&batch.revision.to_be_bytes(), encode(&record))?;
+                Ok(true)
+            });
+        let applied = unwrap_tx(result)?;
+        if applied {
+            self.flush()?;
+        }
+        Ok(applied)
+    }
+
+    fn replace_mirrored(
+        &self,
+        policy: &Policy,
+        revision: u64,
+        origin: &MirrorOrigin,
+    ) -> Result<(), StoreError> {
+        self.replace_all(
+            policy,
+            "etcd",
+            "mirror_reload",
+            true,
+            None,
+            Some((revision, origin)),
+        )
+        .map(|_| ())
+    }
+
+    fn mirror_origin(&self) -> Result<Option<MirrorOrigin>, StoreError> {
+        match self.meta.get(MIRROR_ORIGIN).map_err(backend)? {
+            None => Ok(None),
+            Some(bytes) => decode("meta/mirror_origin", &bytes).map(Some),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -468,6 +609,59 @@ mod tests {
         assert_eq!(trail[1].target, "subject/new");
         assert!(trail[1].before.is_none() && trail[1].after.is_some());
         assert_eq!(store.audit(1, 10).expect("audit").len(), 1);
+    }
+
+    #[test]
+    fn mirrored_batches_apply_at_the_external_revision_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = parse_policy("embedded", EMBEDDED_DEFAULT).expect("valid");
+        let origin = MirrorOrigin {
+            cluster_id: 7,
+            prefix: "/authz/".into(),
+        };
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            assert_eq!(store.mirror_origin().expect("origin"), None);
+            store
+                .replace_mirrored(&policy, 40, &origin)
+                .expect("full load");
+            let batch = MirrorBatch {
+                revision: 42,
+                changes: vec![
+                    Mirrored::PutSubject(Subject {
+                        id: "m".into(),
+                        roles: vec!["app-dashboard".into()],
+                        ..Subject::default()
+                    }),
+                    Mirrored::DeleteSubject("dashboard".into()),
+                ],
+                actor: "alice".into(),
+                action: "put_subject".into(),
+            };
+            assert!(store.apply_mirrored(&batch).expect("apply"));
+            assert!(!store.apply_mirrored(&batch).expect("replayed"), "skipped");
+            let older = MirrorBatch {
+                revision: 41,
+                ..batch.clone()
+            };
+            assert!(!store.apply_mirrored(&older).expect("older"), "skipped");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.mirror_origin().expect("origin"), Some(origin));
+        let loaded = store.load().expect("load").expect("present");
+        assert_eq!(loaded.revision, 42);
+        let ids: Vec<_> = loaded
+            .policy
+            .subjects
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect();
+        assert!(ids.contains(&"m") && !ids.contains(&"dashboard"), "{ids:?}");
+        let trail = store.audit(40, 10).expect("audit");
+        assert_eq!(trail.len(), 1);
+        assert_eq!(trail[0].revision, 42);
+        assert_eq!(trail[0].actor, "alice");
+        assert_eq!(trail[0].target, "policy (2 changes)");
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         decision_log_every: None,
         policy_path: None,
         reload_interval: None,
+        fleet: None,
     }
 }
 
