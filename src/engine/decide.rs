@@ -458,19 +458,24 @@ impl Snapshot {
         if everywhere {
             return Ok(());
         }
-        let Ok(at) = view
-            .resources
-            .binary_search_by(|(r, _)| (**r).cmp(resource))
-        else {
+        // A subject may hold several access roles on one resource: any of them may grant.
+        let start = view.resources.partition_point(|(r, _)| **r < *resource);
+        let mut held = view.resources[start..]
+            .iter()
+            .take_while(|(r, _)| **r == *resource)
+            .map(|(_, role)| self.role(*role));
+        let Some(first) = held.next() else {
             return Err(Reason::NoResourceAccess(resource));
         };
-        let role = self.role(view.resources[at].1);
-        if role.granted.contains(id as usize) {
+        if std::iter::once(first)
+            .chain(held)
+            .any(|role| role.granted.contains(id as usize))
+        {
             Ok(())
         } else {
             Err(Reason::ResourceRoleLacks {
                 permission: &self.catalog.names[id as usize],
-                role: &role.name,
+                role: &first.name,
                 resource,
             })
         }
