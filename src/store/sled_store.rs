@@ -1,7 +1,8 @@
 //! The sled store: one tree per entity kind, a `meta` tree for the revision and format version,
 //! an `audit` tree keyed by revision. Every write is one multi-tree transaction, flushed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -27,6 +28,9 @@ const MARK_DELETED: &[u8] = b"deleted";
 
 /// A [`Store`] in a sled database directory.
 pub struct SledStore {
+    /// `authz-store` beside sled's files: present once a policy has been stored.
+    marker: PathBuf,
+    marked: AtomicBool,
     db: sled::Db,
     meta: sled::Tree,
     catalog: sled::Tree,
@@ -75,6 +79,61 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Marker file written (and synced) once a policy has been stored in the data dir.
+const MARKER_FILE: &str = "authz-store";
+
+fn write_marker(path: &Path) -> Result<(), StoreError> {
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(path)?;
+        std::io::Write::write_all(
+            &mut file,
+            format!("authz-sidecar data dir, format {FORMAT_VERSION}\n").as_bytes(),
+        )?;
+        file.sync_all()
+    };
+    write().map_err(|e| StoreError::Backend(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Length of a sled 0.34 segment header: crc32 ^ !0 (LE u32), lsn, max stable lsn.
+const SEGMENT_HEADER_LEN: usize = 20;
+
+/// Refuses a data dir whose sled log has no segment with a valid header (it would be opened as
+/// an empty database). A log with some good segments is left to sled's own crash recovery.
+fn check_log_readable(dir: &Path) -> Result<(), StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: format!("data dir {}", dir.display()),
+        detail: format!(
+            "{detail}; not starting and not touching it: restore the directory from a backup, or move it away to start empty"
+        ),
+    };
+    // `conf` is text lines followed by a crc32.
+    let conf = std::fs::read(dir.join("conf"))
+        .map_err(|e| corrupt(format!("sled's `conf` cannot be read ({e})")))?;
+    let segment_size: u64 = String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| *n >= SEGMENT_HEADER_LEN as u64)
+        .ok_or_else(|| corrupt("sled's `conf` names no segment size".into()))?;
+    let mut log = std::fs::File::open(dir.join("db"))
+        .map_err(|e| corrupt(format!("sled's log `db` cannot be read ({e})")))?;
+    let len = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    let mut offset = 0;
+    while offset + SEGMENT_HEADER_LEN as u64 <= len {
+        use std::io::{Read, Seek, SeekFrom};
+        if log.seek(SeekFrom::Start(offset)).is_ok() && log.read_exact(&mut header).is_ok() {
+            let stored =
+                u32::from_le_bytes([header[0], header[1], header[2], header[3]]) ^ 0xFFFF_FFFF;
+            if crc32fast::hash(&header[4..]) == stored {
+                return Ok(());
+            }
+        }
+        offset += segment_size;
+    }
+    Err(corrupt("sled's log `db` holds no readable segment".into()))
+}
+
 /// sled page cache size.
 const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -121,9 +180,18 @@ type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 impl SledStore {
     /// Opens (creating if needed) the store in `dir`. Refuses data of another format version.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let marker = dir.join(MARKER_FILE);
+        let marked = marker.exists();
+        if marked {
+            // sled rewrites a log it cannot read as a new, empty one when it opens. Check first,
+            // so that a damaged data dir is refused while its files are still as they were.
+            check_log_readable(dir)?;
+        }
         let db = open_db(dir)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let store = SledStore {
+            marker,
+            marked: AtomicBool::new(marked),
             meta: tree("meta")?,
             catalog: tree("catalog")?,
             roles: tree("roles")?,
@@ -142,11 +210,26 @@ impl SledStore {
                 });
             }
         }
+        // sled recovers an unreadable log as an empty database. The marker, written once a
+        // policy was first stored, tells that apart from a new data dir: never re-seed it.
+        if marked && store.catalog.get(CATALOG).map_err(backend)?.is_none() {
+            return Err(StoreError::Corrupt {
+                what: format!("data dir {}", dir.display()),
+                detail: "it held a policy (see its `authz-store` marker) but sled now reads it as empty: its files are corrupt or were replaced; not starting and not re-seeding it: restore the directory from a backup, or move it away to start empty".into(),
+            });
+        }
         Ok(store)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend)
+        self.db.flush().map(|_| ()).map_err(backend)?;
+        if !self.marked.load(Ordering::Acquire)
+            && self.catalog.get(CATALOG).map_err(backend)?.is_some()
+        {
+            write_marker(&self.marker)?;
+            self.marked.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     fn all<T: DeserializeOwned>(tree: &sled::Tree, kind: &str) -> Result<Vec<T>, StoreError> {
@@ -662,6 +745,32 @@ mod tests {
         assert_eq!(trail[0].revision, 42);
         assert_eq!(trail[0].actor, "alice");
         assert_eq!(trail[0].target, "policy (2 changes)");
+    }
+
+    #[test]
+    fn a_data_dir_that_lost_its_policy_is_refused_not_reseeded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = parse_policy("embedded", EMBEDDED_DEFAULT).expect("valid");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store
+                .import(&policy, "import", ImportMode::Reseed, "d")
+                .expect("import");
+        }
+        assert!(dir.path().join(MARKER_FILE).exists());
+        // Simulate sled reading a damaged log as empty: the policy is gone, the marker stays.
+        for entry in std::fs::read_dir(dir.path()).expect("list") {
+            let path = entry.expect("entry").path();
+            if path.file_name().is_some_and(|n| n != MARKER_FILE) {
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).expect("rm");
+                } else {
+                    std::fs::remove_file(&path).expect("rm");
+                }
+            }
+        }
+        let err = SledStore::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("not starting"), "{err}");
     }
 
     #[test]
