@@ -10,6 +10,7 @@ use super::snapshot::{
     CompiledCatalog, CompiledRole, CompiledRule, CompiledSubject, PermInfo, RoleList, RoleTable,
     Scopes, Snapshot, SubjectExtras, SubjectTable,
 };
+use super::subject_index::SubjectIndex;
 use crate::model::{Access, Endpoint, PathPattern, Policy, Role, Subject};
 
 /// Builds a snapshot with subjects added one at a time, so that a store can stream a million
@@ -17,7 +18,7 @@ use crate::model::{Access, Endpoint, PathPattern, Policy, Role, Subject};
 pub struct SnapshotBuilder {
     catalog: Arc<CompiledCatalog>,
     roles: Arc<RoleTable>,
-    subjects: HashMap<Box<str>, CompiledSubject>,
+    subjects: SubjectIndex,
     type_names: HashMap<Box<str>, Arc<str>>,
 }
 
@@ -29,7 +30,7 @@ impl SnapshotBuilder {
         SnapshotBuilder {
             catalog,
             roles,
-            subjects: HashMap::new(),
+            subjects: SubjectIndex::default(),
             type_names: HashMap::new(),
         }
     }
@@ -46,7 +47,7 @@ impl SnapshotBuilder {
             }
         };
         let compiled = compile_subject(subject, type_name, &self.catalog, &self.roles);
-        self.subjects.insert(subject.id.as_str().into(), compiled);
+        self.subjects.insert(&subject.id, compiled);
     }
 
     /// The finished snapshot.

@@ -7,6 +7,7 @@ pub use compile::SnapshotBuilder;
 mod decide;
 mod routes;
 mod snapshot;
+mod subject_index;
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::bitset::BitSet;
 use super::routes::RouteTable;
+use super::subject_index::SubjectIndex;
 use crate::model::{Access, PathPattern};
 
 /// An immutable compiled policy at one revision. Cheap to share; never mutated after build.
@@ -107,7 +108,7 @@ pub(super) struct CompiledRule {
 /// base off the write path once it grows (see [`Snapshot::compact_subjects`]).
 #[derive(Debug, Default, Clone)]
 pub(super) struct SubjectTable {
-    pub base: Arc<HashMap<Box<str>, CompiledSubject>>,
+    pub base: Arc<SubjectIndex>,
     /// `None` marks a deletion of a base entry.
     pub overlay: Arc<HashMap<Box<str>, Option<Arc<CompiledSubject>>>>,
     pub len: usize,
@@ -154,20 +155,21 @@ impl SubjectTable {
         }
     }
 
-    /// Base and overlay folded into one map. O(subjects): run it off the write path.
-    pub fn merged(&self) -> HashMap<Box<str>, CompiledSubject> {
-        let mut base = (*self.base).clone();
-        for (id, entry) in self.overlay.iter() {
-            match entry {
-                Some(s) => {
-                    base.insert(id.clone(), (**s).clone());
-                }
-                None => {
-                    base.remove(id);
-                }
+    /// Base and overlay folded into one index. O(subjects): run it off the write path.
+    pub fn merged(&self) -> SubjectIndex {
+        let mut merged = SubjectIndex::with_capacity(self.len);
+        for (id, subject) in self.base.iter() {
+            if !self.overlay.contains_key(id) {
+                merged.insert(id, subject.clone());
             }
         }
-        base
+        for (id, entry) in self.overlay.iter() {
+            if let Some(subject) = entry {
+                merged.insert(id, (**subject).clone());
+            }
+        }
+        merged.shrink_to_fit();
+        merged
     }
 }
 
@@ -175,7 +177,7 @@ impl SubjectTable {
 #[derive(Debug)]
 pub struct CompactedSubjects {
     lineage: u64,
-    base: Arc<HashMap<Box<str>, CompiledSubject>>,
+    base: Arc<SubjectIndex>,
     folded: Arc<HashMap<Box<str>, Option<Arc<CompiledSubject>>>>,
 }
 
