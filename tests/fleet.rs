@@ -658,8 +658,13 @@ async fn a_compaction_during_an_outage_makes_the_sidecar_reload_the_prefix() {
         !r.allowed,
         "the delete made during the outage arrived through the reload: {r:?}"
     );
-    let (_, reloads, _) = b.sidecar.metrics().fleet_counts();
-    assert!(reloads >= 1, "B reloaded the prefix after the compaction");
+    // The reload publishes its snapshot before the mirror counts it: wait for the count.
+    eventually(
+        Duration::from_secs(5),
+        "B reloaded the prefix after the compaction",
+        || async { b.sidecar.metrics().fleet_counts().1 >= 1 },
+    )
+    .await;
     eventually(
         Duration::from_secs(5),
         "B reports SERVING again",
