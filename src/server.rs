@@ -59,6 +59,20 @@ pub enum ServerError {
     Reflection(String),
 }
 
+/// Binds a TCP listener when an address is configured.
+async fn bind_tcp(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, ServerError> {
+    match addr {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| ServerError::Bind {
+                what: addr.to_string(),
+                source,
+            }),
+        None => Ok(None),
+    }
+}
+
 /// A running sidecar.
 pub struct Sidecar {
     tcp_addr: Option<SocketAddr>,
@@ -85,47 +99,11 @@ impl Sidecar {
             .map_err(|e| StoreError::Backend(e.to_string()))??;
         let store: Arc<dyn Store> = Arc::new(store);
 
-        let tcp = match config.listen {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServerError::Bind {
-                            what: addr.to_string(),
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let tcp = bind_tcp(config.listen).await?;
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
-        let health_tcp = match config.health_listen {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServerError::Bind {
-                            what: addr.to_string(),
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let health_tcp = bind_tcp(config.health_listen).await?;
         let health_addr = health_tcp.as_ref().and_then(|l| l.local_addr().ok());
-        let admin_tcp = match config.admin_listen {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServerError::Bind {
-                            what: addr.to_string(),
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let admin_tcp = bind_tcp(config.admin_listen).await?;
         let admin_addr = admin_tcp.as_ref().and_then(|l| l.local_addr().ok());
         let uds = match &config.uds {
             Some(path) => {
@@ -144,19 +122,7 @@ impl Sidecar {
         };
 
         let metrics = Arc::new(Metrics::new());
-        let metrics_listener = match config.metrics_addr {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServerError::Bind {
-                            what: addr.to_string(),
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let metrics_listener = bind_tcp(config.metrics_addr).await?;
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut decision_writer = None;
         let mut state = AppState::new(Arc::clone(&metrics));

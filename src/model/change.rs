@@ -234,21 +234,7 @@ fn replace_paths(policy: &Policy, role: &mut Role, rules: &[PathRule]) -> Result
         Some(b) => b.paths.iter().filter(|r| r.default).collect(),
         None => role.paths.iter().filter(|r| r.default).collect(),
     };
-    let base_rules: Vec<(PathPattern, Access, bool, &str)> = base
-        .map(|b| {
-            b.paths
-                .iter()
-                .filter_map(|r| {
-                    Some((
-                        PathPattern::parse(&r.path).ok()?,
-                        Access::parse(&r.access).ok()?,
-                        r.default,
-                        r.path.as_str(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let base_rules = super::validate::parsed_rules(base);
     let mut kept = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, rule) in rules.iter().enumerate() {

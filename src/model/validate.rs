@@ -437,21 +437,7 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
             }
         },
     };
-    let base_rules: Vec<(PathPattern, Access, bool, &str)> = base
-        .map(|b| {
-            b.paths
-                .iter()
-                .filter_map(|r| {
-                    Some((
-                        PathPattern::parse(&r.path).ok()?,
-                        Access::parse(&r.access).ok()?,
-                        r.default,
-                        r.path.as_str(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let base_rules = parsed_rules(base);
     for (j, rule) in role.paths.iter().enumerate() {
         let rpath = path.key("paths").index(j);
         let pattern = match PathPattern::parse(&rule.path) {
@@ -497,17 +483,34 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
     }
 }
 
+/// A base role's path rules, parsed (rules that do not parse are skipped: validation reports
+/// them where they are defined).
+pub(crate) fn parsed_rules(base: Option<&Role>) -> Vec<(PathPattern, Access)> {
+    base.map(|b| {
+        b.paths
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    PathPattern::parse(&r.path).ok()?,
+                    Access::parse(&r.access).ok()?,
+                ))
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// The access letters of `(pattern, access)` that no base rule covers, if any.
 pub(crate) fn uncovered(
     pattern: &PathPattern,
     access: Access,
-    base_rules: &[(PathPattern, Access, bool, &str)],
+    base_rules: &[(PathPattern, Access)],
 ) -> Option<Access> {
     let mut missing = Access::default();
     for letter in access.letters() {
         let covered = base_rules
             .iter()
-            .any(|(bp, ba, _, _)| ba.contains(letter) && bp.covers(pattern));
+            .any(|(bp, ba)| ba.contains(letter) && bp.covers(pattern));
         if !covered {
             missing = missing.union(letter);
         }
