@@ -241,6 +241,9 @@ pub struct ServeArgs {
     /// Unix socket path to serve on as well (shared with the app through a volume).
     #[arg(long, env = ENV_UDS)]
     pub uds: Option<PathBuf>,
+    /// Permissions of the Unix socket, octal: who may connect (owner and group by default).
+    #[arg(long, env = "AUTHZ_UDS_MODE", default_value = "0660")]
+    pub uds_mode: String,
     /// Directory of the sled store.
     #[arg(long, env = ENV_DATA_DIR, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
@@ -472,6 +475,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Unix socket path, if serving one.
     pub uds: Option<PathBuf>,
+    /// Unix socket file mode.
+    pub uds_mode: u32,
     /// sled directory.
     pub data_dir: PathBuf,
     /// The policy imported into an empty store (and re-applied when its file changes).
@@ -577,6 +582,16 @@ impl ServeArgs {
                     None
                 }
             },
+        };
+        let uds_mode = match u32::from_str_radix(self.uds_mode.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 => mode,
+            _ => {
+                errors.push(format!(
+                    "--uds-mode / AUTHZ_UDS_MODE: `{}` is not an octal file mode like 0660",
+                    self.uds_mode
+                ));
+                0o660
+            }
         };
         let metrics_addr = match self.metrics_addr.as_str() {
             "none" | "" => None,
@@ -809,6 +824,7 @@ impl ServeArgs {
                 health_listen,
                 metrics_addr,
                 uds: self.uds,
+                uds_mode,
                 data_dir: self.data_dir,
                 seed,
                 seed_source,

@@ -111,12 +111,16 @@ impl Sidecar {
                 if path.exists() {
                     let _ = std::fs::remove_file(path);
                 }
-                Some(
-                    UnixListener::bind(path).map_err(|source| ServerError::Bind {
-                        what: path.display().to_string(),
-                        source,
-                    })?,
-                )
+                let bind_error = |source| ServerError::Bind {
+                    what: path.display().to_string(),
+                    source,
+                };
+                let listener = UnixListener::bind(path).map_err(bind_error)?;
+                // Connecting needs write permission on the socket: the mode says who may call.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.uds_mode))
+                    .map_err(bind_error)?;
+                Some(listener)
             }
             None => None,
         };

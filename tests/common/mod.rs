@@ -30,6 +30,7 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         health_listen: Some("127.0.0.1:0".parse().expect("addr")),
         metrics_addr: Some("127.0.0.1:0".parse().expect("addr")),
         uds: Some(dir.join("authz.sock")),
+        uds_mode: 0o660,
         data_dir: dir.join("data"),
         seed: Seed {
             policy: parse_policy("test policy", policy_yaml).expect("test policy is valid"),
