@@ -526,6 +526,27 @@ pub fn read_seed(path: &Path) -> Result<Seed, PolicyFileError> {
     })
 }
 
+/// An address flag that may be `none` (or empty): `None` then, or the parsed address.
+fn optional_addr(
+    label: &str,
+    text: &str,
+    example: &str,
+    errors: &mut Vec<String>,
+) -> Option<SocketAddr> {
+    match text {
+        "none" | "" => None,
+        text => match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.push(format!(
+                    "{label}: `{text}` is not an address like {example} (or `none`)"
+                ));
+                None
+            }
+        },
+    }
+}
+
 impl ServeArgs {
     /// Validates every setting; returns all problems at once. `env_token` is `AUTHZ_ADMIN_TOKEN`.
     pub fn into_config(self, env_token: Option<String>) -> Result<Config, Vec<String>> {
@@ -559,30 +580,18 @@ impl ServeArgs {
                 None
             }
         };
-        let listen = match self.listen.as_str() {
-            "none" | "" => None,
-            text => match text.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    errors.push(format!(
-                        "--listen / {ENV_LISTEN}: `{text}` is not an address like {DEFAULT_LISTEN} (or `none`)"
-                    ));
-                    None
-                }
-            },
-        };
-        let health_listen = match self.health_listen.as_str() {
-            "none" | "" => None,
-            text => match text.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    errors.push(format!(
-                        "--health-listen / AUTHZ_HEALTH_LISTEN: `{text}` is not an address like 0.0.0.0:50052 (or `none`)"
-                    ));
-                    None
-                }
-            },
-        };
+        let listen = optional_addr(
+            &format!("--listen / {ENV_LISTEN}"),
+            &self.listen,
+            DEFAULT_LISTEN,
+            &mut errors,
+        );
+        let health_listen = optional_addr(
+            "--health-listen / AUTHZ_HEALTH_LISTEN",
+            &self.health_listen,
+            "0.0.0.0:50052",
+            &mut errors,
+        );
         let uds_mode = match u32::from_str_radix(self.uds_mode.trim_start_matches("0o"), 8) {
             Ok(mode) if mode <= 0o777 => mode,
             _ => {
@@ -593,18 +602,12 @@ impl ServeArgs {
                 0o660
             }
         };
-        let metrics_addr = match self.metrics_addr.as_str() {
-            "none" | "" => None,
-            text => match text.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    errors.push(format!(
-                        "--metrics-addr / AUTHZ_METRICS_ADDR: `{text}` is not an address like 0.0.0.0:9090 (or `none`)"
-                    ));
-                    None
-                }
-            },
-        };
+        let metrics_addr = optional_addr(
+            "--metrics-addr / AUTHZ_METRICS_ADDR",
+            &self.metrics_addr,
+            "0.0.0.0:9090",
+            &mut errors,
+        );
         if self.listen == "none" && self.uds.is_none() {
             errors.push(format!(
                 "--listen none needs --uds / {ENV_UDS}: there would be nothing to serve on"

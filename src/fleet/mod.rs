@@ -159,11 +159,7 @@ pub struct AuditNote {
     pub target: String,
 }
 
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
-    // PANIC SAFETY: model types serialize to JSON infallibly (string-keyed maps only).
-    #[allow(clippy::expect_used)]
-    serde_json::to_vec(value).expect("model types serialize to JSON")
-}
+use crate::model::to_json_bytes as to_json;
 
 impl Layout {
     /// Keys under `prefix`.

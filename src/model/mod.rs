@@ -42,6 +42,13 @@ pub struct Policy {
     pub admins: Vec<Admin>,
 }
 
+/// JSON bytes of a model value, as the store and the fleet mirror keep them.
+pub fn to_json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    // PANIC SAFETY: model types serialize to JSON infallibly (string-keyed maps only).
+    #[allow(clippy::expect_used)]
+    serde_json::to_vec(value).expect("model types serialize to JSON")
+}
+
 fn default_version() -> u32 {
     1
 }

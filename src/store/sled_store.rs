@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -46,11 +45,7 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // PANIC SAFETY: our model types serialize to JSON infallibly (no maps with non-string keys).
-    #[allow(clippy::expect_used)]
-    serde_json::to_vec(value).expect("model types serialize to JSON")
-}
+use crate::model::to_json_bytes as encode;
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
