@@ -104,6 +104,13 @@ async fn oversized_input_is_refused_with_the_field_named() {
             },
             "scope",
         ),
+        (
+            pb::CheckRequest {
+                roles: vec!["app-dashboard".into(), long.clone()],
+                ..permission("dashboard", "devices:read")
+            },
+            "roles[1]",
+        ),
     ];
     for (request, field) in cases {
         let status = client.check(request).await.expect_err("too big");

@@ -2,7 +2,7 @@
 
 use tonic::Status;
 
-use super::authz::{MAX_NAME_BYTES, MAX_PATH_BYTES, bounded};
+use super::authz::{MAX_NAME_BYTES, MAX_PATH_BYTES, bounded, bounded_each};
 use super::pb;
 use super::status::invalid;
 
@@ -121,9 +121,7 @@ pub fn grant_from_pb(set: pb::RolePermission) -> Result<Grant, Status> {
             format!("more than {MAX_LIST} entries"),
         ));
     }
-    for (i, p) in set.projects.iter().enumerate() {
-        bounded(&format!("set.projects[{i}]"), p, MAX_NAME_BYTES)?;
-    }
+    bounded_each("set.projects", &set.projects, MAX_NAME_BYTES)?;
     if !set.children.is_empty() {
         return Err(invalid(
             "set.children",
@@ -176,9 +174,7 @@ pub fn subject_from_pb(subject: Option<pb::Subject>) -> Result<Subject, Status> 
         if list.len() > MAX_LIST {
             return Err(invalid(field, format!("more than {MAX_LIST} entries")));
         }
-        for (i, item) in list.iter().enumerate() {
-            bounded(&format!("{field}[{i}]"), item, MAX_NAME_BYTES)?;
-        }
+        bounded_each(field, list, MAX_NAME_BYTES)?;
     }
     if s.resources.len() > MAX_LIST {
         return Err(invalid(
