@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::auth::token_sha256_hex;
 use crate::fleet::{DEFAULT_PREFIX, EtcdConfig, FleetConfig};
 use crate::live::Seed;
-use crate::model::file::{EMBEDDED_DEFAULT, PolicyFileError, Problem, parse_policy};
+use crate::model::file::{EMBEDDED_DEFAULT, PolicyFileError, parse_policy, read_policy_text};
 
 /// Environment variable for `--listen`.
 pub const ENV_LISTEN: &str = "AUTHZ_LISTEN";
@@ -509,19 +509,15 @@ pub struct Config {
 
 /// Reads a policy file into a [`Seed`]: validated, normalized, with the digest of its text.
 pub fn read_seed(path: &Path) -> Result<Seed, PolicyFileError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyFileError {
-        file: name.clone(),
-        problems: vec![Problem {
-            line: None,
-            column: None,
-            field: None,
-            message: format!("cannot read: {e}"),
-        }],
-    })?;
+    let (name, text) = read_policy_text(path)?;
+    seed_from_text(&name, &text)
+}
+
+/// A [`Seed`] from policy text read from the file `name`.
+pub fn seed_from_text(name: &str, text: &str) -> Result<Seed, PolicyFileError> {
     Ok(Seed {
-        policy: parse_policy(&name, &text)?,
-        digest: token_sha256_hex(&text),
+        policy: parse_policy(name, text)?,
+        digest: token_sha256_hex(text),
         reloadable: true,
     })
 }

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::read_seed;
+use crate::auth::token_sha256_hex;
+use crate::config::seed_from_text;
 use crate::live::LivePolicy;
 use crate::metrics::Metrics;
+use crate::model::file::read_policy_text;
 
 /// What the watcher has seen; read by metrics and tests.
 #[derive(Debug, Default)]
@@ -62,7 +64,9 @@ pub async fn watch_policy_file(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last_failed_digest: Option<String> = None;
+    // The digest of the text last handled (applied, already current, or refused): the same
+    // text again is neither parsed nor reported again.
+    let mut last_seen: Option<String> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -70,41 +74,45 @@ pub async fn watch_policy_file(
         }
         let live = Arc::clone(&live);
         let file = path.clone();
-        let skip = last_failed_digest.clone();
-        let outcome = tokio::task::spawn_blocking(
-            move || -> Result<Option<u64>, (Option<String>, String)> {
-                let seed = read_seed(&file).map_err(|e| {
-                    let digest = std::fs::read_to_string(&file)
-                        .ok()
-                        .map(|t| crate::auth::token_sha256_hex(&t));
-                    (digest, e.to_string())
-                })?;
-                if skip.as_deref() == Some(seed.digest.as_str()) {
-                    return Ok(None);
-                }
-                live.reload(&seed.policy, &seed.digest)
-                    .map_err(|e| (Some(seed.digest.clone()), e.to_string()))
-            },
-        )
+        let seen = last_seen.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> Polled {
+            let (name, text) = match read_policy_text(&file) {
+                Ok(read) => read,
+                Err(e) => return Polled::Failed(None, e.to_string()),
+            };
+            let digest = token_sha256_hex(&text);
+            if seen.as_deref() == Some(digest.as_str()) {
+                return Polled::Unchanged;
+            }
+            let result = seed_from_text(&name, &text)
+                .map_err(|e| e.to_string())
+                .and_then(|seed| {
+                    live.reload(&seed.policy, &digest)
+                        .map_err(|e| e.to_string())
+                });
+            match result {
+                Ok(revision) => Polled::Handled(digest, revision),
+                Err(message) => Polled::Failed(Some(digest), message),
+            }
+        })
         .await;
         match outcome {
-            Ok(Ok(Some(revision))) => {
-                last_failed_digest = None;
+            Ok(Polled::Handled(digest, Some(revision))) => {
+                last_seen = Some(digest);
                 stats.succeeded();
                 metrics.admin_change("reload");
                 tracing::info!(revision, file = %path.display(), "policy file changed: reloaded");
             }
-            Ok(Ok(None)) => {}
-            Ok(Err((digest, message))) => {
-                // Report a bad file once, not on every poll, until its text changes again.
-                if digest.is_none() || digest != last_failed_digest {
-                    stats.failed(message.clone());
-                    metrics.reload_error();
-                    for line in message.lines() {
-                        tracing::error!(file = %path.display(), problem = %line, "policy reload refused; still serving the previous policy");
-                    }
+            Ok(Polled::Handled(digest, None)) => last_seen = Some(digest),
+            Ok(Polled::Unchanged) => {}
+            Ok(Polled::Failed(digest, message)) => {
+                // An unreadable file is reported on every poll; a bad text once, until it changes.
+                stats.failed(message.clone());
+                metrics.reload_error();
+                for line in message.lines() {
+                    tracing::error!(file = %path.display(), problem = %line, "policy reload refused; still serving the previous policy");
                 }
-                last_failed_digest = digest;
+                last_seen = digest;
             }
             Err(e) => {
                 stats.failed(e.to_string());
@@ -113,4 +121,14 @@ pub async fn watch_policy_file(
             }
         }
     }
+}
+
+/// What one poll of the policy file found.
+enum Polled {
+    /// Same text as last time.
+    Unchanged,
+    /// New text, applied (`Some` revision) or already the stored one (`None`).
+    Handled(String, Option<u64>),
+    /// Unreadable (no digest) or refused.
+    Failed(Option<String>, String),
 }

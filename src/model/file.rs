@@ -58,17 +58,25 @@ impl fmt::Display for PolicyFileError {
 
 /// Reads, validates and normalizes a policy file.
 pub fn load_policy_file(path: &Path) -> Result<Policy, PolicyFileError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyFileError {
-        file: name.clone(),
-        problems: vec![Problem {
-            line: None,
-            column: None,
-            field: None,
-            message: format!("cannot read: {e}"),
-        }],
-    })?;
+    let (name, text) = read_policy_text(path)?;
     parse_policy(&name, &text)
+}
+
+/// A policy file's name (as errors print it) and text.
+pub fn read_policy_text(path: &Path) -> Result<(String, String), PolicyFileError> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((name, text)),
+        Err(e) => Err(PolicyFileError {
+            file: name,
+            problems: vec![Problem {
+                line: None,
+                column: None,
+                field: None,
+                message: format!("cannot read: {e}"),
+            }],
+        }),
+    }
 }
 
 /// Parses, validates and normalizes policy text; `file` names it in errors.
