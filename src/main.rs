@@ -99,12 +99,9 @@ fn import_etcd(etcd: &authz_sidecar::config::EtcdArgs, file: &std::path::Path) -
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let client = fleet::EtcdClient::new(&config)?;
@@ -152,12 +149,9 @@ fn serve(config: Result<Config, Vec<String>>) -> ExitCode {
         }
     };
     init_tracing(config.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let sidecar = Sidecar::launch(config).await?;
@@ -171,6 +165,14 @@ fn serve(config: Result<Config, Vec<String>>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The async runtime, or the exit code when it cannot start.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("cannot start the async runtime: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn init_tracing(format: LogFormat) {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use authz_sidecar::api::pb::{self, authz_client::AuthzClient};
-use common::{admin, check, event, permission, set};
+use common::{admin, audit_after, check, event, permission, set};
 use tokio::sync::Barrier;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -25,28 +25,6 @@ async fn current_revision(client: &mut AuthzClient<Channel>) -> u64 {
     check(client, permission("app1", "devices:read"))
         .await
         .revision
-}
-
-async fn audit_after(client: &mut AuthzClient<Channel>, after: u64) -> Vec<pb::AuditEntry> {
-    let mut out = Vec::new();
-    let mut cursor = after;
-    loop {
-        let page = client
-            .list_audit(admin(pb::ListAuditRequest {
-                after_revision: cursor,
-                page_size: 1000,
-            }))
-            .await
-            .expect("list audit")
-            .into_inner();
-        let n = page.entries.len();
-        out.extend(page.entries);
-        if page.next_after_revision == 0 || n == 0 {
-            break;
-        }
-        cursor = page.next_after_revision;
-    }
-    out
 }
 
 fn put(id: &str, role: &str, expected_revision: u64) -> pb::PutSubjectRequest {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use authz_sidecar::api::pb::{self, authz_client::AuthzClient};
-use common::{ADMIN_TOKEN, admin, check, event, http, permission, set};
+use common::{ADMIN_TOKEN, admin, audit_after, check, event, http, permission, set};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -424,28 +424,6 @@ async fn subject_state(client: &mut AuthzClient<Channel>, id: &str, role: usize)
         assert!(!no.allowed);
         false
     }
-}
-
-async fn audit_after(client: &mut AuthzClient<Channel>, after: u64) -> Vec<pb::AuditEntry> {
-    let mut out = Vec::new();
-    let mut cursor = after;
-    loop {
-        let page = client
-            .list_audit(admin(pb::ListAuditRequest {
-                after_revision: cursor,
-                page_size: 1000,
-            }))
-            .await
-            .expect("list audit")
-            .into_inner();
-        let n = page.entries.len();
-        out.extend(page.entries);
-        if page.next_after_revision == 0 || n == 0 {
-            break;
-        }
-        cursor = page.next_after_revision;
-    }
-    out
 }
 
 /// After a restart: every acknowledged change of the last round is served, each cut-off change

@@ -202,3 +202,26 @@ pub async fn start_with(policy_yaml: &str, tweak: impl FnOnce(&mut Config)) -> T
     let sidecar = Sidecar::launch(config).await.expect("sidecar starts");
     TestSidecar { sidecar, dir }
 }
+
+/// Every audit entry after `after`, across pages (bootstrap admin).
+pub async fn audit_after(client: &mut AuthzClient<Channel>, after: u64) -> Vec<pb::AuditEntry> {
+    let mut out = Vec::new();
+    let mut cursor = after;
+    loop {
+        let page = client
+            .list_audit(admin(pb::ListAuditRequest {
+                after_revision: cursor,
+                page_size: 1000,
+            }))
+            .await
+            .expect("list audit")
+            .into_inner();
+        let n = page.entries.len();
+        out.extend(page.entries);
+        if page.next_after_revision == 0 || n == 0 {
+            break;
+        }
+        cursor = page.next_after_revision;
+    }
+    out
+}
