@@ -1,6 +1,7 @@
 //! Compiles the gRPC contract with protox (pure Rust: no system `protoc`) and writes the
 //! descriptor set that the reflection service serves. Also compiles the vendored etcd v3 API
-//! subset (`proto/etcd/`) into a client-only module for fleet mode.
+//! subset (`proto/etcd/`) into a client-only module for fleet mode, and generates the ext_authz
+//! server over the received bytes of Envoy's request.
 
 use std::{env, fs, path::PathBuf};
 
@@ -26,5 +27,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(false)
         .compile_fds(etcd)?;
+
+    // Envoy ext_authz: the server side of `envoy.service.auth.v3.Authorization`, handing the
+    // request over as received bytes for src/api/envoy_wire.rs to read in place instead of
+    // decoding the full generated message (written as `envoy.service.auth.v3.Authorization.rs`).
+    let ext_authz = tonic_build::manual::Service::builder()
+        .name("Authorization")
+        .package("envoy.service.auth.v3")
+        .method(
+            tonic_build::manual::Method::builder()
+                .name("check")
+                .route_name("Check")
+                .input_type("prost::bytes::Bytes")
+                .output_type("envoy_types::pb::envoy::service::auth::v3::CheckResponse")
+                .codec_path("crate::api::envoy_wire::ExtAuthzCodec")
+                .build(),
+        )
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .compile(&[ext_authz]);
     Ok(())
 }

@@ -282,6 +282,10 @@ pub struct ServeArgs {
     /// Log one decision in N on the `authz::decision` target (0 = no decision log).
     #[arg(long, env = "AUTHZ_DECISION_LOG_EVERY", default_value_t = 0)]
     pub decision_log_every: u64,
+    /// Threads answering requests (0 = one per CPU the process may use, which follows the
+    /// container's CPU limit). A sidecar beside a busy app usually wants 1 or 2.
+    #[arg(long, env = "AUTHZ_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// File holding the bootstrap admin token (a mounted Kubernetes Secret).
     #[arg(long, env = ENV_ADMIN_TOKEN_FILE)]
     pub admin_token_file: Option<PathBuf>,
@@ -499,6 +503,8 @@ pub struct Config {
     pub limits: Limits,
     /// Log one decision in this many; `None` = no decision log.
     pub decision_log_every: Option<u64>,
+    /// Runtime worker threads; `None` = one per available CPU.
+    pub worker_threads: Option<usize>,
     /// The policy file, re-imported when it changes (none for the built-in example).
     pub policy_path: Option<PathBuf>,
     /// How often the policy file is checked for changes; `None` = never.
@@ -810,6 +816,12 @@ impl ServeArgs {
         if self.max_concurrent_per_connection == 0 {
             errors.push("--max-concurrent-per-connection must be at least 1".into());
         }
+        if self.worker_threads > 1024 {
+            errors.push(format!(
+                "--worker-threads {}: at most 1024",
+                self.worker_threads
+            ));
+        }
         if self.request_timeout_ms == 0 {
             errors.push("--request-timeout-ms must be at least 1".into());
         }
@@ -836,6 +848,7 @@ impl ServeArgs {
                 limits,
                 decision_log_every: (self.decision_log_every > 0)
                     .then_some(self.decision_log_every),
+                worker_threads: (self.worker_threads > 0).then_some(self.worker_threads),
                 reload_interval: (self.policy.is_some()
                     && self.policy_reload_interval > 0
                     && fleet.is_none())
@@ -905,7 +918,23 @@ mod tests {
         assert_eq!(config.listen, Some(DEFAULT_LISTEN.parse().expect("addr")));
         assert_eq!(config.seed_source, "built-in example");
         assert_eq!(config.admin_token.as_deref(), Some("tok"));
+        assert_eq!(config.worker_threads, None, "one worker per available CPU");
         assert!(data.is_dir());
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("utf8");
+        let config = args(&["--data-dir", data, "--worker-threads", "1"])
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(config.worker_threads, Some(1));
+        let errs = args(&["--data-dir", data, "--worker-threads", "4096"])
+            .into_config(None)
+            .expect_err("too many");
+        assert_eq!(errs, ["--worker-threads 4096: at most 1024"]);
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn serve(config: Result<Config, Vec<String>>) -> ExitCode {
         }
     };
     init_tracing(config.log_format);
-    let runtime = match runtime() {
+    let runtime = match runtime_with(config.worker_threads) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -169,7 +169,17 @@ fn serve(config: Result<Config, Vec<String>>) -> ExitCode {
 
 /// The async runtime, or the exit code when it cannot start.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Runtime::new().map_err(|e| {
+    runtime_with(None)
+}
+
+/// The async runtime with `worker_threads` workers (default: one per available CPU).
+fn runtime_with(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    builder.build().map_err(|e| {
         eprintln!("cannot start the async runtime: {e}");
         ExitCode::from(1)
     })

@@ -19,7 +19,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::pb::authz_server::AuthzServer;
-use crate::api::{AppState, AuthzService, EnvoyAuthzService, MAX_MESSAGE_BYTES, pb};
+use crate::api::{
+    AppState, AuthorizationServer, AuthzService, EnvoyAuthzService, MAX_MESSAGE_BYTES, pb,
+};
 use crate::config::Config;
 use crate::config::{AdminExposure, EnvoyMode};
 use crate::decision_log::{DecisionLog, QUEUE as DECISION_QUEUE, write_decisions};
@@ -28,7 +30,6 @@ use crate::live::{LivePolicy, OpenError, Opened};
 use crate::metrics::{Metrics, serve_metrics};
 use crate::reload::{ReloadStats, watch_policy_file};
 use crate::store::{SledStore, Store, StoreError};
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Why the sidecar could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -322,3 +322,110 @@ async fn envoy_can_be_turned_off() {
         .expect_err("not served");
     assert_eq!(status.code(), tonic::Code::Unimplemented);
 }
+
+#[tokio::test]
+async fn raw_header_maps_and_malformed_requests() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use prost::bytes::Bytes;
+
+    let sc = start(EMBEDDED_DEFAULT).await;
+    let mut c = client(&sc).await;
+
+    // With `encode_raw_headers: true` Envoy sends `header_map` with byte values instead of the
+    // `headers` map.
+    let mut raw = envoy_request("GET", "/v1/devices/d1", &[]);
+    if let Some(http) = raw
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.header_map = Some(HeaderMap {
+            headers: vec![HeaderValue {
+                key: "x-subject".into(),
+                value: String::new(),
+                raw_value: b"dashboard".to_vec(),
+            }],
+        });
+    }
+    let a = ask(&mut c, raw).await;
+    assert_eq!(a.code, OK, "{}", a.body);
+    assert_eq!(
+        a.headers.get("x-authz-subject").map(String::as_str),
+        Some("dashboard")
+    );
+
+    // A check without an HTTP request has no subject header: denied with a reason, not
+    // answered with an error.
+    let mut no_http = envoy_request("GET", "/", &[("x-subject", "dashboard")]);
+    if let Some(attributes) = no_http.attributes.as_mut() {
+        attributes.request = None;
+    }
+    let a = ask(&mut c, no_http).await;
+    assert_eq!(a.code, UNAUTHENTICATED);
+    assert!(a.body.contains("missing subject"), "{}", a.body);
+
+    // Bytes that are not a protobuf message: denied (fail closed), the reason names the fault.
+    let mut grpc = tonic::client::Grpc::new(sc.channel().await);
+    grpc.ready().await.expect("ready");
+    let response = grpc
+        .unary(
+            tonic::Request::new(Bytes::from_static(&[0x0a, 0x7f, 0x01])),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/envoy.service.auth.v3.Authorization/Check",
+            ),
+            RawRequestCodec,
+        )
+        .await
+        .expect("ext_authz answers")
+        .into_inner();
+    assert_eq!(
+        response.status.as_ref().map(|s| s.code),
+        Some(PERMISSION_DENIED)
+    );
+    let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+        panic!("a denied response");
+    };
+    assert_eq!(denied.status.map(|s| s.code), Some(403));
+    assert!(
+        denied
+            .body
+            .contains("malformed ext_authz CheckRequest: truncated message"),
+        "{}",
+        denied.body
+    );
+}
+
+/// Sends raw bytes as the request message and decodes a full `CheckResponse`.
+#[derive(Clone, Copy, Default)]
+struct RawRequestCodec;
+
+impl tonic::codec::Codec for RawRequestCodec {
+    type Encode = prost::bytes::Bytes;
+    type Decode = CheckResponse;
+    type Encoder = RawRequestCodec;
+    type Decoder = tonic_prost::ProstDecoder<CheckResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawRequestCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(Default::default())
+    }
+}
+
+impl tonic::codec::Encoder for RawRequestCodec {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: prost::bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}

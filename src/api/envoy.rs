@@ -4,20 +4,32 @@
 
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
-};
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
+use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::authz::AppState;
 use super::envoy_path::normalize;
+use super::envoy_wire::CheckRequestView;
 use crate::config::{EnvoyConfig, EnvoyMode, SubjectSource};
 use crate::engine::{self, Action};
 use crate::metrics::ActionKind;
+
+/// The generated server of `envoy.service.auth.v3.Authorization` over the lean request view.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+mod generated {
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/envoy.service.auth.v3.Authorization.rs"
+    ));
+}
+
+use generated::authorization_server::Authorization;
+pub use generated::authorization_server::AuthorizationServer;
 
 /// Metadata namespace under which Envoy's jwt_authn filter forwards verified payloads.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
@@ -52,23 +64,22 @@ impl EnvoyAuthzService {
         }
     }
 
-    fn subject(&self, request: &CheckRequest) -> Result<String, String> {
-        let attributes = request.attributes.as_ref();
+    fn subject(&self, request: &CheckRequestView<'_>) -> Result<String, String> {
         match self.config.subject_source {
-            SubjectSource::Header => attributes
-                .and_then(|a| a.request.as_ref())
-                .and_then(|r| r.http.as_ref())
-                .and_then(|h| h.headers.get(&self.config.subject_header))
+            SubjectSource::Header => request
+                .header(&self.config.subject_header)
                 .filter(|v| !v.is_empty())
-                .cloned()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
                 .ok_or_else(|| {
                     format!(
-                        "missing subject: no `{}` header",
+                        "missing subject: no `{}` header with a UTF-8 value",
                         self.config.subject_header
                     )
                 }),
-            SubjectSource::Jwt => attributes
-                .and_then(|a| a.metadata_context.as_ref())
+            SubjectSource::Jwt => request
+                .metadata_context()
+                .as_ref()
                 .and_then(|m| m.filter_metadata.get(JWT_AUTHN_NAMESPACE))
                 .and_then(|s| s.fields.get(&self.config.jwt_payload_key))
                 .and_then(|v| match &v.kind {
@@ -85,16 +96,15 @@ impl EnvoyAuthzService {
                         self.config.jwt_claim, self.config.jwt_payload_key
                     )
                 }),
-            SubjectSource::Spiffe => attributes
-                .and_then(|a| a.source.as_ref())
-                .map(|peer| peer.principal.as_str())
-                .filter(|p| p.starts_with("spiffe://"))
+            SubjectSource::Spiffe => Some(request.principal())
+                .filter(|p| p.starts_with(b"spiffe://"))
+                .and_then(|p| std::str::from_utf8(p).ok())
                 .map(str::to_owned)
                 .ok_or_else(|| "missing subject: the peer presented no SPIFFE id".to_owned()),
         }
     }
 
-    fn decide(&self, request: &CheckRequest) -> Verdict {
+    fn decide(&self, message: &[u8]) -> Verdict {
         let live = match self.state.live() {
             Ok(live) => live,
             Err(_) => {
@@ -108,7 +118,17 @@ impl EnvoyAuthzService {
         let published = live.current();
         let snapshot = &published.snapshot;
         let revision = snapshot.revision();
-        let subject = match self.subject(request) {
+        let request = match CheckRequestView::parse(message) {
+            Ok(request) => request,
+            Err(e) => {
+                return Verdict::Deny {
+                    status: 403,
+                    reason: format!("malformed ext_authz CheckRequest: {e}"),
+                    revision,
+                };
+            }
+        };
+        let subject = match self.subject(&request) {
             Ok(s) => s,
             Err(reason) => {
                 return Verdict::Deny {
@@ -118,19 +138,14 @@ impl EnvoyAuthzService {
                 };
             }
         };
-        let Some(http) = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-        else {
+        let Some((method, raw_path)) = request.method_and_path() else {
             return Verdict::Deny {
                 status: 403,
-                reason: "the check carries no HTTP request".into(),
+                reason: "the check carries no HTTP request with a UTF-8 method and path".into(),
                 revision,
             };
         };
-        let path = match normalize(&http.path) {
+        let path = match normalize(raw_path) {
             Ok(p) => p,
             Err(rejection) => {
                 return Verdict::Deny {
@@ -143,7 +158,7 @@ impl EnvoyAuthzService {
         let decision = snapshot.decide(&engine::Request {
             subject: &subject,
             action: Action::Http {
-                method: &http.method,
+                method,
                 path: &path,
             },
             scope: None,
@@ -222,10 +237,7 @@ impl EnvoyAuthzService {
 
 #[tonic::async_trait]
 impl Authorization for EnvoyAuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<Bytes>) -> Result<Response<CheckResponse>, Status> {
         let started = std::time::Instant::now();
         let request = request.into_inner();
         let verdict = self.decide(&request);

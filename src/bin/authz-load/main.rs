@@ -23,19 +23,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use authz_sidecar::api::pb::authz_client::AuthzClient;
+mod wire;
+
 use authz_sidecar::api::pb::{CheckRequest, HttpRequest, check_request::Action};
 use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context;
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest as EnvoyCheckRequest,
 };
 use hyper_util::rt::TokioIo;
+use prost::Message;
+use prost::bytes::Bytes;
+use tonic::client::Grpc;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+
+use wire::{AuthzView, EnvoyView, HealthView, PreEncoded};
 
 /// Command line of `authz-load`.
 #[derive(Debug, Parser)]
@@ -187,12 +193,12 @@ impl Target {
     }
 }
 
-/// The prepared request of a scenario, cloned for every call.
-#[derive(Clone)]
-enum Call {
-    Health(HealthClient<Channel>),
-    Authz(AuthzClient<Channel>, CheckRequest),
-    Envoy(AuthorizationClient<Channel>, Box<EnvoyCheckRequest>),
+/// A scenario's prepared call: the connection, the method and the request bytes.
+struct Call {
+    scenario: Scenario,
+    grpc: Grpc<Channel>,
+    path: PathAndQuery,
+    body: Bytes,
 }
 
 /// What one call produced.
@@ -205,89 +211,135 @@ enum Outcome {
 }
 
 impl Call {
-    fn new(scenario: Scenario, channel: Channel, cli: &Cli) -> Call {
-        match scenario {
-            Scenario::Health => Call::Health(HealthClient::new(channel)),
-            Scenario::Permission => Call::Authz(
-                AuthzClient::new(channel),
-                CheckRequest {
-                    subject: cli.subject.clone(),
-                    action: Some(Action::Permission(cli.permission.clone())),
-                    ..Default::default()
-                },
-            ),
-            Scenario::Http => Call::Authz(
-                AuthzClient::new(channel),
-                CheckRequest {
-                    subject: cli.subject.clone(),
-                    action: Some(Action::Http(HttpRequest {
-                        method: cli.http_method.clone(),
-                        path: cli.http_path.clone(),
-                    })),
-                    ..Default::default()
-                },
-            ),
-            Scenario::Envoy => Call::Envoy(
-                AuthorizationClient::new(channel),
-                Box::new(EnvoyCheckRequest {
-                    attributes: Some(AttributeContext {
-                        request: Some(attribute_context::Request {
-                            http: Some(attribute_context::HttpRequest {
-                                id: "authz-load".into(),
-                                method: cli.http_method.clone(),
-                                path: cli.http_path.clone(),
-                                host: "authz-load.local".into(),
-                                scheme: "http".into(),
-                                protocol: "HTTP/1.1".into(),
-                                headers: [
-                                    (cli.envoy_subject_header.clone(), cli.subject.clone()),
-                                    (":method".into(), cli.http_method.clone()),
-                                    (":path".into(), cli.http_path.clone()),
-                                ]
-                                .into_iter()
-                                .collect(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                }),
-            ),
+    fn new(scenario: Scenario, channel: Channel, body: Bytes) -> Call {
+        let path = match scenario {
+            Scenario::Health => "/grpc.health.v1.Health/Check",
+            Scenario::Permission | Scenario::Http => "/authz.v1.Authz/Check",
+            Scenario::Envoy => "/envoy.service.auth.v3.Authorization/Check",
+        };
+        Call {
+            scenario,
+            grpc: Grpc::new(channel),
+            path: PathAndQuery::from_static(path),
+            body,
         }
     }
 
+    async fn send<V: prost::Message + Default + Send + 'static>(
+        &mut self,
+    ) -> Result<V, tonic::Status> {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+        let request = tonic::Request::new(self.body.clone());
+        let response = self
+            .grpc
+            .unary(request, self.path.clone(), PreEncoded::<V>::default())
+            .await?;
+        Ok(response.into_inner())
+    }
+
     async fn once(&mut self) -> Outcome {
-        match self {
-            Call::Health(client) => match client
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-            {
-                Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
-                    Outcome::Answered
-                }
-                Ok(response) => Outcome::Failed(format!(
+        match self.scenario {
+            Scenario::Health => match self.send::<HealthView>().await {
+                Ok(view) if view.status == ServingStatus::Serving as i32 => Outcome::Answered,
+                Ok(view) => Outcome::Failed(format!(
                     "health status {:?}",
-                    ServingStatus::try_from(response.get_ref().status)
+                    ServingStatus::try_from(view.status)
                 )),
                 Err(status) => Outcome::Failed(describe(&status)),
             },
-            Call::Authz(client, request) => match client.check(request.clone()).await {
-                Ok(response) if response.get_ref().allowed => Outcome::Allowed,
+            Scenario::Permission | Scenario::Http => match self.send::<AuthzView>().await {
+                Ok(view) if view.allowed => Outcome::Allowed,
                 Ok(_) => Outcome::Denied,
                 Err(status) => Outcome::Failed(describe(&status)),
             },
-            Call::Envoy(client, request) => match client.check((**request).clone()).await {
-                // ext_authz answers a decision in `status`: OK allows, anything else denies.
-                Ok(response) => match response.get_ref().status.as_ref().map(|s| s.code) {
-                    Some(0) => Outcome::Allowed,
-                    _ => Outcome::Denied,
-                },
+            // ext_authz answers a decision in `status`: OK allows, anything else denies.
+            Scenario::Envoy => match self.send::<EnvoyView>().await {
+                Ok(view) if view.status.as_ref().map(|s| s.code) == Some(0) => Outcome::Allowed,
+                Ok(_) => Outcome::Denied,
                 Err(status) => Outcome::Failed(describe(&status)),
             },
         }
+    }
+}
+
+/// The request a scenario sends, encoded once.
+fn request_bytes(scenario: Scenario, cli: &Cli) -> Bytes {
+    let encoded = match scenario {
+        Scenario::Health => HealthCheckRequest {
+            service: String::new(),
+        }
+        .encode_to_vec(),
+        Scenario::Permission => CheckRequest {
+            subject: cli.subject.clone(),
+            action: Some(Action::Permission(cli.permission.clone())),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        Scenario::Http => CheckRequest {
+            subject: cli.subject.clone(),
+            action: Some(Action::Http(HttpRequest {
+                method: cli.http_method.clone(),
+                path: cli.http_path.clone(),
+            })),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        Scenario::Envoy => envoy_request(cli).encode_to_vec(),
+    };
+    Bytes::from(encoded)
+}
+
+/// An ext_authz request shaped like the ones Envoy's HTTP filter sends for a plain GET: peer
+/// addresses, a request id, and the headers a browser or curl and Envoy itself put on it.
+fn envoy_request(cli: &Cli) -> EnvoyCheckRequest {
+    let peer = |address: &str, port: u32| attribute_context::Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: address.into(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let request_id = "6f1c2a9e-4b7d-4e0a-9c3f-2d8e5b1a7c40";
+    let headers = [
+        (":authority", "app.default.svc:8080"),
+        (":method", cli.http_method.as_str()),
+        (":path", cli.http_path.as_str()),
+        (":scheme", "http"),
+        ("accept", "application/json"),
+        ("user-agent", "curl/8.5.0"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", request_id),
+        ("x-envoy-expected-rq-timeout-ms", "15000"),
+        (cli.envoy_subject_header.as_str(), cli.subject.as_str()),
+    ];
+    EnvoyCheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(peer("10.0.3.17", 51_234)),
+            destination: Some(peer("10.0.3.9", 8080)),
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    id: "12751398226437415872".into(),
+                    method: cli.http_method.clone(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    path: cli.http_path.clone(),
+                    host: "app.default.svc:8080".into(),
+                    scheme: "http".into(),
+                    protocol: "HTTP/1.1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
     }
 }
 
@@ -383,9 +435,10 @@ async fn run_scenario(
     let start_recording = Instant::now() + warmup;
     let deadline = start_recording + duration;
     let timeout = Duration::from_millis(cli.timeout_ms);
+    let body = request_bytes(scenario, cli);
     let workers: Vec<_> = (0..cli.concurrency)
         .map(|i| {
-            let call = Call::new(scenario, channels[i % channels.len()].clone(), cli);
+            let call = Call::new(scenario, channels[i % channels.len()].clone(), body.clone());
             tokio::spawn(worker(call, start_recording, deadline, timeout))
         })
         .collect();
