@@ -35,7 +35,7 @@ impl SnapshotBuilder {
         }
     }
 
-    /// Adds (or replaces) one subject.
+    /// Adds one subject (a repeated id replaces the earlier one); findable once finished.
     pub fn add(&mut self, subject: &Subject) {
         let type_name = match self.type_names.get(subject.subject_type.as_str()) {
             Some(name) => Arc::clone(name),
@@ -47,11 +47,12 @@ impl SnapshotBuilder {
             }
         };
         let compiled = compile_subject(subject, type_name, &self.catalog, &self.roles);
-        self.subjects.insert(&subject.id, compiled);
+        self.subjects.push_unindexed(&subject.id, compiled);
     }
 
     /// The finished snapshot.
     pub fn finish(mut self, revision: u64) -> Snapshot {
+        self.subjects.index_all();
         self.subjects.shrink_to_fit();
         Snapshot {
             revision,
