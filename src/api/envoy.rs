@@ -67,7 +67,7 @@ impl EnvoyAuthzService {
     fn subject(&self, request: &CheckRequestView<'_>) -> Result<String, String> {
         match self.config.subject_source {
             SubjectSource::Header => request
-                .header(&self.config.subject_header)
+                .wanted_header()
                 .filter(|v| !v.is_empty())
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_owned)
@@ -118,7 +118,7 @@ impl EnvoyAuthzService {
         let published = live.current();
         let snapshot = &published.snapshot;
         let revision = snapshot.revision();
-        let request = match CheckRequestView::parse(message) {
+        let request = match CheckRequestView::parse(message, &self.config.subject_header) {
             Ok(request) => request,
             Err(e) => {
                 return Verdict::Deny {

@@ -141,6 +141,8 @@ pub struct CheckRequestView<'a> {
     http: Option<&'a [u8]>,
     method: &'a [u8],
     path: &'a [u8],
+    /// The value of the header named at parse time (see [`Self::parse`]).
+    wanted_header: Option<&'a [u8]>,
     /// `attributes.source.principal`: the downstream peer's SPIFFE id under mTLS.
     principal: &'a [u8],
     /// `attributes.metadata_context` (encoded), where jwt_authn puts verified payloads.
@@ -166,11 +168,58 @@ const HEADER_VALUE_KEY: u32 = 1;
 const HEADER_VALUE_VALUE: u32 = 2;
 const HEADER_VALUE_RAW_VALUE: u32 = 3;
 
+/// Where a header was found: Envoy fills either the `headers` map or, with
+/// `encode_raw_headers`, `header_map`; a value in the map wins.
+#[derive(Default)]
+struct HeaderMatch<'a> {
+    in_map: Option<&'a [u8]>,
+    in_header_map: Option<&'a [u8]>,
+}
+
+impl<'a> HeaderMatch<'a> {
+    /// Walks the `headers` and `header_map` fields of an encoded `HttpRequest`, checking every
+    /// entry is well-formed, and keeps the value of header `name` (last one in the map, as
+    /// protobuf map semantics say; first one in `header_map`).
+    fn scan(http: &'a [u8], name: &[u8]) -> Result<HeaderMatch<'a>, WireError> {
+        let mut found = HeaderMatch::default();
+        each_bytes_field(http, |number, bytes| {
+            match number {
+                HTTP_HEADERS => {
+                    let (key, value) = entry(bytes, MAP_ENTRY_KEY, MAP_ENTRY_VALUE)?;
+                    if key == name {
+                        found.in_map = Some(value);
+                    }
+                }
+                HTTP_HEADER_MAP => each_bytes_field(bytes, |number, header| {
+                    if number == HEADER_MAP_HEADERS {
+                        let (key, value) = entry(header, HEADER_VALUE_KEY, HEADER_VALUE_VALUE)?;
+                        let (_, raw) = entry(header, HEADER_VALUE_KEY, HEADER_VALUE_RAW_VALUE)?;
+                        if key == name && found.in_header_map.is_none() {
+                            found.in_header_map = Some(if raw.is_empty() { value } else { raw });
+                        }
+                    }
+                    Ok(())
+                })?,
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    fn value(&self) -> Option<&'a [u8]> {
+        self.in_map.or(self.in_header_map)
+    }
+}
+
 impl<'a> CheckRequestView<'a> {
-    /// Reads an encoded `CheckRequest`. Every message on the way to the fields it keeps is
-    /// checked to be well-formed; the header entries too, so [`Self::header`] cannot meet a
-    /// malformed one.
-    pub fn parse(message: &'a [u8]) -> Result<CheckRequestView<'a>, WireError> {
+    /// Reads an encoded `CheckRequest`, keeping the value of header `wanted_header` (lower case,
+    /// as Envoy sends names) from the same pass over the headers. Every message on the way to
+    /// the fields it keeps is checked to be well-formed, the header entries too.
+    pub fn parse(
+        message: &'a [u8],
+        wanted_header: &str,
+    ) -> Result<CheckRequestView<'a>, WireError> {
         let mut view = CheckRequestView::default();
         each_bytes_field(message, |number, attributes| {
             if number != CHECK_REQUEST_ATTRIBUTES {
@@ -186,7 +235,7 @@ impl<'a> CheckRequestView<'a> {
                     })?,
                     ATTRIBUTES_REQUEST => each_bytes_field(bytes, |number, http| {
                         if number == REQUEST_HTTP {
-                            view.read_http(http)?;
+                            view.read_http(http, wanted_header)?;
                         }
                         Ok(())
                     })?,
@@ -199,19 +248,13 @@ impl<'a> CheckRequestView<'a> {
         Ok(view)
     }
 
-    fn read_http(&mut self, http: &'a [u8]) -> Result<(), WireError> {
+    fn read_http(&mut self, http: &'a [u8], wanted_header: &str) -> Result<(), WireError> {
         self.http = Some(http);
+        self.wanted_header = HeaderMatch::scan(http, wanted_header.as_bytes())?.value();
         each_bytes_field(http, |number, bytes| {
             match number {
                 HTTP_METHOD => self.method = bytes,
                 HTTP_PATH => self.path = bytes,
-                HTTP_HEADERS => each_bytes_field(bytes, |_, _| Ok(()))?,
-                HTTP_HEADER_MAP => each_bytes_field(bytes, |number, header| {
-                    if number == HEADER_MAP_HEADERS {
-                        each_bytes_field(header, |_, _| Ok(()))?;
-                    }
-                    Ok(())
-                })?,
                 _ => {}
             }
             Ok(())
@@ -228,35 +271,16 @@ impl<'a> CheckRequestView<'a> {
         ))
     }
 
-    /// The value of header `name` (lower case, as Envoy sends names), from the `headers` map
-    /// or, when Envoy encodes raw headers, from `header_map`.
+    /// The value of the header named when parsing.
+    pub fn wanted_header(&self) -> Option<&'a [u8]> {
+        self.wanted_header
+    }
+
+    /// The value of any header `name` (lower case), by another pass over the headers.
+    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        let name = name.as_bytes();
-        let mut found = None;
-        // `parse` checked every entry, so the walks below cannot fail.
-        let _ = each_bytes_field(self.http?, |number, bytes| {
-            match number {
-                HTTP_HEADERS => {
-                    let (key, value) = entry(bytes, MAP_ENTRY_KEY, MAP_ENTRY_VALUE);
-                    if key == name {
-                        found = Some(value);
-                    }
-                }
-                HTTP_HEADER_MAP => each_bytes_field(bytes, |number, header| {
-                    if number == HEADER_MAP_HEADERS {
-                        let (key, value) = entry(header, HEADER_VALUE_KEY, HEADER_VALUE_VALUE);
-                        let (_, raw) = entry(header, HEADER_VALUE_KEY, HEADER_VALUE_RAW_VALUE);
-                        if key == name && found.is_none() {
-                            found = Some(if raw.is_empty() { value } else { raw });
-                        }
-                    }
-                    Ok(())
-                })?,
-                _ => {}
-            }
-            Ok(())
-        });
-        found
+        // `parse` checked every entry, so this scan cannot fail.
+        HeaderMatch::scan(self.http?, name.as_bytes()).ok()?.value()
     }
 
     /// The downstream peer's principal (empty when none).
@@ -271,17 +295,17 @@ impl<'a> CheckRequestView<'a> {
 }
 
 /// The `key` and `value` fields of a two-field entry message (a map entry or a HeaderValue).
-fn entry(message: &[u8], key_number: u32, value_number: u32) -> (&[u8], &[u8]) {
+fn entry(message: &[u8], key_number: u32, value_number: u32) -> Result<(&[u8], &[u8]), WireError> {
     let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
-    let _ = each_bytes_field(message, |number, bytes| {
+    each_bytes_field(message, |number, bytes| {
         if number == key_number {
             key = bytes;
         } else if number == value_number {
             value = bytes;
         }
         Ok(())
-    });
-    (key, value)
+    })?;
+    Ok((key, value))
 }
 
 /// The ext_authz codec: answers are encoded by prost; requests are handed over as the received
@@ -393,9 +417,10 @@ mod tests {
             ..Default::default()
         });
         let bytes = request.encode_to_vec();
-        let view = CheckRequestView::parse(&bytes).unwrap();
+        let view = CheckRequestView::parse(&bytes, "x-subject").unwrap();
         assert_eq!(view.method_and_path(), Some(("POST", "/v1/devices?x=1")));
         assert_eq!(view.header("x-subject"), Some(&b"dashboard"[..]));
+        assert_eq!(view.wanted_header(), Some(&b"dashboard"[..]));
         assert_eq!(view.header("user-agent"), Some(&b"curl"[..]));
         assert_eq!(view.header("x-missing"), None);
         assert_eq!(view.principal(), b"spiffe://cluster.local/ns/a/sa/app");
@@ -424,8 +449,9 @@ mod tests {
             ..Default::default()
         });
         let bytes = request.encode_to_vec();
-        let view = CheckRequestView::parse(&bytes).unwrap();
+        let view = CheckRequestView::parse(&bytes, "x-subject").unwrap();
         assert_eq!(view.header("x-subject"), Some(&b"raw-subject"[..]));
+        assert_eq!(view.wanted_header(), Some(&b"raw-subject"[..]));
         assert_eq!(view.header("x-plain"), Some(&b"plain"[..]));
         assert_eq!(view.header("x-other"), None);
     }
@@ -433,7 +459,7 @@ mod tests {
     #[test]
     fn a_request_without_http_has_no_method_path_or_headers() {
         let bytes = CheckRequest::default().encode_to_vec();
-        let view = CheckRequestView::parse(&bytes).unwrap();
+        let view = CheckRequestView::parse(&bytes, "x-subject").unwrap();
         assert_eq!(view.method_and_path(), None);
         assert_eq!(view.header("x-subject"), None);
         assert_eq!(view.principal(), b"");
@@ -451,18 +477,24 @@ mod tests {
         for cut in 1..good.len() {
             // Every prefix either parses (a cut on a field boundary of the outer message) or
             // is refused; none panics.
-            let _ = CheckRequestView::parse(&good[..cut]);
+            let _ = CheckRequestView::parse(&good[..cut], "x-subject");
         }
         assert_eq!(
-            CheckRequestView::parse(&good[..good.len() - 1]),
+            CheckRequestView::parse(&good[..good.len() - 1], "x-subject"),
             Err(WireError::Truncated)
         );
-        assert_eq!(CheckRequestView::parse(&[0x00]), Err(WireError::BadKey));
-        assert_eq!(CheckRequestView::parse(&[0x0b]), Err(WireError::BadKey));
+        assert_eq!(
+            CheckRequestView::parse(&[0x00], "x-subject"),
+            Err(WireError::BadKey)
+        );
+        assert_eq!(
+            CheckRequestView::parse(&[0x0b], "x-subject"),
+            Err(WireError::BadKey)
+        );
         let mut long_varint = vec![0x08];
         long_varint.extend([0x80; 11]);
         assert_eq!(
-            CheckRequestView::parse(&long_varint),
+            CheckRequestView::parse(&long_varint, "x-subject"),
             Err(WireError::BadVarint)
         );
     }
@@ -494,7 +526,8 @@ mod tests {
             let decoded = CheckRequest::decode(bytes.as_slice()).unwrap();
             let http = decoded.attributes.as_ref().and_then(|a| a.request.as_ref())
                 .and_then(|r| r.http.as_ref()).unwrap();
-            let view = CheckRequestView::parse(&bytes).unwrap();
+            let view = CheckRequestView::parse(&bytes, &lookup).unwrap();
+            prop_assert_eq!(view.wanted_header(), http.headers.get(&lookup).map(|v| v.as_bytes()));
             prop_assert_eq!(view.method_and_path(), Some((http.method.as_str(), http.path.as_str())));
             prop_assert_eq!(view.header(&lookup), http.headers.get(&lookup).map(|v| v.as_bytes()));
             prop_assert_eq!(view.principal(), principal.as_bytes());
@@ -503,7 +536,7 @@ mod tests {
         /// Arbitrary bytes never panic the reader.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            if let Ok(view) = CheckRequestView::parse(&bytes) {
+            if let Ok(view) = CheckRequestView::parse(&bytes, "x-subject") {
                 let _ = view.method_and_path();
                 let _ = view.header("x-subject");
                 let _ = view.metadata_context();
