@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod batched_io;
 mod wire;
 
 use authz_sidecar::api::pb::{CheckRequest, HttpRequest, check_request::Action};
@@ -41,6 +42,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
+use batched_io::BatchedWrites;
 use wire::{AuthzView, EnvoyView, HealthView, PreEncoded};
 
 /// Command line of `authz-load`.
@@ -165,25 +167,32 @@ impl Target {
 
     /// Opens one HTTP/2 connection (a tonic `Channel` is one connection).
     async fn connect(&self) -> Result<Channel, String> {
-        let connect_timeout = Duration::from_secs(5);
+        let endpoint =
+            Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(5));
         match self {
-            Target::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| format!("tcp://{addr}: {e}"))?
-                .tcp_nodelay(true)
-                .connect_timeout(connect_timeout)
-                .connect()
-                .await
-                .map_err(|e| format!("cannot connect to tcp://{addr}: {e}")),
+            Target::Tcp(addr) => {
+                let addr = addr.clone();
+                let what = format!("tcp://{addr}");
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let addr = addr.clone();
+                        async move {
+                            let stream = tokio::net::TcpStream::connect(addr).await?;
+                            stream.set_nodelay(true)?;
+                            Ok::<_, std::io::Error>(TokioIo::new(BatchedWrites(stream)))
+                        }
+                    }))
+                    .await
+                    .map_err(|e| format!("cannot connect to {what}: {e}"))
+            }
             Target::Unix(path) => {
                 let socket = path.clone();
-                Endpoint::from_static("http://localhost")
-                    .connect_timeout(connect_timeout)
+                endpoint
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let socket = socket.clone();
                         async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(
-                                tokio::net::UnixStream::connect(socket).await?,
-                            ))
+                            let stream = tokio::net::UnixStream::connect(socket).await?;
+                            Ok::<_, std::io::Error>(TokioIo::new(BatchedWrites(stream)))
                         }
                     }))
                     .await
