@@ -19,7 +19,8 @@ use crate::config::{EnvoyConfig, EnvoyMode, SubjectSource};
 use crate::engine::{self, Action};
 use crate::metrics::ActionKind;
 
-/// The generated server of `envoy.service.auth.v3.Authorization` over the lean request view.
+/// The generated server of `envoy.service.auth.v3.Authorization`, handing each request over as
+/// its received bytes (see `envoy_wire`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 mod generated {
     include!(concat!(
