@@ -168,22 +168,26 @@ const HEADER_VALUE_KEY: u32 = 1;
 const HEADER_VALUE_VALUE: u32 = 2;
 const HEADER_VALUE_RAW_VALUE: u32 = 3;
 
-/// Where a header was found: Envoy fills either the `headers` map or, with
-/// `encode_raw_headers`, `header_map`; a value in the map wins.
+/// What one pass over an encoded `HttpRequest` finds: method, path, and header `name` from the
+/// `headers` map or, with `encode_raw_headers`, from `header_map` (a value in the map wins).
 #[derive(Default)]
-struct HeaderMatch<'a> {
+struct HttpFields<'a> {
+    method: &'a [u8],
+    path: &'a [u8],
     in_map: Option<&'a [u8]>,
     in_header_map: Option<&'a [u8]>,
 }
 
-impl<'a> HeaderMatch<'a> {
-    /// Walks the `headers` and `header_map` fields of an encoded `HttpRequest`, checking every
-    /// entry is well-formed, and keeps the value of header `name` (last one in the map, as
-    /// protobuf map semantics say; first one in `header_map`).
-    fn scan(http: &'a [u8], name: &[u8]) -> Result<HeaderMatch<'a>, WireError> {
-        let mut found = HeaderMatch::default();
+impl<'a> HttpFields<'a> {
+    /// Walks the fields of an encoded `HttpRequest` once, checking every header entry is
+    /// well-formed. The map keeps its last value for a repeated name (protobuf map semantics);
+    /// `header_map` its first.
+    fn scan(http: &'a [u8], name: &[u8]) -> Result<HttpFields<'a>, WireError> {
+        let mut found = HttpFields::default();
         each_bytes_field(http, |number, bytes| {
             match number {
+                HTTP_METHOD => found.method = bytes,
+                HTTP_PATH => found.path = bytes,
                 HTTP_HEADERS => {
                     let (key, value) = entry(bytes, MAP_ENTRY_KEY, MAP_ENTRY_VALUE)?;
                     if key == name {
@@ -207,7 +211,7 @@ impl<'a> HeaderMatch<'a> {
         Ok(found)
     }
 
-    fn value(&self) -> Option<&'a [u8]> {
+    fn header(&self) -> Option<&'a [u8]> {
         self.in_map.or(self.in_header_map)
     }
 }
@@ -249,16 +253,12 @@ impl<'a> CheckRequestView<'a> {
     }
 
     fn read_http(&mut self, http: &'a [u8], wanted_header: &str) -> Result<(), WireError> {
+        let fields = HttpFields::scan(http, wanted_header.as_bytes())?;
         self.http = Some(http);
-        self.wanted_header = HeaderMatch::scan(http, wanted_header.as_bytes())?.value();
-        each_bytes_field(http, |number, bytes| {
-            match number {
-                HTTP_METHOD => self.method = bytes,
-                HTTP_PATH => self.path = bytes,
-                _ => {}
-            }
-            Ok(())
-        })
+        self.method = fields.method;
+        self.path = fields.path;
+        self.wanted_header = fields.header();
+        Ok(())
     }
 
     /// Method and raw path as text, when the request has an HTTP part and both are UTF-8
@@ -280,7 +280,7 @@ impl<'a> CheckRequestView<'a> {
     #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         // `parse` checked every entry, so this scan cannot fail.
-        HeaderMatch::scan(self.http?, name.as_bytes()).ok()?.value()
+        HttpFields::scan(self.http?, name.as_bytes()).ok()?.header()
     }
 
     /// The downstream peer's principal (empty when none).

@@ -32,8 +32,7 @@ impl SubjectIndex {
 
     /// The id of record `at`.
     fn id(&self, at: u32) -> &str {
-        let (start, len) = self.spans[at as usize];
-        &self.ids[start as usize..(start + len) as usize]
+        id_at(&self.ids, &self.spans, at)
     }
 
     /// Appends a subject without indexing it, for bulk loads: [`Self::index_all`] then builds
@@ -55,10 +54,7 @@ impl SubjectIndex {
             let id = self.id(at);
             let hash = self.hasher.hash_one(id);
             let (ids, spans, hasher) = (&self.ids, &self.spans, &self.hasher);
-            let id_of = |other: u32| {
-                let (start, len) = spans[other as usize];
-                &ids[start as usize..(start + len) as usize]
-            };
+            let id_of = |other: u32| id_at(ids, spans, other);
             if table.find(hash, |&other| id_of(other) == id).is_some() {
                 repeated = true;
                 break;
@@ -82,10 +78,7 @@ impl SubjectIndex {
     pub fn insert(&mut self, id: &str, record: CompiledSubject) {
         let hash = self.hasher.hash_one(id);
         let (ids, spans) = (&self.ids, &self.spans);
-        let found = self.table.find(hash, |&at| {
-            let (start, len) = spans[at as usize];
-            &ids[start as usize..(start + len) as usize] == id
-        });
+        let found = self.table.find(hash, |&at| id_at(ids, spans, at) == id);
         if let Some(&at) = found {
             self.records[at as usize] = record;
             return;
@@ -95,10 +88,8 @@ impl SubjectIndex {
         self.ids.push_str(id);
         self.records.push(record);
         let (ids, spans, hasher) = (&self.ids, &self.spans, &self.hasher);
-        self.table.insert_unique(hash, at, |&other| {
-            let (start, len) = spans[other as usize];
-            hasher.hash_one(&ids[start as usize..(start + len) as usize])
-        });
+        self.table
+            .insert_unique(hash, at, |&other| hasher.hash_one(id_at(ids, spans, other)));
     }
 
     /// The subject with this id. Allocates nothing.
@@ -126,11 +117,17 @@ impl SubjectIndex {
         self.spans.shrink_to_fit();
         self.records.shrink_to_fit();
         let (ids, spans, hasher) = (&self.ids, &self.spans, &self.hasher);
-        self.table.shrink_to_fit(|&at| {
-            let (start, len) = spans[at as usize];
-            hasher.hash_one(&ids[start as usize..(start + len) as usize])
-        });
+        self.table
+            .shrink_to_fit(|&at| hasher.hash_one(id_at(ids, spans, at)));
     }
+}
+
+/// The id of record `at`, from the ids string and the spans (borrowed apart from the table, so
+/// the table's closures can use it while the table is being changed).
+#[inline]
+fn id_at<'a>(ids: &'a str, spans: &[(u32, u32)], at: u32) -> &'a str {
+    let (start, len) = spans[at as usize];
+    &ids[start as usize..(start + len) as usize]
 }
 
 #[cfg(test)]
