@@ -8,6 +8,7 @@ pub mod decision_log;
 pub mod engine;
 pub mod fleet;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod reload;

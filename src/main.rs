@@ -1,11 +1,12 @@
 //! `authz-sidecar`: flags → Config → Sidecar. Everything else lives in the library.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use authz_sidecar::config::read_seed;
-use authz_sidecar::config::{Cli, Command, Config, ENV_ADMIN_TOKEN, LogFormat};
+use authz_sidecar::config::{Cli, Command, Config, ENV_ADMIN_TOKEN};
 use authz_sidecar::fleet;
+use authz_sidecar::logging;
 use authz_sidecar::model::file::load_policy_file;
 use authz_sidecar::server::Sidecar;
 use authz_sidecar::store::{ImportMode, SledStore, Store};
@@ -148,7 +149,7 @@ fn serve(config: Result<Config, Vec<String>>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(config.log_format);
+    let _log = logging::init(config.log_format);
     let runtime = match runtime_with(config.worker_threads) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -161,7 +162,8 @@ fn serve(config: Result<Config, Vec<String>>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "authz-sidecar failed");
-            eprintln!("authz-sidecar: {e}");
+            // Not `eprintln!`: it panics when stderr is closed.
+            let _ = writeln!(std::io::stderr(), "authz-sidecar: {e}");
             ExitCode::from(1)
         }
     }
@@ -183,18 +185,6 @@ fn runtime_with(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime
         eprintln!("cannot start the async runtime: {e}");
         ExitCode::from(1)
     })
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

@@ -3,7 +3,7 @@
 //! Every handle the request paths touch is resolved once at start-up (no label lookups, no
 //! registry locks while serving): recording a decision is a few atomic adds.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::Full;
@@ -70,6 +70,9 @@ pub struct Metrics {
     shadow_denials: IntCounter,
     reload_errors: IntCounter,
     decision_log_dropped: IntCounter,
+    /// Follows [`crate::logging::dropped_lines`] at each render (the lock keeps two
+    /// concurrent scrapes from adding the same drops twice).
+    log_lines_dropped: Mutex<IntCounter>,
     revision: IntGauge,
     snapshot_age: Gauge,
     subjects: IntGauge,
@@ -159,6 +162,10 @@ impl Metrics {
             "authz_decision_log_dropped_total",
             "Decision log entries dropped because the writer fell behind",
         );
+        let log_lines_dropped = Mutex::new(counter(
+            "authz_log_lines_dropped_total",
+            "Log lines dropped because stderr was not being read fast enough",
+        ));
         let revision = must(IntGauge::new(
             "authz_policy_revision",
             "Revision of the snapshot being served",
@@ -229,6 +236,7 @@ impl Metrics {
             shadow_denials,
             reload_errors,
             decision_log_dropped,
+            log_lines_dropped,
             revision,
             snapshot_age,
             subjects,
@@ -321,6 +329,15 @@ impl Metrics {
         self.decision_log_dropped.inc();
     }
 
+    /// Brings the dropped-log-lines counter up to `total`.
+    fn follow_log_drops(&self, total: u64) {
+        let counter = self
+            .log_lines_dropped
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
     /// The text exposition, with the snapshot gauges brought up to date first.
     pub fn render(&self, state: &AppState) -> String {
         if let Ok(live) = state.live() {
@@ -332,6 +349,7 @@ impl Metrics {
                 .unwrap_or(Duration::ZERO);
             self.snapshot_age.set(age.as_secs_f64());
         }
+        self.follow_log_drops(crate::logging::dropped_lines());
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
@@ -391,4 +409,31 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, state: &AppState) -> Resp
         *response.status_mut() = StatusCode::NOT_FOUND;
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dropped_lines_in(metrics: &Metrics) -> String {
+        let text = metrics.render(&AppState::new(Arc::new(Metrics::new())));
+        text.lines()
+            .find(|l| l.starts_with("authz_log_lines_dropped_total "))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn log_drops_are_followed_not_added_up() {
+        let metrics = Metrics::new();
+        metrics.follow_log_drops(3);
+        metrics.follow_log_drops(3);
+        metrics.follow_log_drops(7);
+        // Rendering follows the process-wide count (0 here: no log writer in unit tests),
+        // which never takes the counter backwards.
+        assert_eq!(
+            dropped_lines_in(&metrics),
+            "authz_log_lines_dropped_total 7"
+        );
+    }
 }

@@ -315,7 +315,7 @@ impl Sidecar {
         health
             .set_service_status(AUTHZ_SERVICE, ServingStatus::Serving)
             .await;
-        tracing::info!(tcp = ?tcp_addr, uds = ?config.uds, "serving");
+        tracing::info!(tcp = ?tcp_addr, uds = ?config.uds, metrics = ?metrics_addr, "serving");
         Ok(Sidecar {
             tcp_addr,
             admin_addr,

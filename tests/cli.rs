@@ -1,10 +1,11 @@
-//! The binary as operators run it: validate, configuration errors, start-up refusals, SIGTERM.
+//! The binary as operators run it: validate, configuration errors, start-up refusals, SIGTERM,
+//! and a log collector that stops reading stderr.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_authz-sidecar");
@@ -70,8 +71,15 @@ fn bad_configuration_is_reported_at_once_and_refused() {
     assert!(err.contains("3 configuration error(s)"), "{err}");
 }
 
-/// Starts the binary on an ephemeral port and waits for its "serving" log line.
-fn spawn(data: &Path) -> Child {
+/// A started binary: the process, its "serving" log line, and the rest of its stderr.
+struct Spawned {
+    child: Child,
+    serving: String,
+    stderr: Lines<BufReader<ChildStderr>>,
+}
+
+/// Starts the binary on an ephemeral port with `extra` flags and waits for its "serving" line.
+fn spawn_with(data: &Path, extra: &[&str]) -> Spawned {
     let mut child = Command::new(BIN)
         .args([
             "--listen",
@@ -79,25 +87,185 @@ fn spawn(data: &Path) -> Child {
             "--data-dir",
             data.to_str().expect("utf8"),
         ])
+        .args(extra)
         .env_remove("AUTHZ_ADMIN_TOKEN")
         .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawns");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let serving = loop {
         assert!(Instant::now() < deadline, "sidecar did not report serving");
         match lines.next() {
-            Some(Ok(line)) if line.contains("serving") => break,
+            Some(Ok(line)) if line.contains("serving") => break line,
             Some(_) => continue,
             None => panic!("sidecar exited before serving"),
         }
+    };
+    Spawned {
+        child,
+        serving,
+        stderr: lines,
     }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+}
+
+/// Starts the binary and keeps draining its stderr so it never blocks on a full pipe.
+fn spawn(data: &Path) -> Child {
+    let Spawned { child, stderr, .. } = spawn_with(data, &[]);
+    std::thread::spawn(move || for _ in stderr {});
     child
+}
+
+/// Sends SIGTERM and returns the exit code (fails the test after 30 s).
+fn terminate(child: &mut Child) -> Option<i32> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            return exit.code();
+        }
+        assert!(Instant::now() < deadline, "sidecar did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The port of `field` (e.g. `tcp=Some(127.0.0.1:PORT)`) in a plain-format log line.
+fn port_of(line: &str, field: &str) -> u16 {
+    let start = line
+        .find(&format!("{field}=Some(127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no {field} address in {line}"))
+        + field.len()
+        + "=Some(127.0.0.1:".len();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("port")
+}
+
+/// `GET /metrics` over a plain TCP connection.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    text
+}
+
+/// Kills the sidecar when a test fails before stopping it.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a log collector can do to the sidecar's stderr.
+#[derive(Debug, Clone, Copy)]
+enum Collector {
+    StopsReading,
+    ClosesThePipe,
+}
+
+#[test]
+fn a_log_collector_that_stops_reading_or_closes_stderr_stalls_no_check() {
+    use authz_sidecar::api::pb;
+    for collector in [Collector::StopsReading, Collector::ClosesThePipe] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // One worker thread and every decision logged: a worker that wrote to stderr itself
+        // would block on the full pipe and take every Check with it.
+        let Spawned {
+            child,
+            serving,
+            stderr,
+        } = spawn_with(
+            &dir.path().join("data"),
+            &[
+                "--worker-threads",
+                "1",
+                "--decision-log-every",
+                "1",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ],
+        );
+        assert!(
+            !serving.contains('\u{1b}'),
+            "no colour codes in collected logs: {serving:?}"
+        );
+        let mut sidecar = KillOnDrop(child);
+        let held = match collector {
+            Collector::StopsReading => Some(stderr),
+            Collector::ClosesThePipe => None,
+        };
+        let api = port_of(&serving, "tcp");
+        let metrics = port_of(&serving, "metrics");
+        // 20,000 logged decisions of ~200 bytes: far past a pipe's 64 KiB and the log queue.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{api}"))
+                    .expect("endpoint")
+                    .connect()
+                    .await
+                    .expect("connect");
+            let workers = (0..16).map(|w| {
+                let mut client = pb::authz_client::AuthzClient::new(channel.clone());
+                tokio::spawn(async move {
+                    for i in 0..1250 {
+                        let request = pb::CheckRequest {
+                            subject: "dashboard".into(),
+                            action: Some(pb::check_request::Action::Permission(
+                                "devices:read".into(),
+                            )),
+                            ..Default::default()
+                        };
+                        let answer =
+                            tokio::time::timeout(Duration::from_secs(10), client.check(request))
+                                .await
+                                .unwrap_or_else(|_| panic!("{collector:?}: Check {w}/{i} stalled"))
+                                .expect("check");
+                        assert!(answer.into_inner().allowed);
+                    }
+                })
+            });
+            for worker in workers.collect::<Vec<_>>() {
+                worker.await.expect("worker");
+            }
+        });
+        drop(runtime);
+        let text = scrape(metrics);
+        let dropped: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("authz_log_lines_dropped_total "))
+            .unwrap_or_else(|| panic!("no dropped-lines counter in {text}"))
+            .trim()
+            .parse()
+            .expect("number");
+        if let Collector::StopsReading = collector {
+            assert!(
+                dropped > 0,
+                "lines beyond the queue are dropped and counted"
+            );
+        }
+        assert_eq!(terminate(&mut sidecar.0), Some(0), "{collector:?}");
+        drop(held);
+    }
 }
 
 #[test]
@@ -116,20 +284,7 @@ fn sigterm_drains_and_exits_zero_and_a_locked_data_dir_is_refused() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("locked by another process"), "{err}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = first.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "sidecar did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(terminate(&mut first), Some(0));
 
     // And the data dir is usable again after a clean stop.
     let mut again = spawn(&data);
