@@ -279,6 +279,9 @@ pub struct ServeArgs {
     /// Deadline for any one request, in milliseconds.
     #[arg(long, env = "AUTHZ_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
+    /// On SIGTERM, how long (ms) open connections may take to finish before they are closed.
+    #[arg(long, env = "AUTHZ_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
+    pub shutdown_grace_ms: u64,
     /// Log one decision in N on the `authz::decision` target (0 = no decision log).
     #[arg(long, env = "AUTHZ_DECISION_LOG_EVERY", default_value_t = 0)]
     pub decision_log_every: u64,
@@ -371,6 +374,9 @@ pub struct Limits {
     pub max_concurrent_per_connection: usize,
     /// Per-request deadline.
     pub request_timeout: Duration,
+    /// At shutdown, how long connections may take to finish; a stuck client (one that never
+    /// answers the HTTP/2 GOAWAY) would otherwise hold the sidecar up until it is killed.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -378,6 +384,7 @@ impl Default for Limits {
         Limits {
             max_concurrent_per_connection: 256,
             request_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -828,6 +835,7 @@ impl ServeArgs {
         let limits = Limits {
             max_concurrent_per_connection: self.max_concurrent_per_connection.max(1),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         };
         match seed {
             Some(seed) if errors.is_empty() => Ok(Config {

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -85,6 +87,7 @@ pub struct Sidecar {
     revision: u64,
     shutdown: watch::Sender<bool>,
     servers: JoinSet<Result<(), tonic::transport::Error>>,
+    shutdown_grace: Duration,
     health: HealthReporter,
     reload_stats: Arc<ReloadStats>,
 }
@@ -326,6 +329,7 @@ impl Sidecar {
             revision,
             shutdown,
             servers,
+            shutdown_grace: config.limits.shutdown_grace,
             health,
             reload_stats,
         })
@@ -415,7 +419,8 @@ impl Sidecar {
         self.stop().await
     }
 
-    /// Reports NOT_SERVING, stops accepting, waits for in-flight calls to finish.
+    /// Reports NOT_SERVING, stops accepting, waits for in-flight calls to finish, and closes
+    /// the connections still open after the shutdown grace.
     pub async fn stop(mut self) -> Result<(), ServerError> {
         self.health
             .set_service_status("", ServingStatus::NotServing)
@@ -425,7 +430,21 @@ impl Sidecar {
             .await;
         let _ = self.shutdown.send(true);
         let mut first_error = None;
-        while let Some(result) = self.servers.join_next().await {
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        loop {
+            let result = match tokio::time::timeout_at(deadline, self.servers.join_next()).await {
+                Ok(Some(result)) => result,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        grace_ms = self.shutdown_grace.as_millis() as u64,
+                        "connections still open after the shutdown grace; closing them"
+                    );
+                    self.servers.abort_all();
+                    while self.servers.join_next().await.is_some() {}
+                    break;
+                }
+            };
             if let Ok(Err(e)) = result {
                 first_error.get_or_insert(e);
             }

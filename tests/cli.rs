@@ -162,6 +162,38 @@ fn scrape(port: u16) -> String {
     text
 }
 
+#[test]
+fn a_client_that_never_answers_holds_shutdown_for_the_grace_only() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Spawned {
+        child,
+        serving,
+        stderr,
+    } = spawn_with(&dir.path().join("data"), &["--shutdown-grace-ms", "300"]);
+    let mut sidecar = KillOnDrop(child);
+    let log = std::thread::spawn(move || stderr.map_while(Result::ok).collect::<Vec<_>>());
+    // An HTTP/2 client that opens its connection and then never reads or answers again, so it
+    // never acknowledges the server's GOAWAY (a frozen or partitioned process).
+    let mut stuck =
+        std::net::TcpStream::connect(("127.0.0.1", port_of(&serving, "tcp"))).expect("connect");
+    stuck
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("preface and SETTINGS");
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    assert_eq!(terminate(&mut sidecar.0), Some(0));
+    let took = started.elapsed();
+    // Without a grace it waits for the client forever; `terminate` fails the test after 30 s.
+    assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
+    let log = log.join().expect("log").join("\n");
+    assert!(
+        log.contains("connections still open after the shutdown grace"),
+        "{log}"
+    );
+    drop(stuck);
+}
+
 /// Kills the sidecar when a test fails before stopping it.
 struct KillOnDrop(Child);
 
