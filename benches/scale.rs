@@ -14,7 +14,7 @@ use authz_sidecar::engine::{Action, Request};
 use authz_sidecar::live::{LivePolicy, Seed};
 use authz_sidecar::model::file::{EMBEDDED_DEFAULT, parse_policy};
 use authz_sidecar::model::{Grant, PermissionChange, Subject};
-use authz_sidecar::store::{ImportMode, SledStore, Store};
+use authz_sidecar::store::{SledStore, Store};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -104,13 +104,9 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
 
+    // As `authz-sidecar import` does it.
     let t = Instant::now();
-    {
-        let store = SledStore::open(&data).expect("open");
-        store
-            .import(&policy, "bench", ImportMode::Reseed, "bench")
-            .expect("import");
-    }
+    SledStore::import_offline(&data, &policy, "bench", "bench").expect("import");
     let import = t.elapsed();
     drop(policy);
 

@@ -219,6 +219,22 @@ impl SledStore {
         Ok(store)
     }
 
+    /// `authz-sidecar import`: opens the store in `dir`, replaces its policy with `policy` (one
+    /// flushed transaction, as [`Store::import`] with [`ImportMode::Reseed`]) and closes it;
+    /// then opens it once more. sled replays everything logged since its previous open when it
+    /// opens, so this second open takes the import's replay (~0.7 s at a million subjects) out
+    /// of the sidecar's next start.
+    pub fn import_offline(
+        dir: &Path,
+        policy: &Policy,
+        actor: &str,
+        digest: &str,
+    ) -> Result<u64, StoreError> {
+        let revision = SledStore::open(dir)?.import(policy, actor, ImportMode::Reseed, digest)?;
+        drop(SledStore::open(dir)?);
+        Ok(revision)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend)?;
         if !self.marked.load(Ordering::Acquire)
@@ -637,6 +653,26 @@ mod tests {
             actor: "tester".into(),
             action: "test".into(),
         }
+    }
+
+    #[test]
+    fn an_offline_import_leaves_a_store_that_opens_with_the_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = parse_policy("embedded", EMBEDDED_DEFAULT).expect("valid");
+        let revision =
+            SledStore::import_offline(dir.path(), &policy, "import", "digest-1").expect("import");
+        assert_eq!(revision, 1);
+        let store = SledStore::open(dir.path()).expect("open again");
+        let head = store.load_head().expect("head").expect("a policy");
+        assert_eq!(head.revision, 1);
+        assert_eq!(
+            store.source_digest().expect("digest").as_deref(),
+            Some("digest-1")
+        );
+        assert_eq!(
+            store.load().expect("load").expect("policy").policy.subjects,
+            policy.subjects
+        );
     }
 
     #[test]
