@@ -40,7 +40,8 @@ pub fn init(format: LogFormat) -> LogGuard {
         // Colour codes only for a person at a terminal, not in collected logs.
         .with_ansi(std::io::stderr().is_terminal())
         // Its report of a failed write goes to stderr with `eprintln!`, which panics when
-        // stderr is closed; a lost line is already counted.
+        // stderr is closed. A line that cannot be written is lost either way; logging must
+        // not take the process down with it.
         .log_internal_errors(false);
     match format {
         LogFormat::Plain => builder.init(),

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -419,8 +418,9 @@ impl Sidecar {
         self.stop().await
     }
 
-    /// Reports NOT_SERVING, stops accepting, waits for in-flight calls to finish, and closes
-    /// the connections still open after the shutdown grace.
+    /// Reports NOT_SERVING, stops accepting, and waits for in-flight calls to finish, for the
+    /// shutdown grace at most: connections still open then are left to the runtime's end
+    /// (the process exits), not waited for.
     pub async fn stop(mut self) -> Result<(), ServerError> {
         self.health
             .set_service_status("", ServingStatus::NotServing)
@@ -438,7 +438,7 @@ impl Sidecar {
                 Err(_) => {
                     tracing::warn!(
                         grace_ms = self.shutdown_grace.as_millis() as u64,
-                        "connections still open after the shutdown grace; closing them"
+                        "connections still open after the shutdown grace; not waiting for them"
                     );
                     self.servers.abort_all();
                     while self.servers.join_next().await.is_some() {}
