@@ -345,3 +345,46 @@ fn hash_token_prints_the_sha256_for_policies() {
         "697e4faac709ff91018bf81268f62b015913da0d39c2e58eb4ee5dbffc4da325"
     );
 }
+
+#[test]
+fn the_readme_run_command_starts_the_sidecar() {
+    // The package has two binaries (the sidecar and authz-load); without `default-run`,
+    // `cargo run --release` refuses to pick one.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let package = &metadata["packages"][0];
+    let binaries = package["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
+        .count();
+    assert!(binaries > 1, "the premise: more than one binary");
+    assert_eq!(package["default_run"], "authz-sidecar");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    assert!(
+        readme.contains("cargo run --release "),
+        "the README's run command"
+    );
+}
