@@ -388,3 +388,72 @@ fn the_readme_run_command_starts_the_sidecar() {
         "the README's run command"
     );
 }
+
+#[test]
+fn import_replaces_the_stored_policy_and_is_refused_while_a_sidecar_runs() {
+    use authz_sidecar::api::pb;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let example = std::fs::read_to_string("examples/monitoring-apps.yaml").expect("example");
+    let dashboard = "{ id: dashboard, type: app, roles: [app-dashboard] }";
+    assert!(example.contains(dashboard));
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        example.replace(
+            dashboard,
+            "{ id: dashboard, type: app, roles: [app-dispatcher] }",
+        ),
+    )
+    .expect("write");
+    let args = [
+        "import",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        file.to_str().expect("utf8"),
+    ];
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("at revision 1"), "{out}");
+
+    let Spawned {
+        child,
+        serving,
+        stderr,
+    } = spawn_with(&data, &[]);
+    let mut sidecar = KillOnDrop(child);
+    std::thread::spawn(move || for _ in stderr {});
+    // The running sidecar holds the data dir: an import now is refused, not interleaved.
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("locked by another process"), "{err}");
+
+    // It serves the imported file, not the built-in example it would seed an empty dir with.
+    let api = port_of(&serving, "tcp");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let allowed = runtime.block_on(async {
+        let mut client = pb::authz_client::AuthzClient::connect(format!("http://127.0.0.1:{api}"))
+            .await
+            .expect("connect");
+        let request = pb::CheckRequest {
+            subject: "dashboard".into(),
+            action: Some(pb::check_request::Action::Permission("alarms:write".into())),
+            ..Default::default()
+        };
+        client
+            .check(request)
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    });
+    drop(runtime);
+    assert!(
+        allowed,
+        "dashboard holds app-dispatcher in the imported file"
+    );
+    assert_eq!(terminate(&mut sidecar.0), Some(0));
+}
