@@ -14,7 +14,7 @@ use authz_sidecar::engine::{Action, Request};
 use authz_sidecar::live::{LivePolicy, Seed};
 use authz_sidecar::model::file::{EMBEDDED_DEFAULT, parse_policy};
 use authz_sidecar::model::{Grant, PermissionChange, Subject};
-use authz_sidecar::store::{SledStore, Store};
+use authz_sidecar::store::{ImportMode, SledStore, Store};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -104,9 +104,13 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
 
-    // As `authz-sidecar import` does it.
+    // As `authz-sidecar import` does it: import, then settle.
     let t = Instant::now();
-    SledStore::import_offline(&data, &policy, "bench", "bench").expect("import");
+    SledStore::open(&data)
+        .expect("open")
+        .import(&policy, "bench", ImportMode::Reseed, "bench")
+        .expect("import");
+    SledStore::settle(&data).expect("settle");
     let import = t.elapsed();
     drop(policy);
 

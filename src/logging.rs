@@ -39,9 +39,9 @@ pub fn init(format: LogFormat) -> LogGuard {
         .with_writer(writer)
         // Colour codes only for a person at a terminal, not in collected logs.
         .with_ansi(std::io::stderr().is_terminal())
-        // Its report of a failed write goes to stderr with `eprintln!`, which panics when
-        // stderr is closed. A line that cannot be written is lost either way; logging must
-        // not take the process down with it.
+        // Belt and braces: the writer above never reports a failed write (its thread ignores
+        // them), but should one reach the fmt layer, its report would go out with
+        // `eprintln!`, which panics when stderr is closed.
         .log_internal_errors(false);
     match format {
         LogFormat::Plain => builder.init(),

@@ -9,7 +9,7 @@ use authz_sidecar::fleet;
 use authz_sidecar::logging;
 use authz_sidecar::model::file::load_policy_file;
 use authz_sidecar::server::Sidecar;
-use authz_sidecar::store::SledStore;
+use authz_sidecar::store::{ImportMode, SledStore, Store};
 use clap::Parser;
 
 /// Exit status for configuration errors (as clap uses for usage errors).
@@ -65,7 +65,8 @@ fn import(data_dir: &std::path::Path, file: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let imported = SledStore::import_offline(data_dir, &seed.policy, "import", &seed.digest);
+    let imported = SledStore::open(data_dir)
+        .and_then(|s| s.import(&seed.policy, "import", ImportMode::Reseed, &seed.digest));
     match imported {
         Ok(revision) => {
             println!(
@@ -73,6 +74,10 @@ fn import(data_dir: &std::path::Path, file: &std::path::Path) -> ExitCode {
                 file.display(),
                 data_dir.display()
             );
+            // The import is done and flushed; settling only makes the next start faster.
+            if let Err(e) = SledStore::settle(data_dir) {
+                eprintln!("note: the sidecar's next start will replay the import's log ({e})");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -180,7 +180,10 @@ fn a_client_that_never_answers_holds_shutdown_for_the_grace_only() {
     stuck
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .expect("preface and SETTINGS");
-    std::thread::sleep(Duration::from_millis(200));
+    // The server's SETTINGS frame (9-byte header) proves the connection is being served.
+    let mut frame_header = [0u8; 9];
+    std::io::Read::read_exact(&mut stuck, &mut frame_header).expect("server SETTINGS");
+    assert_eq!(frame_header[3], 0x04, "a SETTINGS frame");
     let started = Instant::now();
     assert_eq!(terminate(&mut sidecar.0), Some(0));
     let took = started.elapsed();
@@ -190,6 +193,10 @@ fn a_client_that_never_answers_holds_shutdown_for_the_grace_only() {
     assert!(
         log.contains("connections still open after the shutdown grace; not waiting"),
         "{log}"
+    );
+    assert!(
+        log.contains("grace_ms=300"),
+        "the flag's value is used: {log}"
     );
     drop(stuck);
 }
@@ -240,7 +247,10 @@ fn a_log_collector_that_stops_reading_or_closes_stderr_stalls_no_check() {
         let mut sidecar = KillOnDrop(child);
         let held = match collector {
             Collector::StopsReading => Some(stderr),
-            Collector::ClosesThePipe => None,
+            Collector::ClosesThePipe => {
+                drop(stderr);
+                None
+            }
         };
         let api = port_of(&serving, "tcp");
         let metrics = port_of(&serving, "metrics");
@@ -347,7 +357,7 @@ fn hash_token_prints_the_sha256_for_policies() {
 }
 
 #[test]
-fn the_readme_run_command_starts_the_sidecar() {
+fn cargo_run_defaults_to_the_sidecar() {
     // The package has two binaries (the sidecar and authz-load); without `default-run`,
     // `cargo run --release` refuses to pick one.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
