@@ -159,8 +159,10 @@ fn serve(config: Result<Config, Vec<String>>) -> ExitCode {
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
+        let stop = shutdown_signal();
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
         let sidecar = Sidecar::launch(config).await?;
-        sidecar.run_until(shutdown_signal()).await
+        sidecar.run_until(stop).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,23 +193,27 @@ fn runtime_with(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime
     })
 }
 
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Listens for SIGTERM (Kubernetes) and SIGINT (Ctrl-C) from the moment it is called; the
+/// future completes at the first of them. Called before start-up, so that a SIGTERM right after
+/// the "serving" line drains instead of killing the process with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    async fn first(signal: std::io::Result<Signal>) {
+        match signal {
+            Ok(mut signal) => {
+                signal.recv().await;
             }
+            // Without that handler the signal keeps its default action.
             Err(_) => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
-    tracing::info!("shutdown signal received; draining");
+    let term = first(signal(SignalKind::terminate()));
+    let interrupt = first(signal(SignalKind::interrupt()));
+    async move {
+        tokio::select! {
+            _ = term => {}
+            _ = interrupt => {}
+        }
+        tracing::info!("shutdown signal received; draining");
+    }
 }

@@ -467,3 +467,28 @@ fn import_replaces_the_stored_policy_and_is_refused_while_a_sidecar_runs() {
     );
     assert_eq!(terminate(&mut sidecar.0), Some(0));
 }
+
+#[test]
+fn sigterm_during_start_up_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("AUTHZ_ADMIN_TOKEN")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // The first line, logged before the store is opened and the policy loaded.
+    let starting = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("starting"));
+    assert!(starting.is_some(), "sidecar exited while starting");
+    let mut sidecar = KillOnDrop(child);
+    std::thread::spawn(move || for _ in lines {});
+    // Not the signal's default action (killed, no exit code): a drain and a clean exit.
+    assert_eq!(terminate(&mut sidecar.0), Some(0));
+}
