@@ -104,7 +104,7 @@ fn import_etcd(etcd: &authz_sidecar::config::EtcdArgs, file: &std::path::Path) -
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match runtime() {
+    let runtime = match runtime_with(None) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -175,12 +175,8 @@ fn serve(config: Result<Config, Vec<String>>) -> ExitCode {
     }
 }
 
-/// The async runtime, or the exit code when it cannot start.
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    runtime_with(None)
-}
-
-/// The async runtime with `worker_threads` workers (default: one per available CPU).
+/// The async runtime with `worker_threads` workers (default: one per available CPU), or the
+/// exit code when it cannot start.
 fn runtime_with(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();

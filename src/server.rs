@@ -431,23 +431,20 @@ impl Sidecar {
         let _ = self.shutdown.send(true);
         let mut first_error = None;
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
-        loop {
-            let result = match tokio::time::timeout_at(deadline, self.servers.join_next()).await {
-                Ok(Some(result)) => result,
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!(
-                        grace_ms = self.shutdown_grace.as_millis() as u64,
-                        "connections still open after the shutdown grace; not waiting for them"
-                    );
-                    self.servers.abort_all();
-                    while self.servers.join_next().await.is_some() {}
-                    break;
-                }
-            };
+        while let Ok(Some(result)) =
+            tokio::time::timeout_at(deadline, self.servers.join_next()).await
+        {
             if let Ok(Err(e)) = result {
                 first_error.get_or_insert(e);
             }
+        }
+        if !self.servers.is_empty() {
+            tracing::warn!(
+                grace_ms = self.shutdown_grace.as_millis() as u64,
+                "connections still open after the shutdown grace; not waiting for them"
+            );
+            self.servers.abort_all();
+            while self.servers.join_next().await.is_some() {}
         }
         if let Some(path) = &self.uds_path {
             let _ = std::fs::remove_file(path);

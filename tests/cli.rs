@@ -78,8 +78,8 @@ struct Spawned {
     stderr: Lines<BufReader<ChildStderr>>,
 }
 
-/// Starts the binary on an ephemeral port with `extra` flags and waits for its "serving" line.
-fn spawn_with(data: &Path, extra: &[&str]) -> Spawned {
+/// Starts the binary on an ephemeral port with `extra` flags; its stderr, line by line.
+fn start_binary(data: &Path, extra: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
     let mut child = Command::new(BIN)
         .args([
             "--listen",
@@ -95,20 +95,31 @@ fn spawn_with(data: &Path, extra: &[&str]) -> Spawned {
         .spawn()
         .expect("spawns");
     let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
+    (child, BufReader::new(stderr).lines())
+}
+
+/// Reads `lines` up to the first one containing `needle` and returns it (fails after 30 s, or
+/// when the sidecar exits first).
+fn read_until(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let serving = loop {
-        assert!(Instant::now() < deadline, "sidecar did not report serving");
+    loop {
+        assert!(Instant::now() < deadline, "sidecar did not log `{needle}`");
         match lines.next() {
-            Some(Ok(line)) if line.contains("serving") => break line,
+            Some(Ok(line)) if line.contains(needle) => return line,
             Some(_) => continue,
-            None => panic!("sidecar exited before serving"),
+            None => panic!("sidecar exited before logging `{needle}`"),
         }
-    };
+    }
+}
+
+/// Starts the binary on an ephemeral port with `extra` flags and waits for its "serving" line.
+fn spawn_with(data: &Path, extra: &[&str]) -> Spawned {
+    let (child, mut stderr) = start_binary(data, extra);
+    let serving = read_until(&mut stderr, "serving");
     Spawned {
         child,
         serving,
-        stderr: lines,
+        stderr,
     }
 }
 
@@ -471,23 +482,10 @@ fn import_replaces_the_stored_policy_and_is_refused_while_a_sidecar_runs() {
 #[test]
 fn sigterm_during_start_up_drains_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env_remove("AUTHZ_ADMIN_TOKEN")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawns");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    // The first line, logged before the store is opened and the policy loaded.
-    let starting = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|line| line.contains("starting"));
-    assert!(starting.is_some(), "sidecar exited while starting");
+    let (child, mut lines) = start_binary(&dir.path().join("data"), &[]);
     let mut sidecar = KillOnDrop(child);
+    // The first line, logged before the store is opened and the policy loaded.
+    read_until(&mut lines, "starting");
     std::thread::spawn(move || for _ in lines {});
     // Not the signal's default action (killed, no exit code): a drain and a clean exit.
     assert_eq!(terminate(&mut sidecar.0), Some(0));

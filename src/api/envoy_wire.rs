@@ -189,15 +189,17 @@ impl<'a> HttpFields<'a> {
                 HTTP_METHOD => found.method = bytes,
                 HTTP_PATH => found.path = bytes,
                 HTTP_HEADERS => {
-                    let (key, value) = entry(bytes, MAP_ENTRY_KEY, MAP_ENTRY_VALUE)?;
+                    let [key, value] = fields_of(bytes, [MAP_ENTRY_KEY, MAP_ENTRY_VALUE])?;
                     if key == name {
                         found.in_map = Some(value);
                     }
                 }
                 HTTP_HEADER_MAP => each_bytes_field(bytes, |number, header| {
                     if number == HEADER_MAP_HEADERS {
-                        let (key, value) = entry(header, HEADER_VALUE_KEY, HEADER_VALUE_VALUE)?;
-                        let (_, raw) = entry(header, HEADER_VALUE_KEY, HEADER_VALUE_RAW_VALUE)?;
+                        let [key, value, raw] = fields_of(
+                            header,
+                            [HEADER_VALUE_KEY, HEADER_VALUE_VALUE, HEADER_VALUE_RAW_VALUE],
+                        )?;
                         if key == name && found.in_header_map.is_none() {
                             found.in_header_map = Some(if raw.is_empty() { value } else { raw });
                         }
@@ -294,18 +296,18 @@ impl<'a> CheckRequestView<'a> {
     }
 }
 
-/// The `key` and `value` fields of a two-field entry message (a map entry or a HeaderValue).
-fn entry(message: &[u8], key_number: u32, value_number: u32) -> Result<(&[u8], &[u8]), WireError> {
-    let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
+/// The length-delimited fields `numbers` of `message`, in one pass (empty when absent; the last
+/// occurrence wins): the key and value of a map entry, or a HeaderValue's key, value and raw
+/// value.
+fn fields_of<const N: usize>(message: &[u8], numbers: [u32; N]) -> Result<[&[u8]; N], WireError> {
+    let mut found: [&[u8]; N] = [&[]; N];
     each_bytes_field(message, |number, bytes| {
-        if number == key_number {
-            key = bytes;
-        } else if number == value_number {
-            value = bytes;
+        if let Some(at) = numbers.iter().position(|&n| n == number) {
+            found[at] = bytes;
         }
         Ok(())
     })?;
-    Ok((key, value))
+    Ok(found)
 }
 
 /// The ext_authz codec: answers are encoded by prost; requests are handed over as the received

@@ -142,8 +142,8 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     loop {
         // sled's page cache defaults to 1 GiB; the sidecar reads sled only at start-up and on
         // writes (decisions come from the snapshot), so a small cache is plenty. No background
-        // flusher: every write is flushed before it is acknowledged anyway, and a second
-        // flusher running beside that one tripled the write p99 at 1e6 subjects (benches/scale).
+        // flusher: every write is flushed before it is acknowledged anyway, so a timer's
+        // flushes would only compete with those writes.
         match sled::Config::new()
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
