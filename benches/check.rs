@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use authz_sidecar::engine::{Action, Request, Snapshot};
-use authz_sidecar::model::Subject;
 use authz_sidecar::model::file::{EMBEDDED_DEFAULT, parse_policy};
+use authz_sidecar::model::{CanonicalPath, PathOptions, Subject};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 /// Subject counts benchmarked (synthetic subjects added to the seed policy's own five).
@@ -109,6 +109,9 @@ fn request<'a>(subject: &'a str, action: Action<'a>) -> Request<'a> {
 struct Ids {
     dashboard: Vec<String>,
     dispatcher: Vec<String>,
+    /// The two request paths, read once by the canonicalizer (as the API reads every path).
+    snapshots: CanonicalPath<'static>,
+    dispatch: CanonicalPath<'static>,
 }
 
 fn cases<'a>(ids: &'a Ids) -> Vec<Case<'a>> {
@@ -122,7 +125,7 @@ fn cases<'a>(ids: &'a Ids) -> Vec<Case<'a>> {
                     &ids.dashboard[k],
                     Action::Http {
                         method: "GET",
-                        path: "/v1/devices/d-42/snapshots",
+                        path: &ids.snapshots,
                     },
                 )
             } else {
@@ -130,7 +133,7 @@ fn cases<'a>(ids: &'a Ids) -> Vec<Case<'a>> {
                     &ids.dispatcher[k],
                     Action::Http {
                         method: "POST",
-                        path: "/v1/alarms/a1/dispatch",
+                        path: &ids.dispatch,
                     },
                 )
             }
@@ -174,6 +177,10 @@ fn cases<'a>(ids: &'a Ids) -> Vec<Case<'a>> {
     ]
 }
 
+fn canonical(path: &'static str) -> CanonicalPath<'static> {
+    CanonicalPath::parse(path, PathOptions::default()).expect("canonical path")
+}
+
 fn bench_check(c: &mut Criterion) {
     let fixtures = fixtures();
     let ids: Vec<Ids> = fixtures
@@ -181,6 +188,8 @@ fn bench_check(c: &mut Criterion) {
         .map(|f| Ids {
             dashboard: f.ids_with_role("app-dashboard"),
             dispatcher: f.ids_with_role("app-dispatcher"),
+            snapshots: canonical("/v1/devices/d-42/snapshots"),
+            dispatch: canonical("/v1/alarms/a1/dispatch"),
         })
         .collect();
     let per_size: Vec<Vec<Case<'_>>> = ids.iter().map(cases).collect();

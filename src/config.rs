@@ -14,6 +14,7 @@ use crate::auth::token_sha256_hex;
 use crate::fleet::{DEFAULT_PREFIX, EtcdConfig, FleetConfig};
 use crate::live::Seed;
 use crate::model::file::{EMBEDDED_DEFAULT, PolicyFileError, parse_policy, read_policy_text};
+use crate::model::{EncodedSlashes, PathOptions};
 
 /// Environment variable for `--listen`.
 pub const ENV_LISTEN: &str = "AUTHZ_LISTEN";
@@ -285,6 +286,11 @@ pub struct ServeArgs {
     /// Log one decision in N on the `authz::decision` target (0 = no decision log).
     #[arg(long, env = "AUTHZ_DECISION_LOG_EVERY", default_value_t = 0)]
     pub decision_log_every: u64,
+    /// What `%2F`, `%5C` and a raw `\` in a request path mean to HTTP decisions: `refuse`
+    /// (denied: upstreams disagree whether they separate segments) or `data` (one segment's
+    /// data, matching only `{param}` and `*`; for upstreams that never split on them).
+    #[arg(long, env = "AUTHZ_HTTP_ENCODED_SLASHES", default_value = "refuse")]
+    pub http_encoded_slashes: String,
     /// Threads answering requests (0 = one per CPU the process may use, which follows the
     /// container's CPU limit). A sidecar beside a busy app usually wants 1 or 2.
     #[arg(long, env = "AUTHZ_WORKER_THREADS", default_value_t = 0)]
@@ -510,6 +516,8 @@ pub struct Config {
     pub limits: Limits,
     /// Log one decision in this many; `None` = no decision log.
     pub decision_log_every: Option<u64>,
+    /// How HTTP decisions read request paths.
+    pub http_paths: PathOptions,
     /// Runtime worker threads; `None` = one per available CPU.
     pub worker_threads: Option<usize>,
     /// The policy file, re-imported when it changes (none for the built-in example).
@@ -703,6 +711,18 @@ impl ServeArgs {
                 "both {ENV_ADMIN_TOKEN} and --admin-token-file / {ENV_ADMIN_TOKEN_FILE} are set; set one"
             ));
         }
+        let http_paths = PathOptions {
+            encoded_slashes: match self.http_encoded_slashes.as_str() {
+                "refuse" => EncodedSlashes::Refuse,
+                "data" => EncodedSlashes::Data,
+                other => {
+                    errors.push(format!(
+                        "--http-encoded-slashes / AUTHZ_HTTP_ENCODED_SLASHES: `{other}` is not `refuse` or `data`"
+                    ));
+                    EncodedSlashes::Refuse
+                }
+            },
+        };
         let envoy = EnvoyConfig {
             mode: match self.envoy_mode.as_str() {
                 "enforce" => EnvoyMode::Enforce,
@@ -856,6 +876,7 @@ impl ServeArgs {
                 limits,
                 decision_log_every: (self.decision_log_every > 0)
                     .then_some(self.decision_log_every),
+                http_paths,
                 worker_threads: (self.worker_threads > 0).then_some(self.worker_threads),
                 reload_interval: (self.policy.is_some()
                     && self.policy_reload_interval > 0

@@ -132,7 +132,7 @@ impl Sidecar {
         let metrics_listener = bind_tcp(config.metrics_addr).await?;
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut decision_writer = None;
-        let mut state = AppState::new(Arc::clone(&metrics));
+        let mut state = AppState::new(Arc::clone(&metrics)).with_path_options(config.http_paths);
         if let Some(every) = config.decision_log_every {
             let (log, rx) = DecisionLog::new(every, DECISION_QUEUE, Arc::clone(&metrics));
             state = state.with_decision_log(log);

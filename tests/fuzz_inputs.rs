@@ -14,9 +14,9 @@ mod oracle;
 use std::sync::OnceLock;
 
 use authz_sidecar::api::pb;
-use authz_sidecar::engine::{Action, Inline, Request, Snapshot};
-use authz_sidecar::model::Policy;
+use authz_sidecar::engine::{Action, Decision, Inline, Request, Snapshot};
 use authz_sidecar::model::file::parse_policy;
+use authz_sidecar::model::{CanonicalPath, PathOptions, Policy};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -494,18 +494,23 @@ proptest! {
         inline in prop::option::weighted(0.3, (vec(hostile(known_names()), 0..40), hostile(known_names()))),
     ) {
         let (policy, snapshot) = &policies()[which];
-        let action = match kind {
-            0 => Action::Permission(&name),
-            1 => Action::Http { method: &method, path: &path },
-            _ => Action::Event(&name),
+        let canonical = CanonicalPath::parse(&path, PathOptions::default());
+        let action = match (kind, &canonical) {
+            (0, _) => Ok(Action::Permission(&name)),
+            (1, Ok(path)) => Ok(Action::Http { method: &method, path }),
+            (1, Err(rejection)) => Err(*rejection),
+            _ => Ok(Action::Event(&name)),
         };
-        let decision = snapshot.decide(&Request {
-            subject: &subject,
-            action,
-            scope: scope.as_deref(),
-            resource: resource.as_deref(),
-            inline: inline.as_ref().map(|(roles, ty)| Inline { roles, subject_type: ty }),
-        });
+        let decision = match action {
+            Ok(action) => snapshot.decide(&Request {
+                subject: &subject,
+                action,
+                scope: scope.as_deref(),
+                resource: resource.as_deref(),
+                inline: inline.as_ref().map(|(roles, ty)| Inline { roles, subject_type: ty }),
+            }),
+            Err(rejection) => Decision::refused_path(rejection),
+        };
         // Rendering the reason and the required names must not panic either.
         let reason = decision.reason.to_string();
         prop_assert!(!reason.is_empty());

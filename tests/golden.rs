@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use authz_sidecar::api::pb::{self, check_request};
 use authz_sidecar::engine::{Action, Decision, Request, Snapshot};
-use authz_sidecar::model::Policy;
 use authz_sidecar::model::file::load_policy_file;
+use authz_sidecar::model::{CanonicalPath, PathOptions, Policy};
 
 const EXAMPLES: [&str; 5] = [
     "monitoring-apps",
@@ -63,10 +63,18 @@ fn concrete(pattern: &str, user: &str) -> String {
         .join("/")
 }
 
+/// An HTTP action on a path the templates and rules produce (always canonical).
+fn http(method: &'static str, path: &str) -> Act {
+    let canonical = CanonicalPath::parse(path, PathOptions::default())
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .into_owned();
+    Act::Http(method, path.to_owned(), canonical)
+}
+
 /// What one case asks.
 enum Act {
     Permission(String),
-    Http(&'static str, String),
+    Http(&'static str, String, CanonicalPath<'static>),
     Event(String),
 }
 
@@ -83,7 +91,7 @@ impl Case {
     fn request(&self) -> Request<'_> {
         let action = match &self.act {
             Act::Permission(name) => Action::Permission(name),
-            Act::Http(method, path) => Action::Http { method, path },
+            Act::Http(method, _, path) => Action::Http { method, path },
             Act::Event(name) => Action::Event(name),
         };
         Request {
@@ -98,7 +106,7 @@ impl Case {
     fn check_request(&self) -> pb::CheckRequest {
         let action = match &self.act {
             Act::Permission(name) => check_request::Action::Permission(name.clone()),
-            Act::Http(method, path) => check_request::Action::Http(pb::HttpRequest {
+            Act::Http(method, path, _) => check_request::Action::Http(pb::HttpRequest {
                 method: method.to_string(),
                 path: path.clone(),
             }),
@@ -196,7 +204,7 @@ fn cases(policy: &Policy) -> Vec<Case> {
                 .expect("a routed method");
             let path = concrete(template, &subject.id);
             out.push(case(
-                Act::Http(method, path.clone()),
+                http(method, &path),
                 None,
                 None,
                 format!("{method} {path}"),
@@ -214,7 +222,7 @@ fn cases(policy: &Policy) -> Vec<Case> {
             let path = concrete(pattern, &subject.id);
             for method in PATH_METHODS {
                 out.push(case(
-                    Act::Http(method, path.clone()),
+                    http(method, &path),
                     None,
                     None,
                     format!("{method} {path}"),

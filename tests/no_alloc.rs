@@ -12,7 +12,7 @@ use std::hint::black_box;
 
 use authz_sidecar::engine::{Action, Inline, Request, Snapshot};
 use authz_sidecar::model::file::{EMBEDDED_DEFAULT, parse_policy};
-use authz_sidecar::model::{ResourceRole, Subject};
+use authz_sidecar::model::{CanonicalPath, PathOptions, ResourceRole, Subject};
 
 /// Counts allocations (alloc, alloc_zeroed, realloc) made by the current thread.
 struct Counting;
@@ -135,8 +135,13 @@ fn req<'a>(subject: &'a str, action: Action<'a>) -> Request<'a> {
     }
 }
 
-fn http<'a>(method: &'a str, path: &'a str) -> Action<'a> {
-    Action::Http { method, path }
+/// An HTTP action on `path` read by the canonicalizer (leaked: the cases live for the test).
+fn http<'a>(method: &'a str, path: &'static str) -> Action<'a> {
+    let path = CanonicalPath::parse(path, PathOptions::default()).expect("canonical path");
+    Action::Http {
+        method,
+        path: Box::leak(Box::new(path)),
+    }
 }
 
 /// Every case: a name, the request, and whether it must be allowed.
@@ -390,6 +395,48 @@ fn decisions_allocate_nothing() {
     assert_eq!(n, 0, "{n} allocations in {BATCH} decisions");
     let expected: usize = (0..BATCH).filter(|i| cases[i % cases.len()].2).count();
     assert_eq!(allowed, expected);
+}
+
+/// Paths with nothing to decode (every path Envoy sends after its own normalization, and the
+/// usual raw path) are read in place: the canonicalizer borrows them and the decision that
+/// follows allocates nothing either. Only a path with a percent-escape is copied.
+#[test]
+fn reading_a_plain_path_allocates_nothing() {
+    let snap = snapshot();
+    let plain = [
+        "/v1/devices/d-42/snapshots",
+        "/v1/devices/d-42/?expand=true&x=%20#frag",
+        "/users/alice",
+        "/",
+    ];
+    for raw in plain {
+        let ((), n) = counting(|| {
+            for _ in 0..100 {
+                let path = CanonicalPath::parse(black_box(raw), PathOptions::default())
+                    .expect("canonical");
+                let request = req(
+                    "dashboard",
+                    Action::Http {
+                        method: "GET",
+                        path: &path,
+                    },
+                );
+                black_box(snap.decide(black_box(&request)));
+            }
+        });
+        assert_eq!(n, 0, "{raw}: {n} allocations in 100 reads and decisions");
+    }
+    // Refusals allocate nothing either.
+    let ((), n) = counting(|| {
+        for raw in ["/users/alice/..;/bob", "/v1//devices", "/a/%2e%2e/b"] {
+            black_box(CanonicalPath::parse(black_box(raw), PathOptions::default()).is_err());
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations refusing paths");
+    // The counter sees the copy a decoded path needs, so the zeros above are not vacuous.
+    let (path, n) = counting(|| CanonicalPath::parse("/v1/devices/a%20b", PathOptions::default()));
+    assert_eq!(path.expect("canonical").as_str(), "/v1/devices/a b");
+    assert!(n >= 1);
 }
 
 #[test]

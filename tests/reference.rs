@@ -10,9 +10,10 @@
 #[path = "reference/mod.rs"]
 mod oracle;
 
-use authz_sidecar::engine::{Action, Inline, Request, Snapshot};
+use authz_sidecar::engine::{Action, Decision, Inline, Request, Snapshot};
 use authz_sidecar::model::{
-    Catalog, Grant, PathRule, Permission, Policy, Preset, ResourceRole, Role, Subject, validate,
+    CanonicalPath, Catalog, Grant, PathOptions, PathRule, Permission, Policy, Preset, ResourceRole,
+    Role, Subject, validate,
 };
 use oracle::{Act, Answer, KINDS, Query, decide};
 use proptest::collection::vec;
@@ -21,14 +22,24 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError};
 
 const TYPES: [&str; 3] = ["ORG", "PARTNER", "CUSTOMER"];
 const SUBJECT_TYPES: [&str; 5] = ["", "ORG", "PARTNER", "CUSTOMER", "other"];
-const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 const REQUEST_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "get", "Patch", "OPTIONS",
 ];
 const TEMPLATE_SEGMENTS: [&str; 4] = ["a", "b", "c", "{id}"];
 const PATTERN_SEGMENTS: [&str; 5] = ["a", "b", "c", "*", "{user}"];
 const REQUEST_SEGMENTS: [&str; 6] = ["a", "b", "c", "u0", "u1", "x"];
-const SUFFIXES: [&str; 6] = ["", "/", "?q=1", "#frag", "//", "/?a/b"];
+const SUFFIXES: [&str; 9] = [
+    "",
+    "/",
+    "?q=1",
+    "?#frag",
+    "//",
+    "/?a/b",
+    "/../a",
+    "/.;x/%2e%2e",
+    "#frag",
+];
 const EVENTS: [&str; 3] = ["e1", "e2", "e3"];
 const REQUEST_EVENTS: [&str; 4] = ["e1", "e2", "e3", "e4"];
 const SCOPES: [&str; 3] = ["S1", "S2", "S3"];
@@ -192,7 +203,7 @@ fn request_spec() -> impl Strategy<Value = RequestSpec> {
         0u8..3,
         any::<u8>(),
         vec(0u8..6, 0..4),
-        prop_oneof![4 => Just(0u8), 1 => 1u8..6],
+        prop_oneof![4 => Just(0u8), 1 => 1u8..9],
         prop_oneof![1 => Just(0u8), 2 => 1u8..5],
         prop_oneof![3 => Just(0u8), 1 => 1u8..4],
         prop::option::weighted(0.15, (vec(any::<u8>(), 0..3), 0u8..5)),
@@ -252,7 +263,11 @@ fn build(spec: &PolicySpec) -> Policy {
                         .iter()
                         .map(|s| TEMPLATE_SEGMENTS[*s as usize % 4])
                         .collect();
-                    format!("{} /{}", METHODS[*m as usize % 6], path.join("/"))
+                    format!(
+                        "{} /{}",
+                        METHODS[*m as usize % METHODS.len()],
+                        path.join("/")
+                    )
                 })
                 .collect(),
             events: EVENTS
@@ -492,7 +507,7 @@ fn query(spec: &RequestSpec, policy: &Policy) -> Query {
                 .iter()
                 .map(|s| REQUEST_SEGMENTS[*s as usize % 6])
                 .collect();
-            let path = match spec.suffix % 6 {
+            let path = match spec.suffix % SUFFIXES.len() as u8 {
                 4 => format!("//{}", segs.join("//")),
                 k => format!("/{}{}", segs.join("/"), SUFFIXES[k as usize]),
             };
@@ -530,10 +545,28 @@ fn query(spec: &RequestSpec, policy: &Policy) -> Query {
 
 /// The engine's answer, with the reason for failure reports.
 fn engine(snapshot: &Snapshot, q: &Query) -> (Answer, String) {
-    let action = match &q.act {
-        Act::Permission(p) => Action::Permission(p),
-        Act::Http(method, path) => Action::Http { method, path },
-        Act::Event(e) => Action::Event(e),
+    let canonical = match &q.act {
+        Act::Http(_, path) => Some(CanonicalPath::parse(path, PathOptions::default())),
+        _ => None,
+    };
+    let action = match (&q.act, &canonical) {
+        (Act::Permission(p), _) => Action::Permission(p.as_str()),
+        (Act::Http(method, _), Some(Ok(path))) => Action::Http {
+            method: method.as_str(),
+            path,
+        },
+        (Act::Http(..), Some(Err(rejection))) => {
+            let d = Decision::refused_path(*rejection);
+            return (
+                Answer {
+                    allowed: d.allowed,
+                    required: Vec::new(),
+                },
+                d.reason.to_string(),
+            );
+        }
+        (Act::Http(..), None) => unreachable!("an HTTP action was canonicalized"),
+        (Act::Event(e), _) => Action::Event(e.as_str()),
     };
     let request = Request {
         subject: &q.subject,
@@ -695,7 +728,10 @@ fn the_reference_answers_hand_checked_cases() {
         ),
         (q("user1", http("GET", "/roles/7"), None), true),
         (q("user1", http("GET", "/rolesx"), None), false),
-        (q("user1", http("GET", "//thngs/"), None), true),
+        (q("user1", http("GET", "/thngs/"), None), true),
+        (q("user1", http("GET", "//thngs/"), None), false),
+        (q("user1", http("GET", "/thngs/%2e%2e/roles"), None), false),
+        (q("user1", http("HEAD", "/thngs/t1"), None), true),
         (q("user1", http("POST", "/thngs"), None), false),
         (q("user1", http("GET", "/thngs/t1"), None), true),
         (q("nobody", perm("devices:read"), None), false),

@@ -254,7 +254,7 @@ async fn each_scope_unlocks_exactly_its_endpoints_and_gates_exactly_its_events()
             // does not change the decision.
             for value in ["d1", "Z9-x_y.z", "%20"] {
                 let (method, path) = concrete(template, value);
-                for suffix in ["", "/", "?page=2&limit=10", "/?x=1", "#frag"] {
+                for suffix in ["", "/", "?page=2&limit=10", "/?x=1", "?x#frag"] {
                     statements.push(statement(
                         &subject,
                         &format!("{method} {path}{suffix}"),

@@ -545,9 +545,13 @@ const APP_USERS: &str = r#"
     alice | GET /ifttt/v1                | deny  | no endpoint or path rule maps
     alice | POST /auth/oauth2            | deny
     alice | POST /cujo                   | deny
-    # A query string, fragment, duplicate or trailing slash does not change the decision.
+    # A query string or a trailing slash does not change the decision; an empty segment, a
+    # fragment or a dot segment is refused (README, "HTTP paths").
     alice | GET /thngs?limit=10          | allow
-    alice | GET //thngs/t1/              | allow
+    alice | GET /thngs/t1/               | allow
+    alice | GET //thngs/t1/              | deny  | refused path: it holds an empty segment
+    alice | GET /thngs/t1#x              | deny  | refused path: it holds a `#` fragment
+    alice | GET /users/alice/../bob      | deny  | refused path: it holds a `.` or `..` segment
     alice | DELETE /thngs/t1?force=true  | deny
     alice | GET /users/bob?as=alice      | deny
     # Path prefixes are segment-wise.

@@ -10,9 +10,10 @@ use super::convert::role_to_pb;
 use super::pb;
 use super::status::invalid;
 use crate::decision_log::{DecisionEntry, DecisionLog};
-use crate::engine::{self, Action, Inline, MAX_INLINE_ROLES};
+use crate::engine::{self, Action, Decision, Inline, MAX_INLINE_ROLES};
 use crate::live::LivePolicy;
 use crate::metrics::{ActionKind, Metrics};
+use crate::model::{CanonicalPath, PathOptions, PathRejection};
 
 /// Default ListRoles / ListAudit page size.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The sampled decision log, when enabled.
     pub decision_log: Option<DecisionLog>,
+    /// How every HTTP decision (Check and ext_authz) reads request paths.
+    pub http_paths: PathOptions,
 }
 
 impl AppState {
@@ -37,7 +40,14 @@ impl AppState {
             live: OnceLock::new(),
             metrics,
             decision_log: None,
+            http_paths: PathOptions::default(),
         }
+    }
+
+    /// State that reads HTTP paths under `options`.
+    pub fn with_path_options(mut self, options: PathOptions) -> AppState {
+        self.http_paths = options;
+        self
     }
 
     /// State that also feeds a decision log.
@@ -71,10 +81,7 @@ pub struct AuthzService {
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Longest id, name, scope or resource accepted.
 pub const MAX_NAME_BYTES: usize = 256;
-/// Longest HTTP path accepted.
-pub const MAX_PATH_BYTES: usize = 4096;
-/// Most path segments accepted.
-pub const MAX_PATH_SEGMENTS: usize = 64;
+pub use crate::model::http_path::{MAX_PATH_BYTES, MAX_PATH_SEGMENTS};
 
 impl AuthzService {
     /// A service over shared state; `admin_enabled` says whether admin RPCs are accepted here.
@@ -138,6 +145,47 @@ fn decode_token(token: &str, kind: &str) -> Result<Option<String>, Status> {
     Ok(Some(last.to_owned()))
 }
 
+/// The action of a Check as the wire gives it, before the path is canonicalized.
+#[derive(Clone, Copy)]
+enum Asked<'r> {
+    Permission(&'r str),
+    Http { method: &'r str, path: &'r str },
+    Event(&'r str),
+}
+
+/// The action once its HTTP path, if any, is canonical.
+enum Canonical<'r> {
+    Permission(&'r str),
+    Http {
+        method: &'r str,
+        path: CanonicalPath<'r>,
+    },
+    Event(&'r str),
+}
+
+impl<'r> Asked<'r> {
+    fn canonicalize(self, options: PathOptions) -> Result<Canonical<'r>, PathRejection> {
+        Ok(match self {
+            Asked::Permission(p) => Canonical::Permission(p),
+            Asked::Http { method, path } => Canonical::Http {
+                method,
+                path: CanonicalPath::parse(path, options)?,
+            },
+            Asked::Event(e) => Canonical::Event(e),
+        })
+    }
+}
+
+impl Canonical<'_> {
+    fn action(&self) -> Action<'_> {
+        match self {
+            Canonical::Permission(p) => Action::Permission(p),
+            Canonical::Http { method, path } => Action::Http { method, path },
+            Canonical::Event(e) => Action::Event(e),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::authz_server::Authz for AuthzService {
     async fn check(
@@ -150,15 +198,15 @@ impl pb::authz_server::Authz for AuthzService {
         if r.subject.is_empty() {
             return Err(invalid("subject", "subject id is empty"));
         }
-        let action = match &r.action {
+        let asked = match &r.action {
             Some(pb::check_request::Action::Permission(p)) if p.is_empty() => {
                 return Err(invalid("permission", "permission name is empty"));
             }
-            Some(pb::check_request::Action::Permission(p)) => Action::Permission(p),
+            Some(pb::check_request::Action::Permission(p)) => Asked::Permission(p),
             Some(pb::check_request::Action::Event(e)) if e.is_empty() => {
                 return Err(invalid("event", "event type is empty"));
             }
-            Some(pb::check_request::Action::Event(e)) => Action::Event(e),
+            Some(pb::check_request::Action::Event(e)) => Asked::Event(e),
             Some(pb::check_request::Action::Http(h)) => {
                 if h.method.is_empty() {
                     return Err(invalid("http.method", "method is empty"));
@@ -166,7 +214,7 @@ impl pb::authz_server::Authz for AuthzService {
                 if !h.path.starts_with('/') {
                     return Err(invalid("http.path", "path must start with `/`"));
                 }
-                Action::Http {
+                Asked::Http {
                     method: &h.method,
                     path: &h.path,
                 }
@@ -182,10 +230,10 @@ impl pb::authz_server::Authz for AuthzService {
         bounded("scope", &r.scope, MAX_NAME_BYTES)?;
         bounded("resource", &r.resource, MAX_NAME_BYTES)?;
         bounded("subject_type", &r.subject_type, MAX_NAME_BYTES)?;
-        match &action {
-            Action::Permission(p) => bounded("permission", p, MAX_NAME_BYTES)?,
-            Action::Event(e) => bounded("event", e, MAX_NAME_BYTES)?,
-            Action::Http { method, path } => {
+        match &asked {
+            Asked::Permission(p) => bounded("permission", p, MAX_NAME_BYTES)?,
+            Asked::Event(e) => bounded("event", e, MAX_NAME_BYTES)?,
+            Asked::Http { method, path } => {
                 bounded("http.method", method, 16)?;
                 bounded("http.path", path, MAX_PATH_BYTES)?;
                 if path.split('/').filter(|s| !s.is_empty()).count() > MAX_PATH_SEGMENTS {
@@ -216,27 +264,32 @@ impl pb::authz_server::Authz for AuthzService {
                 snapshot.revision()
             )));
         }
-        let kind = match action {
-            Action::Permission(_) => ActionKind::Permission,
-            Action::Http { .. } => ActionKind::Http,
-            Action::Event(_) => ActionKind::Event,
+        let kind = match asked {
+            Asked::Permission(_) => ActionKind::Permission,
+            Asked::Http { .. } => ActionKind::Http,
+            Asked::Event(_) => ActionKind::Event,
         };
-        let decision = snapshot.decide(&engine::Request {
-            subject: &r.subject,
-            action,
-            scope: (!r.scope.is_empty()).then_some(r.scope.as_str()),
-            resource: (!r.resource.is_empty()).then_some(r.resource.as_str()),
-            inline: (!r.roles.is_empty()).then_some(Inline {
-                roles: &r.roles,
-                subject_type: &r.subject_type,
+        // The one canonicalizer of every HTTP decision; a refused path is a denial, not an error.
+        let checked = asked.canonicalize(self.state.http_paths);
+        let decision = match &checked {
+            Ok(checked) => snapshot.decide(&engine::Request {
+                subject: &r.subject,
+                action: checked.action(),
+                scope: (!r.scope.is_empty()).then_some(r.scope.as_str()),
+                resource: (!r.resource.is_empty()).then_some(r.resource.as_str()),
+                inline: (!r.roles.is_empty()).then_some(Inline {
+                    roles: &r.roles,
+                    subject_type: &r.subject_type,
+                }),
             }),
-        });
+            Err(rejection) => Decision::refused_path(*rejection),
+        };
         self.state.metrics.decision(kind, decision.allowed, started);
         if let Some(log) = self.state.decision_log.as_ref().filter(|log| log.sample()) {
-            let (kind, action) = match action {
-                Action::Permission(p) => ("permission", p.to_owned()),
-                Action::Http { method, path } => ("http", format!("{method} {path}")),
-                Action::Event(e) => ("event", e.to_owned()),
+            let (kind, action) = match asked {
+                Asked::Permission(p) => ("permission", p.to_owned()),
+                Asked::Http { method, path } => ("http", format!("{method} {path}")),
+                Asked::Event(e) => ("event", e.to_owned()),
             };
             log.record(DecisionEntry {
                 subject: r.subject.clone(),

@@ -13,11 +13,11 @@ use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::authz::AppState;
-use super::envoy_path::normalize;
 use super::envoy_wire::CheckRequestView;
 use crate::config::{EnvoyConfig, EnvoyMode, SubjectSource};
 use crate::engine::{self, Action};
 use crate::metrics::ActionKind;
+use crate::model::CanonicalPath;
 
 /// The generated server of `envoy.service.auth.v3.Authorization`, handing each request over as
 /// its received bytes (see `envoy_wire`).
@@ -146,7 +146,7 @@ impl EnvoyAuthzService {
                 revision,
             };
         };
-        let path = match normalize(raw_path) {
+        let path = match CanonicalPath::parse(raw_path, self.state.http_paths) {
             Ok(p) => p,
             Err(rejection) => {
                 return Verdict::Deny {

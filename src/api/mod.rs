@@ -5,13 +5,11 @@ mod admin;
 mod authz;
 mod convert;
 mod envoy;
-mod envoy_path;
 mod envoy_wire;
 mod status;
 
 pub use authz::{AppState, AuthzService, MAX_MESSAGE_BYTES};
 pub use envoy::{AuthorizationServer, EnvoyAuthzService, JWT_AUTHN_NAMESPACE};
-pub use envoy_path::{PathRejection, normalize as normalize_envoy_path};
 
 /// Generated types and services of `authz.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -3,9 +3,8 @@
 use std::fmt;
 
 use super::bitset::BitSet;
-use super::routes::strip_query;
 use super::snapshot::{CompiledRole, Snapshot};
-use crate::model::{Access, Method};
+use crate::model::{Access, CanonicalPath, Method, PathRejection};
 
 /// Most inline roles one Check may carry.
 pub const MAX_INLINE_ROLES: usize = 32;
@@ -19,8 +18,8 @@ pub enum Action<'a> {
     Http {
         /// Method name, any case.
         method: &'a str,
-        /// Request path; query and fragment are ignored.
-        path: &'a str,
+        /// Request path, read by the one canonicalizer every HTTP decision shares.
+        path: &'a CanonicalPath<'a>,
     },
     /// A webhook event type.
     Event(&'a str),
@@ -113,6 +112,8 @@ pub enum Reason<'a> {
     UnknownEvent(&'a str),
     /// Denied: a method the engine does not route.
     UnsupportedMethod(&'a str),
+    /// Denied: the request path was refused before any rule was consulted.
+    RefusedPath(PathRejection),
     /// Denied: no endpoint or path rule maps this request.
     NoRoute {
         /// Method.
@@ -183,6 +184,7 @@ impl fmt::Display for Reason<'_> {
             Reason::UnknownPermission(p) => write!(f, "unknown permission `{p}`"),
             Reason::UnknownEvent(e) => write!(f, "no permission gates event `{e}`"),
             Reason::UnsupportedMethod(m) => write!(f, "unsupported HTTP method `{m}`"),
+            Reason::RefusedPath(rejection) => write!(f, "{rejection}"),
             Reason::NoRoute { method, path } => {
                 write!(f, "no endpoint or path rule maps {method} {path}")
             }
@@ -316,13 +318,12 @@ impl Snapshot {
         &'a self,
         view: &View<'a>,
         method: &'a str,
-        path: &'a str,
+        path: &'a CanonicalPath<'a>,
         req: &Request<'a>,
     ) -> Decision<'a> {
         let Some(m) = Method::parse(method) else {
             return deny(Reason::UnsupportedMethod(method), Required::Nothing);
         };
-        let path = strip_query(path);
         let routed = self.catalog.routes.lookup(m, path);
         let mut first_denial = None;
         if let Some(set) = routed {
@@ -332,9 +333,16 @@ impl Snapshot {
             }
             first_denial = Some(decision.reason);
         }
-        let needed = m.access();
+        let path = path.as_str();
         let mut partial = None;
-        for &rid in view.roles.as_slice() {
+        // OPTIONS has no access letter: only a catalog endpoint allows it.
+        let needed = m.access().unwrap_or_default();
+        let rule_roles = if needed.is_empty() {
+            &[][..]
+        } else {
+            view.roles.as_slice()
+        };
+        for &rid in rule_roles {
             let role = self.role(rid);
             for rule in role.paths.iter() {
                 if rule.pattern.matches(path, view.id) {
@@ -487,6 +495,13 @@ fn allow<'a>(reason: Reason<'a>, required: Required<'a>) -> Decision<'a> {
         allowed: true,
         reason,
         required,
+    }
+}
+
+impl Decision<'static> {
+    /// The denial of a request whose path the canonicalizer refused.
+    pub fn refused_path(rejection: PathRejection) -> Decision<'static> {
+        deny(Reason::RefusedPath(rejection), Required::Nothing)
     }
 }
 

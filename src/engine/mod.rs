@@ -14,5 +14,4 @@ mod tests;
 
 pub use bitset::BitSet;
 pub use decide::{Action, Decision, Inline, MAX_INLINE_ROLES, Reason, Request, Required};
-pub use routes::strip_query;
 pub use snapshot::{CompactedSubjects, Snapshot};

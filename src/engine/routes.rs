@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::bitset::BitSet;
-use crate::model::{Endpoint, Method};
+use crate::model::{CanonicalPath, Endpoint, Method};
 
 /// Compiled endpoint templates.
 #[derive(Debug, Default)]
@@ -22,29 +22,20 @@ struct Node {
     leaf: Option<u32>,
 }
 
-/// The path part of a request target: no query, no fragment.
-#[inline]
-pub fn strip_query(path: &str) -> &str {
-    match path.find(['?', '#']) {
-        Some(i) => &path[..i],
-        None => path,
-    }
-}
-
-/// Non-empty segments: duplicate and trailing slashes do not change a decision.
-#[inline]
-pub fn segments(path: &str) -> impl Iterator<Item = &str> + Clone {
-    path.split('/').filter(|s| !s.is_empty())
-}
-
 impl RouteTable {
     /// Compiles `(endpoint, permission id)` pairs for a catalog of `perm_count` permissions.
     pub fn build(endpoints: &[(Endpoint, usize)], perm_count: usize) -> RouteTable {
         let mut naive = Naive::default();
         let mut roots: [Option<usize>; Method::ALL.len()] = Default::default();
         for (endpoint, perm) in endpoints {
-            let root = *roots[endpoint.method.index()].get_or_insert_with(|| naive.node());
-            naive.insert(root, &endpoint.segments, *perm);
+            // A template decides its own method and every method routed as it (HEAD as GET).
+            for method in Method::ALL
+                .into_iter()
+                .filter(|m| *m == endpoint.method || m.routed_as() == Some(endpoint.method))
+            {
+                let root = *roots[method.index()].get_or_insert_with(|| naive.node());
+                naive.insert(root, &endpoint.segments, *perm);
+            }
         }
         let mut table = RouteTable::default();
         let mut memo = HashMap::new();
@@ -111,9 +102,9 @@ impl RouteTable {
 
     /// The permissions that unlock `method path`, if any template matches. Allocates nothing.
     #[inline]
-    pub fn lookup(&self, method: Method, path: &str) -> Option<&BitSet> {
+    pub fn lookup(&self, method: Method, path: &CanonicalPath<'_>) -> Option<&BitSet> {
         let mut node = &self.nodes[self.roots[method.index()]? as usize];
-        for seg in segments(strip_query(path)) {
+        for seg in path.segments() {
             let next = node.literals.get(seg).copied().or(node.param)?;
             node = &self.nodes[next as usize];
         }
@@ -178,7 +169,8 @@ mod tests {
     }
 
     fn hit(t: &RouteTable, method: Method, path: &str) -> Vec<usize> {
-        t.lookup(method, path)
+        let path = CanonicalPath::parse(path, Default::default()).expect("canonical");
+        t.lookup(method, &path)
             .map(|s| s.iter().collect())
             .unwrap_or_default()
     }
@@ -199,7 +191,7 @@ mod tests {
         assert_eq!(hit(&t, Method::Get, "/v1/devices/special"), vec![2]);
         assert_eq!(hit(&t, Method::Get, "/v1/devices/d1/?x=1"), vec![2]);
         assert_eq!(hit(&t, Method::Get, "/v1/devices"), Vec::<usize>::new());
-        assert_eq!(hit(&t, Method::Post, "/v1/alarms/a/dispatch#f"), vec![3]);
+        assert_eq!(hit(&t, Method::Post, "/v1/alarms/a/dispatch?x#f"), vec![3]);
         assert_eq!(
             hit(&t, Method::Delete, "/v1/alarms/a/dispatch"),
             Vec::<usize>::new()
@@ -208,5 +200,18 @@ mod tests {
             hit(&t, Method::Get, "/v1/devices/d1/snapshots/extra"),
             Vec::<usize>::new()
         );
+    }
+
+    #[test]
+    fn head_is_routed_as_get() {
+        let t = table(&[
+            ("GET /v1/devices/{id}", 0),
+            ("HEAD /v1/ping", 1),
+            ("POST /v1/x", 2),
+        ]);
+        assert_eq!(hit(&t, Method::Head, "/v1/devices/d1"), vec![0]);
+        assert_eq!(hit(&t, Method::Head, "/v1/ping"), vec![1]);
+        assert_eq!(hit(&t, Method::Get, "/v1/ping"), Vec::<usize>::new());
+        assert_eq!(hit(&t, Method::Head, "/v1/x"), Vec::<usize>::new());
     }
 }

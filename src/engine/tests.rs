@@ -2,12 +2,14 @@
 
 use super::*;
 use crate::model::file::parse_policy;
+use crate::model::{CanonicalPath, PathOptions};
 
 const POLICY: &str = r#"
 catalog:
   scope_pattern: "^[a-z]{3}$"
   permissions:
     - { name: devices:read, kind: read, endpoints: ["GET /v1/devices", "GET /v1/devices/{id}"], events: [device.online] }
+    - { name: cors, endpoints: ["OPTIONS /v1/devices"] }
     - { name: devices:write, kind: write, endpoints: ["PATCH /v1/devices/{id}"] }
     - { name: snapshots:read, endpoints: ["GET /v1/devices/{id}/snapshots"], events: [device.online] }
     - { name: global_read }
@@ -21,7 +23,7 @@ catalog:
     - { name: collections.update }
     - { name: accounts.create }
 roles:
-  - { name: reader, kind: app, grants: [devices:read] }
+  - { name: reader, kind: app, grants: [devices:read, cors] }
   - { name: writer, kind: app, grants: [devices:write, { permission: snapshots:read, enabled: false }] }
   - { name: ops, kind: operator, grants: [gl_update, { permission: project_read, projects: [abc] }, { permission: project_update, projects: [abc, xyz] }] }
   - { name: ops_global, kind: operator, grants: [global_read, gl_update] }
@@ -72,19 +74,27 @@ fn check(
     allowed: bool,
     reason: &str,
 ) {
-    let action = match action {
-        A::P(p) => Action::Permission(p),
-        A::H(method, path) => Action::Http { method, path },
-        A::E(e) => Action::Event(e),
+    let canonical = match action {
+        A::H(_, path) => Some(CanonicalPath::parse(path, PathOptions::default())),
+        _ => None,
     };
-    let req = Request {
-        subject,
-        action,
-        scope: (!scope.is_empty()).then_some(scope),
-        resource: (!resource.is_empty()).then_some(resource),
-        inline: None,
+    let action = match (action, &canonical) {
+        (A::H(method, _), Some(Ok(path))) => Some(Action::Http { method, path }),
+        (A::H(..), _) => None,
+        (A::P(p), _) => Some(Action::Permission(p)),
+        (A::E(e), _) => Some(Action::Event(e)),
     };
-    let d = snap.decide(&req);
+    let d = match (action, &canonical) {
+        (Some(action), _) => snap.decide(&Request {
+            subject,
+            action,
+            scope: (!scope.is_empty()).then_some(scope),
+            resource: (!resource.is_empty()).then_some(resource),
+            inline: None,
+        }),
+        (None, Some(Err(rejection))) => Decision::refused_path(*rejection),
+        (None, _) => unreachable!("only an HTTP action has no engine action"),
+    };
     let text = d.reason.to_string();
     assert_eq!(d.allowed, allowed, "{subject} {action:?}: {text}");
     assert!(
@@ -186,6 +196,90 @@ fn decisions_follow_the_rules() {
             "",
             false,
             "unsupported HTTP method `BREW`",
+        ),
+        // HEAD is decided as GET; OPTIONS only by a catalog endpoint.
+        (
+            "r1",
+            H("HEAD", "/v1/devices/d1"),
+            "",
+            "",
+            true,
+            "devices:read",
+        ),
+        (
+            "w1",
+            H("HEAD", "/v1/devices/d1"),
+            "",
+            "",
+            false,
+            "devices:read",
+        ),
+        ("r1", H("OPTIONS", "/v1/devices"), "", "", true, "cors"),
+        (
+            "r1",
+            H("OPTIONS", "/v1/devices/d1"),
+            "",
+            "",
+            false,
+            "no endpoint",
+        ),
+        ("w1", H("OPTIONS", "/v1/devices"), "", "", false, "cors"),
+        // Refused paths deny before any rule, naming the rule they broke.
+        (
+            "r1",
+            H("GET", "/v1/devices/../admin"),
+            "",
+            "",
+            false,
+            "`..` segment",
+        ),
+        (
+            "r1",
+            H("GET", "/v1/devices/%2e%2e/x"),
+            "",
+            "",
+            false,
+            "`..` segment",
+        ),
+        (
+            "r1",
+            H("GET", "/v1/devices/d1;x"),
+            "",
+            "",
+            false,
+            "`;` parameter",
+        ),
+        (
+            "r1",
+            H("GET", "/v1/devices/d1%2Fx"),
+            "",
+            "",
+            false,
+            "encoded `/`",
+        ),
+        (
+            "r1",
+            H("GET", "/v1//devices"),
+            "",
+            "",
+            false,
+            "empty segment",
+        ),
+        (
+            "r1",
+            H("GET", "/v1/devices/%64%31"),
+            "",
+            "",
+            false,
+            "needlessly",
+        ),
+        (
+            "r1",
+            H("GET", "/v1/devices/a%20b"),
+            "",
+            "",
+            true,
+            "devices:read",
         ),
         (
             "rw",
@@ -326,6 +420,22 @@ fn decisions_follow_the_rules() {
             "",
             false,
             "no endpoint or path rule",
+        ),
+        (
+            "alice",
+            H("HEAD", "/thngs/t1"),
+            "",
+            "",
+            true,
+            "path rule `/thngs`",
+        ),
+        (
+            "alice",
+            H("OPTIONS", "/thngs"),
+            "",
+            "",
+            false,
+            "no endpoint",
         ),
     ];
     for (subject, action, scope, resource, allowed, reason) in cases {

@@ -111,17 +111,20 @@ pub enum Method {
     Patch,
     /// DELETE → d
     Delete,
+    /// OPTIONS (CORS preflight): no access letter, so only a catalog endpoint allows it.
+    Options,
 }
 
 impl Method {
     /// Every method, in table order.
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 7] = [
         Method::Get,
         Method::Head,
         Method::Post,
         Method::Put,
         Method::Patch,
         Method::Delete,
+        Method::Options,
     ];
 
     /// Parses a method name, case-insensitively, without allocating.
@@ -140,6 +143,7 @@ impl Method {
             Method::Put => "PUT",
             Method::Patch => "PATCH",
             Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
         }
     }
 
@@ -148,14 +152,25 @@ impl Method {
         self as usize
     }
 
-    /// The `crud` access letter this method needs.
-    pub fn access(self) -> super::Access {
+    /// The `crud` access letter this method needs from a path rule; `None` for OPTIONS, which
+    /// no path rule grants.
+    pub fn access(self) -> Option<super::Access> {
         use super::Access;
         match self {
-            Method::Post => Access::CREATE,
-            Method::Get | Method::Head => Access::READ,
-            Method::Put | Method::Patch => Access::UPDATE,
-            Method::Delete => Access::DELETE,
+            Method::Post => Some(Access::CREATE),
+            Method::Get | Method::Head => Some(Access::READ),
+            Method::Put | Method::Patch => Some(Access::UPDATE),
+            Method::Delete => Some(Access::DELETE),
+            Method::Options => None,
+        }
+    }
+
+    /// The method whose endpoint templates also decide this one: HEAD is served by the GET
+    /// route in every common framework, so a GET template decides HEAD too.
+    pub fn routed_as(self) -> Option<Method> {
+        match self {
+            Method::Head => Some(Method::Get),
+            _ => None,
         }
     }
 }
@@ -193,6 +208,8 @@ impl Endpoint {
             } else if seg.contains(['{', '}']) {
                 return Err(format!("endpoint `{text}`: malformed parameter `{seg}`"));
             } else {
+                super::http_path::check_literal(seg)
+                    .map_err(|e| format!("endpoint `{text}`: {e}"))?;
                 segments.push(Some(seg.to_owned()));
             }
         }
@@ -224,6 +241,12 @@ mod tests {
             "GET /a/{b",
             "GET /a/*",
             "GET /a b",
+            "GET /a/../b",
+            "GET /a/./b",
+            "GET /a;x/b",
+            "GET /a%2Fb",
+            "GET /a\\b",
+            "GET /café",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad} should fail");
         }
@@ -232,7 +255,9 @@ mod tests {
     #[test]
     fn method_maps_to_access_letters() {
         assert_eq!(Method::parse("post"), Some(Method::Post));
-        assert_eq!(Method::parse("OPTIONS"), None);
-        assert_eq!(Method::Patch.access(), crate::model::Access::UPDATE);
+        assert_eq!(Method::parse("OPTIONS"), Some(Method::Options));
+        assert_eq!(Method::parse("TRACE"), None);
+        assert_eq!(Method::Patch.access(), Some(crate::model::Access::UPDATE));
+        assert_eq!(Method::Options.access(), None);
     }
 }

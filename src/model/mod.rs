@@ -5,6 +5,7 @@
 mod catalog;
 mod change;
 pub mod file;
+pub mod http_path;
 mod path;
 mod role;
 mod subject;
@@ -12,6 +13,7 @@ mod validate;
 
 pub use catalog::{Catalog, Endpoint, Kind, Method, Permission, Preset};
 pub use change::{PermissionChange, RuleError, UpdateOutcome, apply_approval, apply_update};
+pub use http_path::{CanonicalPath, EncodedSlashes, PathOptions, PathRejection};
 pub use path::{Access, PathPattern, Segment};
 pub use role::{Grant, PathRule, Role};
 pub use subject::{Admin, AdminPermission, ResourceRole, Subject};

@@ -131,7 +131,10 @@ impl PathPattern {
                         "path `{text}`: segment `{s}` mixes text with `*` or braces (only `*` and `{{user}}` are special)"
                     ));
                 }
-                s => Segment::Literal(s.into()),
+                s => {
+                    super::http_path::check_literal(s).map_err(|e| format!("path `{text}`: {e}"))?;
+                    Segment::Literal(s.into())
+                }
             });
         }
         Ok(PathPattern {
@@ -225,7 +228,10 @@ mod tests {
 
     #[test]
     fn bad_patterns_and_access_are_rejected() {
-        for bad in ["thngs", "/a*", "/a/{id}", "/a?b", "/a$/b$"] {
+        for bad in [
+            "thngs", "/a*", "/a/{id}", "/a?b", "/a$/b$", "/a/../b", "/a/.", "/a;b", "/a%2F",
+            "/a\\b",
+        ] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
         }
         for bad in ["", "x", "cc", "crudx"] {

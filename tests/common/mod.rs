@@ -46,6 +46,7 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         tls: None,
         limits: Limits::default(),
         decision_log_every: None,
+        http_paths: Default::default(),
         worker_threads: None,
         policy_path: None,
         reload_interval: None,

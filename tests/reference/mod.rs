@@ -274,7 +274,7 @@ fn allows(policy: &Policy, v: &View, perm: &Permission, ask: &Query) -> bool {
     true
 }
 
-/// The `crud` letter of an HTTP method, or `None` for a method the sidecar does not route.
+/// The `crud` letter of an HTTP method, or `None` for one no path rule grants.
 fn letter(method: &str) -> Option<char> {
     match method.to_ascii_uppercase().as_str() {
         "POST" => Some('c'),
@@ -285,17 +285,78 @@ fn letter(method: &str) -> Option<char> {
     }
 }
 
+/// Methods the sidecar decides at all.
+fn routed(method: &str) -> bool {
+    letter(method).is_some() || method.eq_ignore_ascii_case("OPTIONS")
+}
+
+/// README "HTTP paths", read straight from its table: the decoded segments of a request target,
+/// or `None` when the path is refused. Covers what the generators produce (no Unicode folding).
+pub fn canonical_segments(target: &str) -> Option<Vec<String>> {
+    let path = match target.find('?') {
+        Some(i) => &target[..i],
+        None => target,
+    };
+    if path.contains('#') {
+        return None;
+    }
+    let body = path.strip_prefix('/')?;
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if body.is_empty() {
+        return Some(Vec::new());
+    }
+    let literal = |c: u8| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&c);
+    let mut out = Vec::new();
+    for raw in body.split('/') {
+        if raw.is_empty() || raw.contains(['\\', ';']) {
+            return None;
+        }
+        let bytes = raw.as_bytes();
+        let mut seg = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                let b = u8::from_str_radix(hex, 16).ok()?;
+                let double = b == b'%'
+                    && bytes.len() >= i + 5
+                    && bytes[i + 3].is_ascii_hexdigit()
+                    && bytes[i + 4].is_ascii_hexdigit();
+                if literal(b) || b"/\\?#;".contains(&b) || b.is_ascii_control() || double {
+                    return None;
+                }
+                seg.push(b);
+                i += 3;
+            } else {
+                if bytes[i].is_ascii_control() {
+                    return None;
+                }
+                seg.push(bytes[i]);
+                i += 1;
+            }
+        }
+        let seg = String::from_utf8(seg).ok()?;
+        if seg.trim_end_matches(' ').chars().all(|c| c == '.') {
+            return None;
+        }
+        out.push(seg);
+    }
+    Some(out)
+}
+
 fn segments(path: &str) -> Vec<&str> {
     path.split('/').filter(|s| !s.is_empty()).collect()
 }
 
 /// `METHOD /seg/{param}`: same method, same number of segments, literals equal.
-fn endpoint_matches(template: &str, method: &str, path: &[&str]) -> bool {
+fn endpoint_matches(template: &str, method: &str, path: &[String]) -> bool {
     let mut parts = template.split_whitespace();
     let (Some(m), Some(t)) = (parts.next(), parts.next()) else {
         return false;
     };
-    if !m.eq_ignore_ascii_case(method) {
+    // HEAD is decided by GET templates too.
+    let head_as_get = method.eq_ignore_ascii_case("HEAD") && m == "GET";
+    if !m.eq_ignore_ascii_case(method) && !head_as_get {
         return false;
     }
     let t = segments(t);
@@ -310,7 +371,7 @@ fn endpoint_matches(template: &str, method: &str, path: &[&str]) -> bool {
 
 /// `*` one segment, `{user}` the caller's own id, trailing `$` anchors; otherwise a prefix,
 /// segment-wise.
-fn rule_matches(pattern: &str, path: &[&str], user: &str) -> bool {
+fn rule_matches(pattern: &str, path: &[String], user: &str) -> bool {
     let (body, anchored) = match pattern.strip_suffix('$') {
         Some(b) => (b, true),
         None => (pattern, false),
@@ -323,7 +384,7 @@ fn rule_matches(pattern: &str, path: &[&str], user: &str) -> bool {
         let ok = match *want {
             "*" => true,
             "{user}" => !user.is_empty() && path[i] == user,
-            lit => lit == path[i],
+            lit => *lit == path[i],
         };
         if !ok {
             return false;
@@ -380,47 +441,57 @@ pub fn decide(policy: &Policy, ask: &Query) -> Answer {
                 required: gating.iter().map(|p| p.name.clone()).collect(),
             }
         }
-        Act::Http(method, target) => {
-            let Some(letter) = letter(method) else {
-                return deny();
-            };
-            let path = match target.find(['?', '#']) {
-                Some(i) => &target[..i],
-                None => target.as_str(),
-            };
-            let segs = segments(path);
-            let routed: Vec<&Permission> = policy
-                .catalog
-                .permissions
+        Act::Http(method, target) => match canonical_segments(target) {
+            Some(segs) => decide_http(policy, &v, ask, method, &segs),
+            None => deny(),
+        },
+    }
+}
+
+/// Decides an HTTP request on segments already read (a refused path never gets here).
+pub fn decide_segments(policy: &Policy, ask: &Query, method: &str, segs: &[String]) -> Answer {
+    match view(policy, ask) {
+        Some(v) => decide_http(policy, &v, ask, method, segs),
+        None => deny(),
+    }
+}
+
+fn decide_http(policy: &Policy, v: &View, ask: &Query, method: &str, segs: &[String]) -> Answer {
+    if !routed(method) {
+        return deny();
+    }
+    let routed: Vec<&Permission> = policy
+        .catalog
+        .permissions
+        .iter()
+        .filter(|p| {
+            p.endpoints
                 .iter()
-                .filter(|p| {
-                    p.endpoints
-                        .iter()
-                        .any(|e| endpoint_matches(e, method, &segs))
-                })
-                .collect();
-            let required = routed.iter().map(|p| p.name.clone()).collect();
-            if routed.iter().any(|p| allows(policy, &v, p, ask)) {
-                return Answer {
-                    allowed: true,
-                    required,
-                };
-            }
-            for r in &v.roles {
-                for rule in rules(policy, r) {
-                    if rule.access.contains(letter) && rule_matches(&rule.path, &segs, &v.id) {
-                        return Answer {
-                            allowed: true,
-                            required,
-                        };
-                    }
+                .any(|e| endpoint_matches(e, method, segs))
+        })
+        .collect();
+    let required = routed.iter().map(|p| p.name.clone()).collect();
+    if routed.iter().any(|p| allows(policy, v, p, ask)) {
+        return Answer {
+            allowed: true,
+            required,
+        };
+    }
+    if let Some(letter) = letter(method) {
+        for r in &v.roles {
+            for rule in rules(policy, r) {
+                if rule.access.contains(letter) && rule_matches(&rule.path, segs, &v.id) {
+                    return Answer {
+                        allowed: true,
+                        required,
+                    };
                 }
             }
-            Answer {
-                allowed: false,
-                required,
-            }
         }
+    }
+    Answer {
+        allowed: false,
+        required,
     }
 }
 
