@@ -349,7 +349,22 @@ pub struct ServeArgs {
     /// Leave the denial reason out of 403 bodies.
     #[arg(long, env = "AUTHZ_ENVOY_HIDE_REASON")]
     pub envoy_hide_reason: bool,
+    /// Largest ext_authz CheckRequest accepted, in bytes; a larger one is refused before it is
+    /// read (gRPC OUT_OF_RANGE, which Envoy turns into a denial).
+    #[arg(
+        long,
+        env = "AUTHZ_ENVOY_MAX_MESSAGE_BYTES",
+        default_value_t = DEFAULT_ENVOY_MAX_MESSAGE_BYTES
+    )]
+    pub envoy_max_message_bytes: usize,
 }
+
+/// The default `--envoy-max-message-bytes`: 1 MiB, as for the API's own messages.
+pub const DEFAULT_ENVOY_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Bounds of `--envoy-max-message-bytes`: Envoy's smallest requests are a few hundred bytes;
+/// its request headers are bounded at 8 MiB (`max_request_headers_kb` at most 8192).
+const ENVOY_MAX_MESSAGE_BYTES_RANGE: std::ops::RangeInclusive<usize> = 4096..=(64 * 1024 * 1024);
 
 /// Where admin RPCs are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,6 +455,8 @@ pub struct EnvoyConfig {
     pub strip_subject_header: bool,
     /// Omit reasons from denial bodies.
     pub hide_reason: bool,
+    /// Largest ext_authz request message accepted, in bytes.
+    pub max_message_bytes: usize,
 }
 
 impl Default for EnvoyConfig {
@@ -455,6 +472,7 @@ impl Default for EnvoyConfig {
             shadow_header: "x-authz-shadow-denied".into(),
             strip_subject_header: false,
             hide_reason: false,
+            max_message_bytes: DEFAULT_ENVOY_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -768,7 +786,34 @@ impl ServeArgs {
             ),
             strip_subject_header: self.envoy_strip_subject_header,
             hide_reason: self.envoy_hide_reason,
+            max_message_bytes: self.envoy_max_message_bytes,
         };
+        if !ENVOY_MAX_MESSAGE_BYTES_RANGE.contains(&envoy.max_message_bytes) {
+            errors.push(format!(
+                "--envoy-max-message-bytes / AUTHZ_ENVOY_MAX_MESSAGE_BYTES: {} is not between {} and {}",
+                envoy.max_message_bytes,
+                ENVOY_MAX_MESSAGE_BYTES_RANGE.start(),
+                ENVOY_MAX_MESSAGE_BYTES_RANGE.end()
+            ));
+        }
+        // Every answer sets or removes each header the sidecar owns; two of them under one
+        // name would leave the result to the order in which Envoy applies the changes.
+        let owned = [
+            ("envoy-subject-header", &envoy.subject_header),
+            ("envoy-revision-header", &envoy.revision_header),
+            (
+                "envoy-subject-upstream-header",
+                &envoy.subject_upstream_header,
+            ),
+            ("envoy-shadow-header", &envoy.shadow_header),
+        ];
+        for (i, (flag, name)) in owned.iter().enumerate() {
+            if let Some((other, _)) = owned[..i].iter().find(|(_, n)| n == name) {
+                errors.push(format!(
+                    "--{flag} and --{other} both name `{name}`: each header the sidecar sets or removes needs a name of its own"
+                ));
+            }
+        }
         let admin = match self.admin.as_str() {
             "on" => AdminExposure::On,
             "uds" => AdminExposure::UdsOnly,
@@ -949,6 +994,39 @@ mod tests {
         assert_eq!(config.admin_token.as_deref(), Some("tok"));
         assert_eq!(config.worker_threads, None, "one worker per available CPU");
         assert!(data.is_dir());
+    }
+
+    #[test]
+    fn the_ext_authz_message_limit_and_owned_header_names_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("utf8");
+        let config = args(&["--data-dir", data])
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(config.envoy.max_message_bytes, 1024 * 1024);
+        let config = args(&["--data-dir", data, "--envoy-max-message-bytes", "2097152"])
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(config.envoy.max_message_bytes, 2 * 1024 * 1024);
+        let errs = args(&[
+            "--data-dir",
+            data,
+            "--envoy-max-message-bytes",
+            "10",
+            "--envoy-subject-upstream-header",
+            "X-Subject",
+        ])
+        .into_config(None)
+        .expect_err("invalid");
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].contains("--envoy-max-message-bytes"), "{errs:#?}");
+        assert!(
+            errs[1].contains(
+                "--envoy-subject-upstream-header and --envoy-subject-header both name `x-subject`"
+            ),
+            "{errs:#?}"
+        );
     }
 
     #[test]

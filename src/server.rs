@@ -162,6 +162,7 @@ impl Sidecar {
                 Arc::clone(&state),
                 config.envoy.clone(),
             ))
+            .max_decoding_message_size(config.envoy.max_message_bytes)
         });
 
         let (shutdown, signal) = watch::channel(false);

@@ -490,3 +490,89 @@ fn sigterm_during_start_up_drains_and_exits_zero() {
     // Not the signal's default action (killed, no exit code): a drain and a clean exit.
     assert_eq!(terminate(&mut sidecar.0), Some(0));
 }
+
+/// Issue 12 §7: a newline in a Check subject (decision log) or an ext_authz subject (shadow-mode
+/// log) wrote a complete fake line in the plain format. Control characters are escaped: each
+/// event stays one line, and the forged text appears only inside it.
+#[test]
+fn a_subject_with_a_newline_cannot_forge_a_log_line() {
+    use authz_sidecar::api::pb;
+    use envoy_types::ext_authz::v3::pb::CheckRequest;
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    const FORGED: &str = "2030-01-01T00:00:00.000000Z  INFO authz::decision: decision subject=root allowed=true FORGED";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Spawned {
+        child,
+        serving,
+        stderr,
+    } = spawn_with(
+        &dir.path().join("data"),
+        &["--decision-log-every", "1", "--envoy-mode", "shadow"],
+    );
+    let mut sidecar = KillOnDrop(child);
+    let api = port_of(&serving, "tcp");
+    let subject = format!("ghost\n{FORGED}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let url = format!("http://127.0.0.1:{api}");
+        let mut client = pb::authz_client::AuthzClient::connect(url.clone())
+            .await
+            .expect("connect");
+        let request = pb::CheckRequest {
+            subject: subject.clone(),
+            action: Some(pb::check_request::Action::Permission("devices:read".into())),
+            ..Default::default()
+        };
+        let answer = client.check(request).await.expect("check").into_inner();
+        assert!(!answer.allowed);
+        let mut envoy = AuthorizationClient::connect(url).await.expect("connect");
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "GET".into(),
+                        path: "/v1/devices".into(),
+                        headers: [("x-subject".to_string(), subject.clone())].into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        envoy.check(request).await.expect("ext_authz answers");
+    });
+    drop(runtime);
+    assert_eq!(terminate(&mut sidecar.0), Some(0));
+    let lines: Vec<String> = stderr.map(|l| l.expect("utf8 line")).collect();
+    let forged: Vec<&String> = lines.iter().filter(|l| l.contains("FORGED")).collect();
+    assert_eq!(
+        forged.len(),
+        2,
+        "one decision, one shadow denial: {lines:#?}"
+    );
+    for line in forged {
+        assert!(
+            line.contains("ghost\\n2030-01-01T00:00:00.000000Z  INFO"),
+            "the newline is escaped inside the event's own line: {line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("authz::decision") && l.contains("ghost\\n")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("would deny") && l.contains("ghost\\n")),
+        "{lines:#?}"
+    );
+}

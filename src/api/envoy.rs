@@ -16,6 +16,7 @@ use super::authz::AppState;
 use super::envoy_wire::CheckRequestView;
 use crate::config::{EnvoyConfig, EnvoyMode, SubjectSource};
 use crate::engine::{self, Action};
+use crate::logging::escape_control;
 use crate::metrics::ActionKind;
 use crate::model::CanonicalPath;
 
@@ -67,17 +68,31 @@ impl EnvoyAuthzService {
 
     fn subject(&self, request: &CheckRequestView<'_>) -> Result<String, String> {
         match self.config.subject_source {
-            SubjectSource::Header => request
-                .wanted_header()
-                .filter(|v| !v.is_empty())
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    format!(
-                        "missing subject: no `{}` header with a UTF-8 value",
-                        self.config.subject_header
-                    )
-                }),
+            SubjectSource::Header => {
+                let name = &self.config.subject_header;
+                // One subject header, one value, whichever way Envoy encoded the headers: its
+                // `headers` map joins repeated headers with `,`, its raw `header_map` lists
+                // each one, and the answer must not depend on which of them was used.
+                let count = request.wanted_header_count();
+                if count > 1 {
+                    return Err(format!(
+                        "{count} `{name}` headers: a request must carry exactly one"
+                    ));
+                }
+                let value = request
+                    .wanted_header()
+                    .filter(|v| !v.is_empty())
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .ok_or_else(|| {
+                        format!("missing subject: no `{name}` header with a UTF-8 value")
+                    })?;
+                if value.contains(',') {
+                    return Err(format!(
+                        "the `{name}` header holds a list (`,`), as when Envoy joins repeated headers: a request must carry exactly one subject"
+                    ));
+                }
+                Ok(value.to_owned())
+            }
             SubjectSource::Jwt => request
                 .metadata_context()
                 .as_ref()
@@ -177,60 +192,108 @@ impl EnvoyAuthzService {
         }
     }
 
-    fn render(&self, verdict: Verdict) -> CheckResponse {
+    /// The answer for a request Envoy lets through (allowed, or shadow mode's would-be denial).
+    ///
+    /// It sets or removes every header the sidecar owns, so that no client-sent copy reaches
+    /// the app, whatever the verdict: the revision (set), the decided subject (set when allowed,
+    /// removed otherwise), the shadow marker (set to the reason of a would-be denial, removed
+    /// otherwise) and, with `--envoy-strip-subject-header`, the subject header (removed).
+    fn pass(
+        &self,
+        subject: Option<String>,
+        revision: u64,
+        shadow_denial: Option<&str>,
+    ) -> CheckResponse {
         let c = &self.config;
-        match verdict {
-            Verdict::Allow { subject, revision } => {
-                let mut ok = OkHttpResponseBuilder::new();
-                let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
-                ok.add_header(
-                    c.revision_header.as_str(),
-                    revision.to_string(),
-                    overwrite,
-                    false,
-                );
+        let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+        let mut ok = OkHttpResponseBuilder::new();
+        ok.add_header(
+            c.revision_header.as_str(),
+            revision.to_string(),
+            overwrite,
+            false,
+        );
+        match subject {
+            Some(subject) => {
                 ok.add_header(
                     c.subject_upstream_header.as_str(),
                     subject,
                     overwrite,
                     false,
                 );
-                if c.strip_subject_header && c.subject_source == SubjectSource::Header {
-                    ok.remove_header(c.subject_header.as_str());
-                }
-                let mut response = CheckResponse::with_status(Status::ok(""));
-                response.set_http_response(ok);
-                response
             }
+            None => {
+                ok.remove_header(c.subject_upstream_header.as_str());
+            }
+        }
+        match shadow_denial {
+            // The reason quotes request data (the subject, the path): control characters are
+            // escaped so that the value is one well-formed header line.
+            Some(reason) => {
+                ok.add_header(
+                    c.shadow_header.as_str(),
+                    escape_control(reason).into_owned(),
+                    overwrite,
+                    false,
+                );
+            }
+            None => {
+                ok.remove_header(c.shadow_header.as_str());
+            }
+        }
+        if c.strip_subject_header && c.subject_source == SubjectSource::Header {
+            ok.remove_header(c.subject_header.as_str());
+        }
+        let mut response = CheckResponse::with_status(Status::ok(""));
+        response.set_http_response(ok);
+        response
+    }
+
+    /// The answer Envoy sends back to the client instead of forwarding the request.
+    fn deny(&self, status: u16, reason: &str, revision: u64) -> CheckResponse {
+        let c = &self.config;
+        let body = if c.hide_reason {
+            serde_json::json!({ "allowed": false, "revision": revision })
+        } else {
+            serde_json::json!({ "allowed": false, "reason": reason, "revision": revision })
+        };
+        let (code, grpc) = match status {
+            401 => (HttpStatusCode::Unauthorized, Status::unauthenticated("")),
+            503 => (HttpStatusCode::ServiceUnavailable, Status::unavailable("")),
+            _ => (HttpStatusCode::Forbidden, Status::permission_denied("")),
+        };
+        let mut denied = DeniedHttpResponseBuilder::new();
+        denied
+            .set_http_status(code)
+            .add_header("content-type", "application/json", None, false)
+            .add_header(
+                c.revision_header.as_str(),
+                revision.to_string(),
+                None,
+                false,
+            )
+            .set_body(body.to_string());
+        let mut response = CheckResponse::with_status(grpc);
+        response.set_http_response(denied);
+        response
+    }
+
+    /// Renders a verdict in the configured mode.
+    fn render(&self, verdict: Verdict) -> CheckResponse {
+        match verdict {
+            Verdict::Allow { subject, revision } => self.pass(Some(subject), revision, None),
             Verdict::Deny {
                 status,
                 reason,
                 revision,
             } => {
-                let body = if c.hide_reason {
-                    serde_json::json!({ "allowed": false, "revision": revision })
+                if self.config.mode == EnvoyMode::Shadow {
+                    self.state.metrics.shadow_denial();
+                    tracing::warn!(status, %reason, revision, "ext_authz shadow mode: would deny");
+                    self.pass(None, revision, Some(&reason))
                 } else {
-                    serde_json::json!({ "allowed": false, "reason": reason, "revision": revision })
-                };
-                let (code, grpc) = match status {
-                    401 => (HttpStatusCode::Unauthorized, Status::unauthenticated("")),
-                    503 => (HttpStatusCode::ServiceUnavailable, Status::unavailable("")),
-                    _ => (HttpStatusCode::Forbidden, Status::permission_denied("")),
-                };
-                let mut denied = DeniedHttpResponseBuilder::new();
-                denied
-                    .set_http_status(code)
-                    .add_header("content-type", "application/json", None, false)
-                    .add_header(
-                        c.revision_header.as_str(),
-                        revision.to_string(),
-                        None,
-                        false,
-                    )
-                    .set_body(body.to_string());
-                let mut response = CheckResponse::with_status(grpc);
-                response.set_http_response(denied);
-                response
+                    self.deny(status, &reason, revision)
+                }
             }
         }
     }
@@ -246,33 +309,6 @@ impl Authorization for EnvoyAuthzService {
         self.state
             .metrics
             .decision(ActionKind::Envoy, allowed, started);
-        if self.config.mode == EnvoyMode::Shadow {
-            if let Verdict::Deny {
-                status,
-                reason,
-                revision,
-            } = &verdict
-            {
-                self.state.metrics.shadow_denial();
-                tracing::warn!(status, %reason, revision, "ext_authz shadow mode: would deny");
-                let mut ok = OkHttpResponseBuilder::new();
-                ok.add_header(
-                    self.config.shadow_header.as_str(),
-                    reason.clone(),
-                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                    false,
-                );
-                ok.add_header(
-                    self.config.revision_header.as_str(),
-                    revision.to_string(),
-                    None,
-                    false,
-                );
-                let mut response = CheckResponse::with_status(Status::ok(""));
-                response.set_http_response(ok);
-                return Ok(Response::new(response));
-            }
-        }
         Ok(Response::new(self.render(verdict)))
     }
 }

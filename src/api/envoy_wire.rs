@@ -143,6 +143,8 @@ pub struct CheckRequestView<'a> {
     path: &'a [u8],
     /// The value of the header named at parse time (see [`Self::parse`]).
     wanted_header: Option<&'a [u8]>,
+    /// How many entries name that header, in the `headers` map and `header_map` together.
+    wanted_header_count: usize,
     /// `attributes.source.principal`: the downstream peer's SPIFFE id under mTLS.
     principal: &'a [u8],
     /// `attributes.metadata_context` (encoded), where jwt_authn puts verified payloads.
@@ -169,19 +171,22 @@ const HEADER_VALUE_VALUE: u32 = 2;
 const HEADER_VALUE_RAW_VALUE: u32 = 3;
 
 /// What one pass over an encoded `HttpRequest` finds: method, path, and header `name` from the
-/// `headers` map or, with `encode_raw_headers`, from `header_map` (a value in the map wins).
+/// `headers` map or, with `encode_raw_headers`, from `header_map` (a value in the map wins),
+/// with the number of entries naming it.
 #[derive(Default)]
 struct HttpFields<'a> {
     method: &'a [u8],
     path: &'a [u8],
     in_map: Option<&'a [u8]>,
     in_header_map: Option<&'a [u8]>,
+    count: usize,
 }
 
 impl<'a> HttpFields<'a> {
     /// Walks the fields of an encoded `HttpRequest` once, checking every header entry is
     /// well-formed. The map keeps its last value for a repeated name (protobuf map semantics);
-    /// `header_map` its first.
+    /// `header_map` its first. Every entry naming `name` is counted, so that a caller can refuse
+    /// a repeated header whichever encoding Envoy used.
     fn scan(http: &'a [u8], name: &[u8]) -> Result<HttpFields<'a>, WireError> {
         let mut found = HttpFields::default();
         each_bytes_field(http, |number, bytes| {
@@ -192,6 +197,7 @@ impl<'a> HttpFields<'a> {
                     let [key, value] = fields_of(bytes, [MAP_ENTRY_KEY, MAP_ENTRY_VALUE])?;
                     if key == name {
                         found.in_map = Some(value);
+                        found.count += 1;
                     }
                 }
                 HTTP_HEADER_MAP => each_bytes_field(bytes, |number, header| {
@@ -200,8 +206,12 @@ impl<'a> HttpFields<'a> {
                             header,
                             [HEADER_VALUE_KEY, HEADER_VALUE_VALUE, HEADER_VALUE_RAW_VALUE],
                         )?;
-                        if key == name && found.in_header_map.is_none() {
-                            found.in_header_map = Some(if raw.is_empty() { value } else { raw });
+                        if key == name {
+                            found.count += 1;
+                            if found.in_header_map.is_none() {
+                                found.in_header_map =
+                                    Some(if raw.is_empty() { value } else { raw });
+                            }
                         }
                     }
                     Ok(())
@@ -260,6 +270,7 @@ impl<'a> CheckRequestView<'a> {
         self.method = fields.method;
         self.path = fields.path;
         self.wanted_header = fields.header();
+        self.wanted_header_count = fields.count;
         Ok(())
     }
 
@@ -276,6 +287,13 @@ impl<'a> CheckRequestView<'a> {
     /// The value of the header named when parsing.
     pub fn wanted_header(&self) -> Option<&'a [u8]> {
         self.wanted_header
+    }
+
+    /// How many header entries name the header named when parsing. Envoy's `headers` map
+    /// holds one entry per name (repeated headers joined with `,`); with `encode_raw_headers`,
+    /// `header_map` holds one entry per header line, so a repeated header counts more than once.
+    pub fn wanted_header_count(&self) -> usize {
+        self.wanted_header_count
     }
 
     /// The value of any header `name` (lower case), by another pass over the headers.
@@ -456,6 +474,59 @@ mod tests {
         assert_eq!(view.wanted_header(), Some(&b"raw-subject"[..]));
         assert_eq!(view.header("x-plain"), Some(&b"plain"[..]));
         assert_eq!(view.header("x-other"), None);
+    }
+
+    #[test]
+    fn repeated_headers_are_counted_in_both_encodings() {
+        let header = |key: &str, raw: &[u8]| HeaderValue {
+            key: key.into(),
+            value: String::new(),
+            raw_value: raw.to_vec(),
+        };
+        let request = full_request(attribute_context::HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            header_map: Some(HeaderMap {
+                headers: vec![
+                    header("x-subject", b"first"),
+                    header("x-other", b"o"),
+                    header("x-subject", b"second"),
+                ],
+            }),
+            ..Default::default()
+        });
+        let bytes = request.encode_to_vec();
+        let view = CheckRequestView::parse(&bytes, "x-subject").unwrap();
+        assert_eq!(view.wanted_header(), Some(&b"first"[..]));
+        assert_eq!(view.wanted_header_count(), 2);
+        let view = CheckRequestView::parse(&bytes, "x-other").unwrap();
+        assert_eq!(view.wanted_header_count(), 1);
+
+        // A map entry repeated on the wire inside one HttpRequest (Envoy never sends one; a
+        // crafted request might): counted twice, although protobuf would keep the last.
+        let http = attribute_context::HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            headers: [("x-subject".to_string(), "a".to_string())].into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let wrap = |field: u8, inner: &[u8]| {
+            let mut out = vec![(field << 3) | 2];
+            prost::encoding::encode_varint(inner.len() as u64, &mut out);
+            out.extend_from_slice(inner);
+            out
+        };
+        let check = |http: &[u8]| wrap(1, &wrap(4, &wrap(2, http)));
+        let once = check(&http);
+        let view = CheckRequestView::parse(&once, "x-subject").unwrap();
+        assert_eq!(view.wanted_header_count(), 1);
+        let twice = check(&[http.as_slice(), http.as_slice()].concat());
+        let view = CheckRequestView::parse(&twice, "x-subject").unwrap();
+        assert_eq!(view.wanted_header_count(), 2);
+        assert_eq!(view.wanted_header(), Some(&b"a"[..]));
+        let view = CheckRequestView::parse(&bytes, "x-missing").unwrap();
+        assert_eq!(view.wanted_header_count(), 0);
     }
 
     #[test]
