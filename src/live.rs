@@ -14,11 +14,11 @@ use crate::auth::{AdminEntry, AdminSet, AuthError};
 use crate::engine::{Snapshot, SnapshotBuilder};
 use crate::model::{
     self, AdminPermission, Catalog, PermissionChange, Policy, Role, RuleError, Subject,
-    UpdateOutcome, ValidationError,
+    SubjectOutcome, UpdateOutcome, ValidationError,
 };
 use crate::store::{
-    AuditRecord, Change, ImportMode, Managed, MirrorBatch, MirrorOrigin, Mirrored, Store,
-    StoreError, Write,
+    AuditRecord, Change, ImportMode, Managed, MirrorBatch, MirrorOrigin, Mirrored, Revocation,
+    Store, StoreError, Write,
 };
 
 /// What Checks and ListRoles read: one consistent revision.
@@ -80,23 +80,111 @@ pub enum ReloadError {
 
 /// The reload rule: the file is the source of everything, except the entities whose latest
 /// change came through the admin API, which keep their API version (a role only while the file
-/// still has it; a subject deleted through the API stays deleted).
-pub fn merge_managed(mut file: Policy, managed: &Managed) -> Policy {
+/// still has it; a subject deleted through the API stays deleted). See [`merge_revoking`].
+pub fn merge_managed(file: Policy, managed: &Managed) -> Policy {
+    merge_revoking(file, managed).0
+}
+
+/// [`merge_managed`], and what the file revoked: a file's revocation always takes effect.
+/// An API-made subject loses the roles, access roles and override entries the file no longer
+/// has (an override left with no permission leaves the subject holding nothing); a subject
+/// that still breaks a rule of the file's model goes; an API-changed role that the file's
+/// model refuses (its base gone, its permissions moved to another role kind...) is replaced
+/// by the file's version.
+pub fn merge_revoking(mut file: Policy, managed: &Managed) -> (Policy, Vec<Revocation>) {
+    let mut revoked = Vec::new();
     for role in &managed.roles {
-        if let Some(slot) = file.roles.iter_mut().find(|r| r.name == role.name) {
-            *slot = role.clone();
+        let Some(i) = file.roles.iter().position(|r| r.name == role.name) else {
+            continue;
+        };
+        match model::validate_role(&file, role) {
+            Ok(()) => file.roles[i] = role.clone(),
+            Err(errors) => revoked.push(Revocation {
+                target: format!("role/{}", role.name),
+                revoked: errors.iter().map(ToString::to_string).collect(),
+                removed: true,
+            }),
         }
     }
     for subject in &managed.subjects {
-        match file.subjects.iter_mut().find(|s| s.id == subject.id) {
-            Some(slot) => *slot = subject.clone(),
-            None => file.subjects.push(subject.clone()),
+        let mut kept = subject.clone();
+        let mut lost = Vec::new();
+        let has_role = |name: &str| file.roles.iter().any(|r| r.name == name);
+        let has_permission = |name: &str| file.permission(name).is_some();
+        let strip = |roles: &mut Vec<String>,
+                     only: &mut Vec<String>,
+                     resources: &mut Vec<model::ResourceRole>,
+                     lost: &mut Vec<String>| {
+            roles.retain(|r| has_role(r) || (lost.push(format!("role `{r}`")), false).1);
+            resources.retain(|rr| {
+                has_role(&rr.role)
+                    || (
+                        lost.push(format!("access role `{}` on `{}`", rr.role, rr.resource)),
+                        false,
+                    )
+                        .1
+            });
+            let narrowed = !only.is_empty();
+            only.retain(|p| has_permission(p) || (lost.push(format!("permission `{p}`")), false).1);
+            if narrowed && only.is_empty() {
+                // The override allowed only what is gone: nothing stays effective.
+                roles.clear();
+            }
+        };
+        strip(
+            &mut kept.roles,
+            &mut kept.only,
+            &mut kept.resources,
+            &mut lost,
+        );
+        if let Some(pending) = &mut kept.pending {
+            strip(
+                &mut pending.roles,
+                &mut pending.only,
+                &mut pending.resources,
+                &mut lost,
+            );
+        }
+        let slot = file.subjects.iter().position(|s| s.id == subject.id);
+        if let Err(errors) = model::validate_subject(&file, &kept) {
+            lost.extend(errors.iter().map(ToString::to_string));
+            revoked.push(Revocation {
+                target: format!("subject/{}", subject.id),
+                revoked: lost,
+                removed: true,
+            });
+            if let Some(i) = slot {
+                file.subjects.remove(i);
+            }
+            continue;
+        }
+        if !lost.is_empty() {
+            revoked.push(Revocation {
+                target: format!("subject/{}", subject.id),
+                revoked: lost,
+                removed: false,
+            });
+        }
+        match slot {
+            Some(i) => file.subjects[i] = kept,
+            None => file.subjects.push(kept),
         }
     }
     file.subjects
         .retain(|s| !managed.deleted_subjects.contains(&s.id));
     file.subjects.sort_by(|a, b| a.id.cmp(&b.id));
-    file
+    (file, revoked)
+}
+
+fn log_revoked(revoked: &[Revocation]) {
+    for r in revoked {
+        tracing::warn!(
+            target = %r.target,
+            removed = r.removed,
+            revoked = %r.revoked.join("; "),
+            "the policy file revoked access from an entity changed through the admin API"
+        );
+    }
 }
 
 /// Why a start-up load failed.
@@ -266,9 +354,16 @@ impl LivePolicy {
                 (seed.policy.clone(), snapshot, Opened::Imported { revision })
             }
             Some(_) if seed_changed => {
-                let merged = merge_managed(seed.policy.clone(), &store.managed()?);
+                let (merged, revoked) = merge_revoking(seed.policy.clone(), &store.managed()?);
                 model::validate(&merged).map_err(OpenError::InvalidStored)?;
-                let revision = store.import(&merged, "reload", ImportMode::Reload, &seed.digest)?;
+                log_revoked(&revoked);
+                let revision = store.import_revoking(
+                    &merged,
+                    "reload",
+                    ImportMode::Reload,
+                    &seed.digest,
+                    &revoked,
+                )?;
                 let snapshot = Snapshot::compile(&merged, revision);
                 (merged, snapshot, Opened::Reloaded { revision })
             }
@@ -639,6 +734,7 @@ impl LivePolicy {
                 Err(errors) => invalid.extend(errors.into_iter().map(|e| ValidationError {
                     path: model::FieldPath::root().key(&format!("subjects/{}", subject.id)),
                     message: format!("{}: {}", e.path, e.message),
+                    problem: e.problem,
                 })),
             }
             Ok(())
@@ -666,11 +762,12 @@ impl LivePolicy {
         if self.store.source_digest()?.as_deref() == Some(digest) {
             return Ok(None);
         }
-        let merged = merge_managed(file.clone(), &self.store.managed()?);
+        let (merged, revoked) = merge_revoking(file.clone(), &self.store.managed()?);
         model::validate(&merged).map_err(ReloadError::Invalid)?;
-        let revision = self
-            .store
-            .import(&merged, "reload", ImportMode::Reload, digest)?;
+        log_revoked(&revoked);
+        let revision =
+            self.store
+                .import_revoking(&merged, "reload", ImportMode::Reload, digest, &revoked)?;
         self.published
             .store(Arc::new(Self::publishable(&merged, revision)));
         self.admins.store(Arc::new(AdminSet::new(
@@ -856,46 +953,82 @@ impl LivePolicy {
         Ok((approved, revision))
     }
 
-    /// PutSubject: creates or replaces a subject.
+    /// PutSubject: creates or replaces a subject under every rule ([`model::apply_subject`]):
+    /// for an approval-bound subject the widening part waits in `pending`.
     pub fn put_subject(
         &self,
         actor: &str,
         subject: Subject,
         expected_revision: u64,
-    ) -> Result<(Subject, u64), WriteError> {
+    ) -> Result<(SubjectOutcome, u64), WriteError> {
         if let Some(fleet) = self.fleet.get() {
             return self.shared_write(fleet, expected_revision, actor, "put_subject", |policy| {
-                model::validate_subject(policy, &subject).map_err(|errs| WriteError::Invalid {
-                    field: format!("subject.{}", errs[0].path),
-                    message: errs[0].message.clone(),
-                })?;
-                Ok((Change::PutSubject(subject.clone()), None, subject.clone()))
+                let current = self.store.subject(&subject.id)?;
+                let outcome = model::apply_subject(policy, current.as_ref(), subject.clone())?;
+                Ok((Change::PutSubject(outcome.subject.clone()), None, outcome))
             });
         }
         let policy = self.lock();
         let base = self.base_revision(expected_revision)?;
-        model::validate_subject(&policy, &subject).map_err(|errs| WriteError::Invalid {
-            field: format!("subject.{}", errs[0].path),
-            message: errs[0].message.clone(),
-        })?;
-        let revision = self.commit(
-            Change::PutSubject(subject.clone()),
-            base,
-            actor,
-            "put_subject",
-        )?;
+        let current = self.store.subject(&subject.id)?;
+        let outcome = model::apply_subject(&policy, current.as_ref(), subject)?;
+        let revision = self.save_subject(&outcome.subject, base, actor, "put_subject")?;
+        Ok((outcome, revision))
+    }
+
+    /// ApprovePending for a subject: its pending widening becomes effective.
+    pub fn approve_subject(
+        &self,
+        actor: &str,
+        id: &str,
+        expected_revision: u64,
+    ) -> Result<(Subject, u64), WriteError> {
+        let decide = |policy: &Policy| -> Result<Subject, WriteError> {
+            let current = self
+                .store
+                .subject(id)?
+                .ok_or_else(|| RuleError::UnknownSubject(id.to_owned()))?;
+            Ok(model::apply_subject_approval(policy, &current)?)
+        };
+        if let Some(fleet) = self.fleet.get() {
+            return self.shared_write(
+                fleet,
+                expected_revision,
+                actor,
+                "approve_pending",
+                |policy| {
+                    let approved = decide(policy)?;
+                    Ok((Change::PutSubject(approved.clone()), None, approved))
+                },
+            );
+        }
+        let policy = self.lock();
+        let base = self.base_revision(expected_revision)?;
+        let approved = decide(&policy)?;
+        let revision = self.save_subject(&approved, base, actor, "approve_pending")?;
+        Ok((approved, revision))
+    }
+
+    fn save_subject(
+        &self,
+        subject: &Subject,
+        base: u64,
+        actor: &str,
+        action: &str,
+    ) -> Result<u64, WriteError> {
+        let revision = self.commit(Change::PutSubject(subject.clone()), base, actor, action)?;
         let current = self.published.load();
         let next = Published {
             snapshot: current
                 .snapshot
-                .with_subject(&subject.id, Some(&subject), revision),
+                .with_subject(&subject.id, Some(subject), revision),
             catalog: Arc::clone(&current.catalog),
             roles: Arc::clone(&current.roles),
             published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
         self.maybe_compact();
-        Ok((subject, revision))
+        Ok(revision)
     }
 
     /// DeleteSubject: removes a subject; NOT_FOUND when absent.

@@ -360,6 +360,7 @@ async fn every_rule_violation_has_its_status() {
         .approve_pending(admin(pb::ApprovePendingRequest {
             role: "operator".into(),
             expected_revision: 0,
+            ..Default::default()
         }))
         .await
         .expect_err("nothing pending");
@@ -483,6 +484,7 @@ async fn approval_roles_narrow_at_once_and_widen_only_when_approved() {
             pb::ApprovePendingRequest {
                 role: "app-one".into(),
                 expected_revision: 0,
+                ..Default::default()
             },
             "approver-token",
         ))

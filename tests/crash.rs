@@ -685,6 +685,7 @@ async fn twenty_cold_starts_serve_the_same_decisions_and_revision() {
         c.approve_pending(admin(pb::ApprovePendingRequest {
             role: "app-one".into(),
             expected_revision: 0,
+            ..Default::default()
         }))
         .await
         .expect("approve");

@@ -426,6 +426,7 @@ async fn a_change_through_one_sidecar_is_visible_on_the_others_at_the_same_revis
         .approve_pending(admin(pb::ApprovePendingRequest {
             role: "app-dashboard".into(),
             expected_revision: 0,
+            ..Default::default()
         }))
         .await
         .expect("approve through A")

@@ -694,6 +694,7 @@ fn call() -> BoxedStrategy<Call> {
                 .into_iter()
                 .map(|(resource, role)| pb::ResourceRole { resource, role })
                 .collect(),
+            ..Default::default()
         });
     prop_oneof![
         5 => check_request().prop_map(Call::Check),
@@ -707,7 +708,7 @@ fn call() -> BoxedStrategy<Call> {
             Call::Delete(pb::DeleteSubjectRequest { id, expected_revision })
         }),
         1 => (s(), revision()).prop_map(|(role, expected_revision)| {
-            Call::Approve(pb::ApprovePendingRequest { role, expected_revision })
+            Call::Approve(pb::ApprovePendingRequest { role, expected_revision, ..Default::default() })
         }),
         1 => (any::<i32>(), s(), s()).prop_map(|(page_size, page_token, kind)| {
             Call::ListRoles(pb::ListRolesRequest { page_size, page_token, kind })

@@ -75,7 +75,7 @@ fn counting<T>(f: impl FnOnce() -> T) -> (T, u64) {
 fn snapshot() -> Snapshot {
     let text = EMBEDDED_DEFAULT.replacen(
         "\nroles:\n",
-        "\nroles:\n  - name: app-user\n    kind: app_user\n    paths:\n      \
+        "\nroles:\n  - name: app-user\n    kind: app_user\n    path_root: true\n    paths:\n      \
          - { path: \"/users/{user}\", access: ru }\n      \
          - { path: \"/things\", access: r }\n",
         1,

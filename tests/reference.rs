@@ -388,7 +388,11 @@ fn build(spec: &PolicySpec) -> Policy {
                     }
                 }
             }
-            None => role.paths = own_paths(rs),
+            None => {
+                // A role without a base holds path rules only as a bound itself.
+                role.paths = own_paths(rs);
+                role.path_root = !role.paths.is_empty();
+            }
         }
         if rs.all {
             role.all = true;
@@ -474,6 +478,7 @@ fn build(spec: &PolicySpec) -> Policy {
         catalog: Catalog {
             scope_pattern: None,
             permissions,
+            ..Catalog::default()
         },
         presets,
         roles,

@@ -513,6 +513,7 @@ async fn narrowing_applies_at_once_and_widening_waits_for_approval() {
         .approve_pending(admin(pb::ApprovePendingRequest {
             role: "app-dashboard".into(),
             expected_revision: 0,
+            ..Default::default()
         }))
         .await
         .expect("approve")
@@ -541,6 +542,7 @@ async fn narrowing_applies_at_once_and_widening_waits_for_approval() {
         .approve_pending(admin(pb::ApprovePendingRequest {
             role: "app-dashboard".into(),
             expected_revision: 0,
+            ..Default::default()
         }))
         .await
         .expect_err("nothing pending");

@@ -29,12 +29,47 @@ const DOC: &[(&str, &[&str])] = &[
 const LEVELS: [&str; 3] = ["read", "write", "request"];
 const REQUIRED: &str = "organization_info:read";
 
-fn installations() -> Vec<(String, String)> {
-    example(EXAMPLE)
+/// (subject, role, organization where it is installed).
+fn installations() -> Vec<(String, String, String)> {
+    let policy = example(EXAMPLE);
+    policy
         .subjects
         .iter()
-        .map(|s| (s.id.clone(), s.roles[0].clone()))
+        .map(|s| {
+            let role = policy.role(&s.roles[0]).expect("role");
+            (
+                s.id.clone(),
+                role.name.clone(),
+                role.installed_in[0].clone(),
+            )
+        })
         .collect()
+}
+
+/// The organization an installation subject of the example acts for.
+fn org_of(subject: &str) -> &'static str {
+    if subject.ends_with("-acme") {
+        "org-acme"
+    } else {
+        "org-greenco"
+    }
+}
+
+/// A statement table whose every row names the installation's own organization.
+fn scoped_table(text: &str) -> Vec<Statement> {
+    let rows: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                return line.to_owned();
+            }
+            let mut cols: Vec<String> = t.split('|').map(|c| c.trim().to_owned()).collect();
+            cols[1] = format!("{} scope={}", cols[1], org_of(&cols[0]));
+            cols.join(" | ")
+        })
+        .collect();
+    table(&rows.join("\n"))
 }
 
 #[test]
@@ -85,12 +120,13 @@ fn the_example_lists_exactly_the_documents_levels() {
 fn a_policy_whose_installation_lacks_organization_info_fails_validation() {
     let text = example_text(EXAMPLE);
     // Omitted from the grants of one installation.
-    let omitted = text.replacen("      - organization_info:read\n", "", 1);
+    let line = "      - { permission: organization_info:read, projects: [org-acme] }\n";
+    let omitted = text.replacen(line, "", 1);
     assert_ne!(omitted, text);
     // Listed, but disabled.
     let disabled = text.replacen(
-        "      - organization_info:read\n",
-        "      - { permission: organization_info:read, enabled: false }\n",
+        line,
+        "      - { permission: organization_info:read, enabled: false, projects: [org-acme] }\n",
         1,
     );
     // Not required any more in the catalog: then it validates (the rule comes from the catalog).
@@ -147,17 +183,18 @@ async fn every_installation_holds_exactly_its_configured_levels() {
     let sc = start(&example_text(EXAMPLE)).await;
     let mut client = sc.client().await;
     let mut statements = Vec::new();
-    for (subject, role) in installations() {
+    for (subject, role, org) in installations() {
         let set = role_set(&policy, &role);
         assert!(set.iter().any(|p| p == REQUIRED), "{role} holds {REQUIRED}");
         for (resource, levels) in DOC {
             for level in LEVELS {
                 let name = format!("{resource}:{level}");
+                let action = format!("{name} scope={org}");
                 let mut s = if levels.contains(&level) {
-                    statement(&subject, &name, set.contains(&name))
+                    statement(&subject, &action, set.contains(&name))
                 } else {
                     // A level the document does not list for the resource does not exist.
-                    let mut s = statement(&subject, &name, false);
+                    let mut s = statement(&subject, &action, false);
                     s.reason = Some(format!("unknown permission `{name}`"));
                     s
                 };
@@ -178,7 +215,7 @@ async fn every_installation_holds_exactly_its_configured_levels() {
 async fn the_documents_statements_hold() {
     let sc = start(&example_text(EXAMPLE)).await;
     let mut client = sc.client().await;
-    let statements = table(
+    let mut statements = scoped_table(
         r#"
         # organization_info is held by every installation.
         install-dashboard-acme      | organization_info:read | allow
@@ -214,6 +251,15 @@ async fn the_documents_statements_hold() {
         install-unknown             | organization_info:read | deny | unknown subject
         "#,
     );
+    // "... on projects / organizations where they are installed": nowhere else.
+    statements.extend(table(
+        r#"
+        install-dashboard-acme      | organization_info:read scope=org-greenco | deny | not granted for scope `org-greenco`
+        install-retirement-greenco  | organization_inventory:write scope=org-acme | deny | not granted for scope `org-acme`
+        install-examiner-greenco    | examiner:read scope=org-acme | deny | not granted for scope
+        install-dashboard-acme      | organization_info:read | deny | the request names no scope
+        "#,
+    ));
     report("statements", replay(&mut client, &statements).await);
 }
 
@@ -222,7 +268,7 @@ async fn organization_info_cannot_be_disabled_and_other_levels_change_at_once() 
     let sc = start(&example_text(EXAMPLE)).await;
     let mut client = sc.client().await;
     let mut count = 0;
-    for (subject, role) in installations() {
+    for (subject, role, org) in installations() {
         let status = client
             .update_permission(admin(set(&role, REQUIRED, false, &[])))
             .await
@@ -240,13 +286,25 @@ async fn organization_info_cannot_be_disabled_and_other_levels_change_at_once() 
             "{}",
             status.message()
         );
-        count += replay(&mut client, &[statement(&subject, REQUIRED, true)]).await + 1;
+        let action = format!("{REQUIRED} scope={org}");
+        count += replay(&mut client, &[statement(&subject, &action, true)]).await + 1;
     }
     // Enabling it again (it is already on) is fine.
     client
-        .update_permission(admin(set("dashboard@acme", REQUIRED, true, &[])))
+        .update_permission(admin(set("dashboard@acme", REQUIRED, true, &["org-acme"])))
         .await
         .expect("re-enabling is allowed");
+    // Narrowing it to no organization would drop it where the installation is installed.
+    let status = client
+        .update_permission(admin(set("dashboard@acme", REQUIRED, true, &[])))
+        .await
+        .expect_err("required where installed");
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "{}",
+        status.message()
+    );
     // Unknown levels cannot be configured.
     let status = client
         .update_permission(admin(set(
@@ -264,7 +322,12 @@ async fn organization_info_cannot_be_disabled_and_other_levels_change_at_once() 
         ("organization_warehouse:write", false),
     ] {
         let out = client
-            .update_permission(admin(set("retirement@greenco", permission, enabled, &[])))
+            .update_permission(admin(set(
+                "retirement@greenco",
+                permission,
+                enabled,
+                &["org-greenco"],
+            )))
             .await
             .expect("update")
             .into_inner();
@@ -272,7 +335,7 @@ async fn organization_info_cannot_be_disabled_and_other_levels_change_at_once() 
     }
     count += replay(
         &mut client,
-        &table(
+        &scoped_table(
             r#"
             install-retirement-greenco | organization_inventory:request | allow
             install-retirement-greenco | organization_warehouse:write   | deny

@@ -373,6 +373,7 @@ async fn a_token_overrides_its_accounts_defaults() {
                         role: role.to_string(),
                     })
                     .collect(),
+                ..Default::default()
             }),
             expected_revision: 0,
         })

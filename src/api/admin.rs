@@ -96,8 +96,26 @@ impl AuthzService {
         let (live, admin) =
             self.admin(&request, AdminPermission::RolesApprove, "ApprovePending")?;
         let r = request.into_inner();
-        if r.role.is_empty() {
-            return Err(invalid("role", "role name is empty"));
+        match (r.role.is_empty(), r.subject.is_empty()) {
+            (true, true) => return Err(invalid("role", "one of `role`, `subject` is required")),
+            (false, false) => {
+                return Err(invalid("subject", "name a role or a subject, not both"));
+            }
+            _ => {}
+        }
+        if !r.subject.is_empty() {
+            super::authz::bounded("subject", &r.subject, super::authz::MAX_NAME_BYTES)?;
+            let id = r.subject.clone();
+            let (approved, revision) =
+                blocking(move || live.approve_subject(&admin.name, &id, r.expected_revision))
+                    .await?;
+            self.state.metrics.admin_change("approve_pending");
+            tracing::info!(subject = %r.subject, revision, "pending subject change approved");
+            return Ok(Response::new(pb::ApprovePendingResponse {
+                role: None,
+                revision,
+                subject: Some(subject_to_pb(&approved)),
+            }));
         }
         let role = r.role.clone();
         let (approved, revision) =
@@ -109,6 +127,7 @@ impl AuthzService {
         Ok(Response::new(pb::ApprovePendingResponse {
             role: Some(role_to_pb(&approved, &published.catalog, &published.roles)),
             revision,
+            subject: None,
         }))
     }
 
@@ -119,13 +138,19 @@ impl AuthzService {
         let (live, admin) = self.admin(&request, AdminPermission::SubjectsWrite, "PutSubject")?;
         let r = request.into_inner();
         let subject = subject_from_pb(r.subject)?;
-        let (subject, revision) =
+        let (outcome, revision) =
             blocking(move || live.put_subject(&admin.name, subject, r.expected_revision)).await?;
         self.state.metrics.admin_change("put_subject");
-        tracing::info!(subject = %subject.id, revision, "subject stored");
-        Ok(Response::new(pb::PutSubjectResponse {
-            subject: Some(subject_to_pb(&subject)),
+        tracing::info!(
+            subject = %outcome.subject.id,
             revision,
+            pending = outcome.pending_approval,
+            "subject stored"
+        );
+        Ok(Response::new(pb::PutSubjectResponse {
+            subject: Some(subject_to_pb(&outcome.subject)),
+            revision,
+            pending_approval: outcome.pending_approval,
         }))
     }
 

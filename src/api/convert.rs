@@ -64,6 +64,15 @@ pub fn role_to_pb(role: &Role, catalog: &Catalog, roles: &[Role]) -> pb::Role {
             .iter()
             .map(|g| grant_to_pb(g, catalog))
             .collect(),
+        path_root: role.path_root,
+        installed_in: role.installed_in.clone(),
+        pending_paths: role
+            .pending_paths
+            .iter()
+            .flatten()
+            .map(path_to_pb)
+            .collect(),
+        has_pending_paths: role.pending_paths.is_some(),
     }
 }
 
@@ -207,7 +216,16 @@ pub fn subject_from_pb(subject: Option<pb::Subject>) -> Result<Subject, Status> 
                 role: r.role,
             })
             .collect(),
+        // Read-only on the wire: a pending widening is made by the rules, not by the caller.
+        pending: None,
     })
+}
+
+fn resource_to_pb(r: &ResourceRole) -> pb::ResourceRole {
+    pb::ResourceRole {
+        resource: r.resource.clone(),
+        role: r.role.clone(),
+    }
 }
 
 /// A subject to the wire.
@@ -217,14 +235,12 @@ pub fn subject_to_pb(s: &Subject) -> pb::Subject {
         r#type: s.subject_type.clone(),
         roles: s.roles.clone(),
         only: s.only.clone(),
-        resources: s
-            .resources
-            .iter()
-            .map(|r| pb::ResourceRole {
-                resource: r.resource.clone(),
-                role: r.role.clone(),
-            })
-            .collect(),
+        resources: s.resources.iter().map(resource_to_pb).collect(),
+        pending: s.pending.as_ref().map(|p| pb::PendingSubject {
+            roles: p.roles.clone(),
+            only: p.only.clone(),
+            resources: p.resources.iter().map(resource_to_pb).collect(),
+        }),
     }
 }
 

@@ -20,7 +20,9 @@ pub fn from_auth(e: AuthError) -> Status {
 
 pub fn from_write(e: WriteError) -> Status {
     match e {
-        WriteError::Rule(RuleError::UnknownRole(_)) => Status::not_found(e.to_string()),
+        WriteError::Rule(RuleError::UnknownRole(_) | RuleError::UnknownSubject(_)) => {
+            Status::not_found(e.to_string())
+        }
         WriteError::Rule(RuleError::Invalid { .. }) | WriteError::Invalid { .. } => {
             Status::invalid_argument(e.to_string())
         }

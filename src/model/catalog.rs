@@ -11,6 +11,10 @@ pub struct Catalog {
     pub scope_pattern: Option<String>,
     /// The permissions, in display order.
     pub permissions: Vec<Permission>,
+    /// Role kinds whose roles are installations (an app installed on an organization or
+    /// project): each such role names `installed_in` and acts only there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installation_kinds: Vec<String>,
 }
 
 /// A named right.
@@ -52,6 +56,9 @@ pub struct Permission {
     /// Role kinds on which this permission must stay granted (e.g. `installation`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required_for: Vec<String>,
+    /// Role kinds that may grant this permission; empty = every kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_kinds: Vec<String>,
 }
 
 /// Whether a permission side-effects.

@@ -2,7 +2,8 @@
 //! defaults, required permissions, and approval of widening. Pure: takes the current policy,
 //! returns the new role or the rule that stops it.
 
-use super::{Access, Grant, PathPattern, PathRule, Policy, Role};
+use super::validate::{Problem, closure, is_path_root};
+use super::{Access, Grant, PathPattern, PathRule, PendingSubject, Policy, Role, Subject};
 
 /// A change to one role, as UpdatePermission carries it.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +79,30 @@ pub enum RuleError {
     /// ApprovePending on a role with nothing pending.
     #[error("role `{0}` has no pending change to approve")]
     NothingPending(String),
+    /// ApprovePending on a subject with nothing pending.
+    #[error("subject `{0}` has no pending change to approve")]
+    NothingPendingForSubject(String),
+    /// No subject has this id.
+    #[error("unknown subject `{0}`")]
+    UnknownSubject(String),
+    /// Path rules on a role that has no base: nothing would bound them.
+    #[error(
+        "replace_paths: role `{0}` has no base role, so nothing bounds path rules on it (a role without a base grants HTTP requests through its catalog permissions only)"
+    )]
+    NoBase(String),
+    /// The role's path rules are a bound themselves; only the policy file sets them.
+    #[error(
+        "replace_paths: role `{0}` is a base of path rules (path_root); only the policy file changes its rules"
+    )]
+    PathRootImmutable(String),
+    /// The change is well-formed but breaks a rule of the model.
+    #[error("{field}: {message}")]
+    Broken {
+        /// The field concerned.
+        field: String,
+        /// The rule broken.
+        message: String,
+    },
 }
 
 /// Applies `change` to the role named `role_name` under every rule.
@@ -92,10 +117,7 @@ pub fn apply_update(
     let mut role = current.clone();
     let pending_approval = match change {
         PermissionChange::Set(grant) => set_grant(policy, &mut role, grant)?,
-        PermissionChange::ReplacePaths(rules) => {
-            replace_paths(policy, &mut role, rules)?;
-            false
-        }
+        PermissionChange::ReplacePaths(rules) => replace_paths(policy, &mut role, rules)?,
     };
     recheck(policy, &role)?;
     Ok(UpdateOutcome {
@@ -109,12 +131,15 @@ pub fn apply_approval(policy: &Policy, role_name: &str) -> Result<Role, RuleErro
     let current = policy
         .role(role_name)
         .ok_or_else(|| RuleError::UnknownRole(role_name.to_owned()))?;
-    if current.pending.is_empty() {
+    if current.pending.is_empty() && current.pending_paths.is_none() {
         return Err(RuleError::NothingPending(role_name.to_owned()));
     }
     let mut role = current.clone();
     for grant in std::mem::take(&mut role.pending) {
         upsert(&mut role.grants, grant);
+    }
+    if let Some(paths) = role.pending_paths.take() {
+        role.paths = paths;
     }
     recheck(policy, &role)?;
     Ok(role)
@@ -158,6 +183,39 @@ fn set_grant(policy: &Policy, role: &mut Role, grant: &Grant) -> Result<bool, Ru
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = grant.projects.iter().find(|p| !seen.insert(p.as_str())) {
         return Err(invalid("set.projects", format!("`{dup}` is listed twice")));
+    }
+    if grant.enabled {
+        for name in closure(policy, std::slice::from_ref(&perm.name)) {
+            let Some(p) = policy.permission(&name) else {
+                continue;
+            };
+            if !p.role_kinds.is_empty() && !p.role_kinds.contains(&role.kind) {
+                return Err(RuleError::Broken {
+                    field: "set.name".into(),
+                    message: format!(
+                        "`{}` belongs to role kind {} and cannot be granted (or implied) on role `{}` of role kind `{}`",
+                        p.name,
+                        p.role_kinds.join(", "),
+                        role.name,
+                        role.kind
+                    ),
+                });
+            }
+        }
+    }
+    if policy.catalog.installation_kinds.contains(&role.kind) {
+        for (i, project) in grant.projects.iter().enumerate() {
+            if !role.installed_in.contains(project) {
+                return Err(RuleError::Broken {
+                    field: format!("set.projects[{i}]"),
+                    message: format!(
+                        "`{project}` is outside `installed_in` of installation `{}` ({})",
+                        role.name,
+                        role.installed_in.join(", ")
+                    ),
+                });
+            }
+        }
     }
     if !grant.enabled && perm.required_for.contains(&role.kind) {
         return Err(RuleError::RequiredPermission {
@@ -218,7 +276,7 @@ fn upsert(grants: &mut Vec<Grant>, grant: Grant) {
     }
 }
 
-fn replace_paths(policy: &Policy, role: &mut Role, rules: &[PathRule]) -> Result<(), RuleError> {
+fn replace_paths(policy: &Policy, role: &mut Role, rules: &[PathRule]) -> Result<bool, RuleError> {
     if let Some(derived) = policy
         .roles
         .iter()
@@ -229,12 +287,14 @@ fn replace_paths(policy: &Policy, role: &mut Role, rules: &[PathRule]) -> Result
             derived: derived.name.clone(),
         });
     }
-    let base = role.base.as_deref().and_then(|b| policy.role(b));
-    let defaults: Vec<&PathRule> = match base {
-        Some(b) => b.paths.iter().filter(|r| r.default).collect(),
-        None => role.paths.iter().filter(|r| r.default).collect(),
+    if is_path_root(policy, role) {
+        return Err(RuleError::PathRootImmutable(role.name.clone()));
+    }
+    let Some(base) = role.base.as_deref().and_then(|b| policy.role(b)) else {
+        return Err(RuleError::NoBase(role.name.clone()));
     };
-    let base_rules = super::validate::parsed_rules(base);
+    let defaults: Vec<&PathRule> = base.paths.iter().filter(|r| r.default).collect();
+    let base_rules = super::validate::parsed_rules(Some(base));
     let mut kept = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, rule) in rules.iter().enumerate() {
@@ -259,42 +319,215 @@ fn replace_paths(policy: &Policy, role: &mut Role, rules: &[PathRule]) -> Result
             }
             return Err(RuleError::ImmutableDefault {
                 path: rule.path.clone(),
-                base: base.map_or(role.name.clone(), |b| b.name.clone()),
+                base: base.name.clone(),
             });
         }
-        if let Some(base) = base {
-            if let Some(missing) = super::validate::uncovered(&pattern, access, &base_rules) {
-                return Err(RuleError::NotSubsetOfBase {
-                    path: rule.path.clone(),
-                    access: rule.access.clone(),
-                    base: base.name.clone(),
-                    missing: missing.to_string(),
-                });
-            }
+        if let Some(missing) = super::validate::uncovered(&pattern, access, &base_rules) {
+            return Err(RuleError::NotSubsetOfBase {
+                path: rule.path.clone(),
+                access: rule.access.clone(),
+                base: base.name.clone(),
+                missing: missing.to_string(),
+            });
         }
-        kept.push(PathRule {
-            path: rule.path.clone(),
-            access: access.to_string(),
-            default: false,
-        });
+        kept.push((
+            pattern,
+            PathRule {
+                path: rule.path.clone(),
+                access: access.to_string(),
+                default: false,
+            },
+        ));
     }
-    let mut paths: Vec<PathRule> = if base.is_none() {
-        role.paths.iter().filter(|r| r.default).cloned().collect()
+    if !role.requires_approval {
+        role.paths = kept.into_iter().map(|(_, r)| r).collect();
+        return Ok(false);
+    }
+    // Approval roles: what the current rules already grant applies at once (narrowing); the
+    // rest waits, as the whole new set, for ApprovePending.
+    let current = super::validate::parsed_rules(Some(&Role {
+        paths: role.paths.iter().filter(|r| !r.default).cloned().collect(),
+        ..Role::default()
+    }));
+    let mut now = Vec::new();
+    let mut widened = false;
+    for (pattern, rule) in &kept {
+        let Ok(access) = Access::parse(&rule.access) else {
+            continue;
+        };
+        let missing = super::validate::uncovered(pattern, access, &current);
+        let covered = match missing {
+            None => access,
+            Some(missing) => {
+                widened = true;
+                access.minus(missing)
+            }
+        };
+        if !covered.is_empty() {
+            now.push(PathRule {
+                access: covered.to_string(),
+                ..rule.clone()
+            });
+        }
+    }
+    role.paths = now;
+    role.pending_paths = if widened {
+        Some(kept.into_iter().map(|(_, r)| r).collect())
     } else {
-        Vec::new()
+        None
     };
-    paths.extend(kept);
-    role.paths = paths;
-    Ok(())
+    Ok(widened)
 }
 
 /// Whole-role validation after a change: a change must never produce a role the file
 /// validator would refuse.
 fn recheck(policy: &Policy, role: &Role) -> Result<(), RuleError> {
-    super::validate::validate_role(policy, role).map_err(|errs| {
-        let first = &errs[0];
-        invalid(first.path.to_string(), first.message.clone())
+    super::validate::validate_role(policy, role).map_err(|errs| first_error("", errs))
+}
+
+/// The first problem of a validation, as the error an admin write answers with.
+fn first_error(prefix: &str, errs: Vec<super::ValidationError>) -> RuleError {
+    let rule = errs.iter().find(|e| e.problem == Problem::Rule);
+    let first = match rule.or(errs.first()) {
+        Some(e) => e.clone(),
+        None => {
+            return invalid(prefix, "refused");
+        }
+    };
+    let field = format!("{prefix}{}", first.path);
+    match first.problem {
+        Problem::Rule => RuleError::Broken {
+            field,
+            message: first.message,
+        },
+        Problem::Malformed => invalid(field, first.message),
+    }
+}
+
+/// The subject after a PutSubject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectOutcome {
+    /// The subject to store (its effective part, and the pending widening if any).
+    pub subject: Subject,
+    /// True when part of the change waits for ApprovePending.
+    pub pending_approval: bool,
+}
+
+/// PutSubject under every rule. `current` is the stored subject with this id, if any.
+///
+/// A subject is approval-bound when it holds, had pending, or asks for a role with
+/// `requires_approval`. For such a subject narrowing applies at once and widening (another
+/// role, a lifted or wider override, another access role) waits in `pending` for
+/// ApprovePending. A new subject starts from its first approval role: an app holds the set
+/// approved for it; any further role waits.
+pub fn apply_subject(
+    policy: &Policy,
+    current: Option<&Subject>,
+    requested: Subject,
+) -> Result<SubjectOutcome, RuleError> {
+    if requested.pending.is_some() {
+        return Err(invalid("subject.pending", "is read-only"));
+    }
+    super::validate::validate_subject(policy, &requested)
+        .map_err(|errs| first_error("subject.", errs))?;
+    let approval = |name: &String| policy.role(name).is_some_and(|r| r.requires_approval);
+    let bound = requested.roles.iter().any(approval)
+        || current.is_some_and(|c| {
+            c.roles.iter().any(approval)
+                || c.pending
+                    .as_ref()
+                    .is_some_and(|p| p.roles.iter().any(approval))
+        });
+    if !bound {
+        return Ok(SubjectOutcome {
+            subject: requested,
+            pending_approval: false,
+        });
+    }
+    let start;
+    let current = match current {
+        Some(c) => c,
+        None => {
+            start = Subject {
+                roles: requested
+                    .roles
+                    .iter()
+                    .find(|r| approval(r))
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+                ..requested.clone()
+            };
+            &start
+        }
+    };
+    let mut now = Subject {
+        pending: None,
+        roles: requested
+            .roles
+            .iter()
+            .filter(|r| current.roles.contains(r))
+            .cloned()
+            .collect(),
+        resources: requested
+            .resources
+            .iter()
+            .filter(|r| current.resources.contains(r))
+            .cloned()
+            .collect(),
+        ..requested.clone()
+    };
+    match (current.only.is_empty(), requested.only.is_empty()) {
+        (false, true) => now.only = current.only.clone(),
+        (false, false) => {
+            // Both narrow: the names in both (a conservative intersection of the closures).
+            let mine = closure(policy, &current.only);
+            now.only = requested
+                .only
+                .iter()
+                .filter(|p| current.only.contains(p) || mine.contains(*p))
+                .cloned()
+                .collect();
+            if now.only.is_empty() {
+                // Nothing is in both: nothing stays effective until approval.
+                now.roles.clear();
+            }
+        }
+        _ => {}
+    }
+    let widened = now.roles != requested.roles
+        || now.only != requested.only
+        || now.resources != requested.resources;
+    if widened {
+        now.pending = Some(PendingSubject {
+            roles: requested.roles.clone(),
+            only: requested.only.clone(),
+            resources: requested.resources.clone(),
+        });
+    }
+    super::validate::validate_subject(policy, &now)
+        .map_err(|errs| first_error("subject.", errs))?;
+    Ok(SubjectOutcome {
+        subject: now,
+        pending_approval: widened,
     })
+}
+
+/// ApprovePending for a subject: its pending widening becomes effective.
+pub fn apply_subject_approval(policy: &Policy, current: &Subject) -> Result<Subject, RuleError> {
+    let Some(pending) = current.pending.clone() else {
+        return Err(RuleError::NothingPendingForSubject(current.id.clone()));
+    };
+    let approved = Subject {
+        roles: pending.roles,
+        only: pending.only,
+        resources: pending.resources,
+        pending: None,
+        ..current.clone()
+    };
+    super::validate::validate_subject(policy, &approved)
+        .map_err(|errs| first_error("subject.", errs))?;
+    Ok(approved)
 }
 
 #[cfg(test)]
@@ -320,6 +553,7 @@ mod tests {
                     perm("project_read", true),
                     info,
                 ],
+                ..Catalog::default()
             },
             roles: vec![
                 Role {

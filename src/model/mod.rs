@@ -12,12 +12,17 @@ mod subject;
 mod validate;
 
 pub use catalog::{Catalog, Endpoint, Kind, Method, Permission, Preset};
-pub use change::{PermissionChange, RuleError, UpdateOutcome, apply_approval, apply_update};
+pub use change::{
+    PermissionChange, RuleError, SubjectOutcome, UpdateOutcome, apply_approval, apply_subject,
+    apply_subject_approval, apply_update,
+};
 pub use http_path::{CanonicalPath, EncodedSlashes, PathOptions, PathRejection};
 pub use path::{Access, PathPattern, Segment};
 pub use role::{Grant, PathRule, Role};
-pub use subject::{Admin, AdminPermission, ResourceRole, Subject};
-pub use validate::{FieldPath, ValidationError, validate, validate_role, validate_subject};
+pub use subject::{Admin, AdminPermission, PendingSubject, ResourceRole, Subject};
+pub use validate::{
+    FieldPath, Problem, ValidationError, validate, validate_role, validate_subject,
+};
 
 use serde::{Deserialize, Serialize};
 

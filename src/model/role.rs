@@ -44,6 +44,17 @@ pub struct Role {
     /// Holders pass per-resource checks everywhere, as if maintainer of every resource (root).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_resources: bool,
+    /// A role with no base whose path rules are a bound themselves (like a base role that no
+    /// role derives from yet). Only the policy file sets its rules.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_root: bool,
+    /// Installations: the scope ids (organizations / projects) where this role is installed.
+    /// Every grant is of a scoped permission and lists only these ids. Set by the file only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installed_in: Vec<String>,
+    /// Approval roles: the whole non-default path set waiting for approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_paths: Option<Vec<PathRule>>,
 }
 
 impl Role {

@@ -20,6 +20,24 @@ pub struct Subject {
     /// Per-resource access roles.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<ResourceRole>,
+    /// Approval-bound subjects: a widening waiting for ApprovePending (not effective).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingSubject>,
+}
+
+/// What an approval-bound subject holds once its pending widening is approved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingSubject {
+    /// Role names.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Override (empty = none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
+    /// Per-resource access roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceRole>,
 }
 
 /// An access role held on one resource.

@@ -68,6 +68,19 @@ pub struct ValidationError {
     pub path: FieldPath,
     /// What is wrong.
     pub message: String,
+    /// Whether the field is malformed or well-formed but breaks a rule of the model.
+    pub problem: Problem,
+}
+
+/// The class of a [`ValidationError`]: admin writes answer INVALID_ARGUMENT for the first,
+/// FAILED_PRECONDITION for the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// The value itself is wrong (unknown name, bad pattern, duplicate...).
+    Malformed,
+    /// The value is well-formed but the model forbids it here (outside the base, another
+    /// role kind's permission, a required grant missing, outside the installation...).
+    Rule,
 }
 
 impl fmt::Display for ValidationError {
@@ -83,6 +96,15 @@ impl Errors {
         self.0.push(ValidationError {
             path,
             message: message.into(),
+            problem: Problem::Malformed,
+        });
+    }
+
+    fn rule(&mut self, path: FieldPath, message: impl Into<String>) {
+        self.0.push(ValidationError {
+            path,
+            message: message.into(),
+            problem: Problem::Rule,
         });
     }
 }
@@ -405,7 +427,7 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
                     })
             };
             if !held {
-                errs.push(
+                errs.rule(
                     path.key("grants"),
                     format!(
                         "`{}` is required on every role of kind `{}`",
@@ -437,9 +459,59 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
             }
         },
     };
+    check_paths(role, base, &role.paths, &path.key("paths"), errs);
+    if let Some(pending) = &role.pending_paths {
+        if !role.requires_approval {
+            errs.push(
+                path.key("pending_paths"),
+                "only a role with requires_approval can hold pending path rules",
+            );
+        }
+        check_paths(role, base, pending, &path.key("pending_paths"), errs);
+    }
+    if role.path_root && role.base.is_some() {
+        errs.push(
+            path.key("path_root"),
+            "a role with a base is bounded by it; `path_root` is for roles without one",
+        );
+    }
+    let has_paths =
+        !role.paths.is_empty() || role.pending_paths.as_ref().is_some_and(|p| !p.is_empty());
+    if has_paths && role.base.is_none() && !is_path_root(policy, role) {
+        errs.rule(
+            path.key("paths"),
+            format!(
+                "role `{}` has no base role, so nothing bounds its path rules: give it a `base`, or mark it `path_root: true` if its rules are a bound themselves",
+                role.name
+            ),
+        );
+    }
+    check_role_kinds(policy, role, path, errs);
+    check_installation(policy, role, path, errs);
+}
+
+/// A role without a base may hold path rules when it is a bound itself: another role names it
+/// as its base, or the file marks it `path_root`.
+pub(crate) fn is_path_root(policy: &Policy, role: &Role) -> bool {
+    role.base.is_none()
+        && (role.path_root
+            || policy
+                .roles
+                .iter()
+                .any(|r| r.base.as_deref() == Some(role.name.as_str())))
+}
+
+fn check_paths(
+    role: &Role,
+    base: Option<&Role>,
+    rules: &[super::PathRule],
+    path: &FieldPath,
+    errs: &mut Errors,
+) {
     let base_rules = parsed_rules(base);
-    for (j, rule) in role.paths.iter().enumerate() {
-        let rpath = path.key("paths").index(j);
+    let _ = role;
+    for (j, rule) in rules.iter().enumerate() {
+        let rpath = path.index(j);
         let pattern = match PathPattern::parse(&rule.path) {
             Ok(p) => p,
             Err(e) => {
@@ -461,7 +533,7 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
                 .iter()
                 .any(|b| b.default && b.path == rule.path && b.access_eq(rule));
             if !same {
-                errs.push(
+                errs.rule(
                     rpath.clone(),
                     format!(
                         "`{}` `{}` is flagged default but is not a default of base role `{}`",
@@ -472,13 +544,162 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
             continue;
         }
         if let Some(missing) = uncovered(&pattern, access, &base_rules) {
-            errs.push(
+            errs.rule(
                 rpath.clone(),
                 format!(
                     "`{}` `{}` is not a subset of base role `{}` (nothing there grants `{}` on it)",
                     rule.path, rule.access, base.name, missing
                 ),
             );
+        }
+    }
+}
+
+/// Every permission a role names (grants, pending grants, presets; or the whole catalog for
+/// `all` minus `except`), closed under `implies`.
+fn named_closure(policy: &Policy, role: &Role) -> Vec<String> {
+    let mut todo: Vec<String> = if role.all {
+        policy
+            .catalog
+            .permissions
+            .iter()
+            .filter(|p| !role.except.contains(&p.name))
+            .map(|p| p.name.clone())
+            .collect()
+    } else {
+        let mut names: Vec<String> = role
+            .grants
+            .iter()
+            .chain(&role.pending)
+            .map(|g| g.permission.clone())
+            .collect();
+        for ps in &role.presets {
+            if let Some(preset) = policy.presets.iter().find(|p| &p.name == ps) {
+                names.extend(preset.resolve(&policy.catalog));
+            }
+        }
+        names
+    };
+    let mut seen: Vec<String> = Vec::new();
+    while let Some(name) = todo.pop() {
+        if seen.contains(&name) {
+            continue;
+        }
+        if let Some(p) = policy.permission(&name) {
+            todo.extend(p.implies.iter().cloned());
+            seen.push(name);
+        }
+    }
+    seen
+}
+
+/// Permissions keep to their role kinds: a role never names (or implies) a permission whose
+/// `role_kinds` leave its kind out.
+fn check_role_kinds(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut Errors) {
+    for name in named_closure(policy, role) {
+        let Some(perm) = policy.permission(&name) else {
+            continue;
+        };
+        if !perm.role_kinds.is_empty() && !perm.role_kinds.contains(&role.kind) {
+            errs.rule(
+                path.key("grants"),
+                format!(
+                    "`{}` belongs to role kind {} and cannot be granted (or implied) on role `{}` of role kind `{}`",
+                    perm.name,
+                    perm.role_kinds
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    role.name,
+                    role.kind
+                ),
+            );
+        }
+    }
+}
+
+/// Installations act only where installed: a role of an installation kind names
+/// `installed_in`, grants only scoped permissions, and lists no scope outside it.
+fn check_installation(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut Errors) {
+    let installation = policy.catalog.installation_kinds.contains(&role.kind);
+    if !installation {
+        if !role.installed_in.is_empty() {
+            errs.push(
+                path.key("installed_in"),
+                format!(
+                    "`installed_in` is for roles of an installation kind (catalog.installation_kinds); `{}` is not one",
+                    role.kind
+                ),
+            );
+        }
+        return;
+    }
+    if role.installed_in.is_empty() {
+        errs.rule(
+            path.key("installed_in"),
+            format!(
+                "role `{}` is an installation (kind `{}`): it must name the organizations or projects where it is installed",
+                role.name, role.kind
+            ),
+        );
+    }
+    if role.all {
+        errs.rule(
+            path.key("all"),
+            "an installation cannot hold `all` permissions: they would reach beyond where it is installed",
+        );
+    }
+    if !role.paths.is_empty() || role.pending_paths.is_some() {
+        errs.rule(
+            path.key("paths"),
+            "an installation holds no path rules: they would reach beyond where it is installed",
+        );
+    }
+    for name in named_closure(policy, role) {
+        if policy.permission(&name).is_some_and(|p| !p.scoped) {
+            errs.rule(
+                path.key("grants"),
+                format!(
+                    "`{name}` is not scoped, so an installation holding it would act outside `installed_in`"
+                ),
+            );
+        }
+    }
+    // A required permission is held wherever the installation is installed.
+    for perm in &policy.catalog.permissions {
+        if !perm.required_for.contains(&role.kind) {
+            continue;
+        }
+        if let Some(grant) = role.grant(&perm.name).filter(|g| g.enabled) {
+            if let Some(missing) = role
+                .installed_in
+                .iter()
+                .find(|scope| !grant.projects.contains(scope))
+            {
+                errs.rule(
+                    path.key("grants"),
+                    format!(
+                        "`{}` is required on every role of kind `{}` and must be granted for `{missing}`, where `{}` is installed",
+                        perm.name, role.kind, role.name
+                    ),
+                );
+            }
+        }
+    }
+    for (field, grants) in [("grants", &role.grants), ("pending", &role.pending)] {
+        for (j, grant) in grants.iter().enumerate() {
+            for (k, project) in grant.projects.iter().enumerate() {
+                if !role.installed_in.contains(project) {
+                    errs.rule(
+                        path.key(field).index(j).key("projects").index(k),
+                        format!(
+                            "`{project}` is outside `installed_in` of installation `{}`",
+                            role.name
+                        ),
+                    );
+                }
+            }
         }
     }
 }
@@ -541,12 +762,44 @@ fn validate_subject_into(policy: &Policy, subject: &Subject, path: &FieldPath, e
             ),
         );
     }
-    for (j, role) in subject.roles.iter().enumerate() {
+    check_holdings(
+        policy,
+        subject,
+        &subject.roles,
+        &subject.only,
+        &subject.resources,
+        path,
+        errs,
+    );
+    if let Some(pending) = &subject.pending {
+        check_holdings(
+            policy,
+            subject,
+            &pending.roles,
+            &pending.only,
+            &pending.resources,
+            &path.key("pending"),
+            errs,
+        );
+    }
+}
+
+/// A subject's roles, override and access roles (its effective set, or its pending one).
+fn check_holdings(
+    policy: &Policy,
+    subject: &Subject,
+    roles: &[String],
+    only: &[String],
+    resources: &[super::ResourceRole],
+    path: &FieldPath,
+    errs: &mut Errors,
+) {
+    for (j, role) in roles.iter().enumerate() {
         if policy.role(role).is_none() {
             errs.push(path.key("roles").index(j), format!("unknown role `{role}`"));
         }
     }
-    for (j, name) in subject.only.iter().enumerate() {
+    for (j, name) in only.iter().enumerate() {
         if policy.permission(name).is_none() {
             errs.push(
                 path.key("only").index(j),
@@ -554,7 +807,7 @@ fn validate_subject_into(policy: &Policy, subject: &Subject, path: &FieldPath, e
             );
         }
     }
-    for (j, rr) in subject.resources.iter().enumerate() {
+    for (j, rr) in resources.iter().enumerate() {
         if rr.resource.is_empty() {
             errs.push(
                 path.key("resources").index(j).key("resource"),
@@ -568,4 +821,59 @@ fn validate_subject_into(policy: &Policy, subject: &Subject, path: &FieldPath, e
             );
         }
     }
+    // Required grants: a subject of type K, or holding a role of kind K, keeps every
+    // permission `required_for: [K]` effective; `only` and leaving roles out cannot drop it.
+    let held: Vec<&Role> = roles.iter().filter_map(|r| policy.role(r)).collect();
+    let only_closure = (!only.is_empty()).then(|| closure(policy, only));
+    for perm in &policy.catalog.permissions {
+        for kind in &perm.required_for {
+            let bound = subject.subject_type == *kind || held.iter().any(|r| r.kind == *kind);
+            if !bound {
+                continue;
+            }
+            let granted = held.iter().any(|r| {
+                r.kind == *kind
+                    && if r.all {
+                        !r.except.contains(&perm.name)
+                    } else {
+                        r.grant(&perm.name).is_some_and(|g| g.enabled)
+                    }
+            });
+            if !granted {
+                errs.rule(
+                    path.key("roles"),
+                    format!(
+                        "`{}` is required for `{kind}`: subject `{}` must hold a role of kind `{kind}` granting it",
+                        perm.name, subject.id
+                    ),
+                );
+            }
+            if only_closure
+                .as_ref()
+                .is_some_and(|c| !c.contains(&perm.name))
+            {
+                errs.rule(
+                    path.key("only"),
+                    format!(
+                        "`{}` is required for `{kind}`: the override of subject `{}` must keep it",
+                        perm.name, subject.id
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// `names` closed under `implies`.
+pub(crate) fn closure(policy: &Policy, names: &[String]) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    let mut todo: Vec<String> = names.to_vec();
+    while let Some(name) = todo.pop() {
+        if let Some(p) = policy.permission(&name) {
+            if seen.insert(name) {
+                todo.extend(p.implies.iter().cloned());
+            }
+        }
+    }
+    seen
 }

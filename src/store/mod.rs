@@ -130,6 +130,18 @@ pub enum ImportMode {
     Reload,
 }
 
+/// What a policy-file reload took away from a subject made through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// `subject/ID` or `role/NAME`.
+    pub target: String,
+    /// What was taken away (role names, access roles, permissions), or why it went.
+    pub revoked: Vec<String>,
+    /// True when the whole entity went (a subject that no longer validates without them, or
+    /// an API-changed role replaced by the file's version).
+    pub removed: bool,
+}
+
 /// Entities whose latest change came through the admin API; a reload keeps them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Managed {
@@ -240,7 +252,21 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
         mode: ImportMode,
         source: &str,
+    ) -> Result<u64, StoreError> {
+        self.import_revoking(policy, actor, mode, source, &[])
+    }
+    /// [`Store::import`], recording in the same audit entry what the file revoked from
+    /// subjects made through the admin API.
+    fn import_revoking(
+        &self,
+        policy: &Policy,
+        actor: &str,
+        mode: ImportMode,
+        source: &str,
+        revoked: &[Revocation],
     ) -> Result<u64, StoreError>;
+    /// The stored subject with this id.
+    fn subject(&self, id: &str) -> Result<Option<Subject>, StoreError>;
     /// The digest recorded by the last import.
     fn source_digest(&self) -> Result<Option<String>, StoreError>;
     /// Entities last changed through the admin API.

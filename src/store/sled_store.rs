@@ -11,7 +11,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::{
     AuditRecord, Change, Committed, FORMAT_VERSION, ImportMode, Loaded, Managed, MirrorBatch,
-    MirrorOrigin, Mirrored, Store, StoreError, Write,
+    MirrorOrigin, Mirrored, Revocation, Store, StoreError, Write,
 };
 use crate::model::{Admin, Catalog, Policy, Preset, Role, Subject};
 
@@ -280,9 +280,14 @@ impl SledStore {
         actor: &str,
         action: &str,
         clear_marks: bool,
-        source: Option<&str>,
+        // The file's digest, and what the file revoked from API-made entities.
+        source: Option<(&str, &[Revocation])>,
         at: Option<(u64, &MirrorOrigin)>,
     ) -> Result<u64, StoreError> {
+        let (source, revoked) = match source {
+            Some((digest, revoked)) => (Some(digest), revoked),
+            None => (None, &[][..]),
+        };
         // Keys to remove are read first; the writer lock above the store keeps this consistent.
         let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
             tree.iter().keys().map(|k| k.map_err(backend)).collect()
@@ -297,12 +302,15 @@ impl SledStore {
         } else {
             Vec::new()
         };
-        let summary = serde_json::json!({
+        let mut summary = serde_json::json!({
             "permissions": policy.catalog.permissions.len(),
             "roles": policy.roles.len(),
             "subjects": policy.subjects.len(),
             "admins": policy.admins.len(),
         });
+        if !revoked.is_empty() {
+            summary["revoked"] = serde_json::to_value(revoked).unwrap_or_default();
+        }
         let origin = at.map(|(_, origin)| encode(origin));
         let result = (
             &self.meta,
@@ -418,12 +426,13 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn import(
+    fn import_revoking(
         &self,
         policy: &Policy,
         actor: &str,
         mode: ImportMode,
         source: &str,
+        revoked: &[Revocation],
     ) -> Result<u64, StoreError> {
         let action = match mode {
             ImportMode::Reseed => "import",
@@ -434,9 +443,16 @@ impl Store for SledStore {
             actor,
             action,
             mode == ImportMode::Reseed,
-            Some(source),
+            Some((source, revoked)),
             None,
         )
+    }
+
+    fn subject(&self, id: &str) -> Result<Option<Subject>, StoreError> {
+        match self.subjects.get(id.as_bytes()).map_err(backend)? {
+            Some(bytes) => Ok(Some(decode(&format!("subjects/{id}"), &bytes)?)),
+            None => Ok(None),
+        }
     }
 
     fn commit(&self, write: &Write) -> Result<Committed, StoreError> {
