@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use authz_sidecar::engine::{Action, Decision, Request, Snapshot};
 use authz_sidecar::model::file::load_policy_file;
 use authz_sidecar::model::{CanonicalPath, PathOptions, Policy};
+use common::corpus::corpus;
 use common::*;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
@@ -27,51 +28,6 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use unicode_normalization::UnicodeNormalization;
-
-/// One line of the corpus.
-#[derive(Debug, Clone)]
-struct Trick {
-    example: String,
-    subject: String,
-    method: String,
-    path: String,
-    allow: bool,
-    line: usize,
-}
-
-fn corpus() -> Vec<Trick> {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile-paths.txt");
-    let text = std::fs::read_to_string(&file).expect("corpus exists");
-    let mut tricks = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut cols = line.split_whitespace();
-        let (Some(example), Some(subject), Some(method), Some(path), Some(expect)) = (
-            cols.next(),
-            cols.next(),
-            cols.next(),
-            cols.next(),
-            cols.next(),
-        ) else {
-            panic!("hostile-paths.txt:{}: five columns expected", i + 1);
-        };
-        tricks.push(Trick {
-            example: example.into(),
-            subject: subject.into(),
-            method: method.into(),
-            path: path.into(),
-            allow: match expect {
-                "allow" => true,
-                "deny" => false,
-                other => panic!("hostile-paths.txt:{}: `{other}` is not allow/deny", i + 1),
-            },
-            line: i + 1,
-        });
-    }
-    tricks
-}
 
 fn example(name: &str) -> (Policy, String) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.yaml"));

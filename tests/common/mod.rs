@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod corpus;
+
 use std::path::{Path, PathBuf};
 
 use authz_sidecar::api::pb::authz_client::AuthzClient;

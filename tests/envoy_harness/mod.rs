@@ -30,6 +30,7 @@
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+use base64::Engine as _;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -407,9 +408,12 @@ fn echo_connection(stream: TcpStream) -> std::io::Result<()> {
             "headers": headers.iter().map(|(k, v)| [k, v]).collect::<Vec<_>>(),
         })
         .to_string();
+        // A HEAD answer has no body: the echo also travels base64-encoded in a header.
+        let head = base64::engine::general_purpose::STANDARD.encode(&echo);
+        let body = if method == "HEAD" { "" } else { echo.as_str() };
         write!(
             writer,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo-upstream: 1\r\ncontent-length: {}\r\n\r\n{echo}",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo-upstream: 1\r\nx-echo-base64: {head}\r\ncontent-length: {}\r\n\r\n{body}",
             echo.len()
         )?;
         writer.flush()?;
@@ -484,6 +488,8 @@ pub fn send_raw(port: u16, method: &str, raw_path: &str, headers: &[(&str, &str)
             }
             body.extend_from_slice(&chunk[..size]);
         }
+    } else if method == "HEAD" {
+        // No body follows a HEAD answer, whatever its content-length says.
     } else if let Some(length) = header("content-length").and_then(|v| v.parse().ok()) {
         body = vec![0; length];
         reader.read_exact(&mut body).expect("body");
@@ -492,7 +498,10 @@ pub fn send_raw(port: u16, method: &str, raw_path: &str, headers: &[(&str, &str)
     }
     let body = String::from_utf8_lossy(&body).into_owned();
     let upstream = (header("x-echo-upstream").as_deref() == Some("1")).then(|| {
-        let echo: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+        let echo = header("x-echo-base64")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .expect("echo header");
+        let echo: serde_json::Value = serde_json::from_slice(&echo).expect("echo json");
         Upstream {
             method: echo["method"].as_str().unwrap_or_default().to_owned(),
             path: echo["path"].as_str().unwrap_or_default().to_owned(),
