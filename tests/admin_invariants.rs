@@ -181,6 +181,31 @@ async fn another_role_for_an_approval_bound_subject_waits_for_approval() {
         .into_inner();
     assert!(put.pending_approval);
     assert!(!check(&mut client, dispatch()).await.allowed);
+    // Not even with the one role another app holds: a new subject's whole set waits.
+    client
+        .delete_subject(admin(pb::DeleteSubjectRequest {
+            id: "dashboard".into(),
+            expected_revision: 0,
+        }))
+        .await
+        .expect("deleted");
+    let put = client
+        .put_subject(admin(subject("dashboard", "app", &["app-dispatcher"], &[])))
+        .await
+        .expect("stored, waiting")
+        .into_inner();
+    assert!(put.pending_approval);
+    assert!(put.subject.expect("subject").roles.is_empty());
+    assert!(!check(&mut client, dispatch()).await.allowed);
+    client
+        .put_subject(admin(subject(
+            "dashboard",
+            "app",
+            &["app-dashboard", "app-dispatcher"],
+            &[],
+        )))
+        .await
+        .expect("stored, waiting");
 
     let approved = client
         .approve_pending(admin(pb::ApprovePendingRequest {
@@ -346,6 +371,8 @@ fn a_files_revocation_reaches_subjects_made_through_the_api() {
         ..Subject::default()
     };
     live.put_subject("ops", made, 0).expect("put");
+    live.approve_subject("ops", "api-app", 0)
+        .expect("approve the new app's set");
     let dispatch = |live: &LivePolicy| {
         let published = live.current();
         published

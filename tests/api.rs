@@ -526,6 +526,7 @@ async fn list_roles_pages_in_a_stable_order() {
             "app-one",
             "app_user",
             "base_app_user",
+            "device-reader",
             "extra-1",
             "extra-2",
             "installed",
@@ -542,7 +543,7 @@ async fn list_roles_pages_in_a_stable_order() {
         .await
         .expect("filtered")
         .into_inner();
-    assert_eq!(misc.roles[0].name, "extra-1");
+    assert_eq!(misc.roles[0].name, "device-reader");
     let wrong_filter = client
         .list_roles(pb::ListRolesRequest {
             page_size: 1,

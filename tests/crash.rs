@@ -39,7 +39,7 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// the role grants and one it does not.
 const SUBJECT_ROLES: [(&str, &str, &str); 3] = [
     ("installed", "organization_info", "devices:read"),
-    ("app-one", "devices:read", "global_read"),
+    ("device-reader", "devices:read", "global_read"),
     ("operator", "global_read", "organization_info"),
 ];
 

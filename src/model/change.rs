@@ -136,7 +136,12 @@ pub fn apply_approval(policy: &Policy, role_name: &str) -> Result<Role, RuleErro
     }
     let mut role = current.clone();
     for grant in std::mem::take(&mut role.pending) {
-        upsert(&mut role.grants, grant);
+        if role.all {
+            // A role holding everything widens only by lifting an exception.
+            role.except.retain(|e| *e != grant.permission);
+        } else {
+            upsert(&mut role.grants, grant);
+        }
     }
     if let Some(paths) = role.pending_paths.take() {
         role.paths = paths;
@@ -224,10 +229,20 @@ fn set_grant(policy: &Policy, role: &mut Role, grant: &Grant) -> Result<bool, Ru
         });
     }
     if role.all {
-        role.except.retain(|e| *e != perm.name);
+        role.pending.retain(|p| p.permission != perm.name);
+        let excepted = role.except.contains(&perm.name);
         if !grant.enabled {
-            role.except.push(perm.name.clone());
+            if !excepted {
+                role.except.push(perm.name.clone());
+            }
+            return Ok(false);
         }
+        // Lifting an exception widens the role: on an approval role it waits like a new grant.
+        if excepted && role.requires_approval {
+            role.pending.push(grant.clone());
+            return Ok(true);
+        }
+        role.except.retain(|e| *e != perm.name);
         return Ok(false);
     }
     if !role.requires_approval {
@@ -418,8 +433,7 @@ pub struct SubjectOutcome {
 /// A subject is approval-bound when it holds, had pending, or asks for a role with
 /// `requires_approval`. For such a subject narrowing applies at once and widening (another
 /// role, a lifted or wider override, another access role) waits in `pending` for
-/// ApprovePending. A new subject starts from its first approval role: an app holds the set
-/// approved for it; any further role waits.
+/// ApprovePending. A new approval-bound subject starts from nothing: its whole set waits.
 pub fn apply_subject(
     policy: &Policy,
     current: Option<&Subject>,
@@ -444,18 +458,16 @@ pub fn apply_subject(
             pending_approval: false,
         });
     }
+    // A new subject starts from nothing: its whole set waits for approval, as an app's
+    // requested set does at creation. Otherwise deleting a subject and creating it again
+    // would widen it without one.
     let start;
     let current = match current {
         Some(c) => c,
         None => {
             start = Subject {
-                roles: requested
-                    .roles
-                    .iter()
-                    .find(|r| approval(r))
-                    .into_iter()
-                    .cloned()
-                    .collect(),
+                roles: Vec::new(),
+                resources: Vec::new(),
                 ..requested.clone()
             };
             &start
@@ -651,6 +663,40 @@ mod tests {
             apply_approval(&p, "app"),
             Err(RuleError::NothingPending("app".into()))
         );
+    }
+
+    #[test]
+    fn lifting_an_exception_of_an_approval_role_with_all_waits_for_approval() {
+        let mut p = policy();
+        p.roles.push(Role {
+            name: "everything".into(),
+            kind: "app".into(),
+            requires_approval: true,
+            all: true,
+            except: vec!["write".into()],
+            ..Role::default()
+        });
+        let out = apply_update(&p, "everything", &set("write", true, &[])).expect("widening");
+        assert!(out.pending_approval);
+        assert_eq!(
+            out.role.except,
+            vec!["write"],
+            "not effective before approval"
+        );
+        assert_eq!(out.role.pending, vec![Grant::enabled("write")]);
+        let narrowed = apply_update(&p, "everything", &set("read", false, &[])).expect("narrowing");
+        assert!(!narrowed.pending_approval);
+        assert_eq!(narrowed.role.except, vec!["write", "read"]);
+        let i = p.roles.len() - 1;
+        p.roles[i] = out.role;
+        let approved = apply_approval(&p, "everything").expect("approve");
+        assert!(approved.except.is_empty());
+        assert!(approved.pending.is_empty());
+        // Disabling again cancels nothing left and is immediate.
+        p.roles[i] = approved;
+        let out = apply_update(&p, "everything", &set("write", false, &[])).expect("narrowing");
+        assert!(!out.pending_approval);
+        assert_eq!(out.role.except, vec!["write"]);
     }
 
     #[test]
