@@ -116,7 +116,14 @@ async fn allowed_requests_carry_revision_and_subject_upstream() {
         a.headers.get("x-authz-subject").map(String::as_str),
         Some("dashboard")
     );
-    assert_eq!(a.removed, vec!["x-authz-shadow-denied".to_string()]);
+    // The shadow marker and every routing override header are removed.
+    let mut expected = vec!["x-authz-shadow-denied".to_string()];
+    expected.extend(
+        authz_sidecar::api::ROUTING_OVERRIDE_HEADERS
+            .iter()
+            .map(|h| h.to_string()),
+    );
+    assert_eq!(a.removed, expected);
 }
 
 #[tokio::test]

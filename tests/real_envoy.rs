@@ -185,6 +185,36 @@ fn replay_sends_raw_paths_and_reports_what_the_upstream_received() {
     assert_eq!(raw[1], (403, None));
 }
 
+/// A client cannot have one request decided and another executed: the headers with which
+/// frameworks override the method or the path never reach the upstream of an allowed request.
+#[test]
+fn routing_override_headers_never_reach_the_upstream() {
+    let Some(stack) = stack() else { return };
+    for front in Front::all() {
+        let reply = stack.send(
+            front,
+            "GET",
+            "/v1/devices/d1",
+            &[
+                ("x-subject", "dashboard"),
+                ("x-http-method-override", "DELETE"),
+                ("X-HTTP-Method", "DELETE"),
+                ("x-method-override", "DELETE"),
+                ("x-original-url", "/v1/alarms/a1"),
+                ("x-rewrite-url", "/v1/alarms/a1"),
+            ],
+        );
+        assert_eq!(reply.status, 200, "{front:?}: {}", reply.body);
+        let up = reply.upstream.expect("reached the upstream");
+        for name in authz_sidecar::api::ROUTING_OVERRIDE_HEADERS {
+            assert!(
+                up.values(name).is_empty(),
+                "{front:?}: {name} reached the app"
+            );
+        }
+    }
+}
+
 /// The hostile corpus through a real Envoy, with the shipped normalization and without it, in
 /// both header encodings: whatever reaches the upstream is a path the sidecar itself allows for
 /// that subject, and without Envoy's normalization a request the corpus says is denied never

@@ -36,6 +36,18 @@ pub use generated::authorization_server::AuthorizationServer;
 /// Metadata namespace under which Envoy's jwt_authn filter forwards verified payloads.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 
+/// Headers with which upstream frameworks re-route a request: method-override middleware reads
+/// `x-http-method-override` and its variants, Symfony, Laravel and IIS read `x-original-url` and
+/// `x-rewrite-url`. The decision was made on `:method` and `:path`, so a request let through
+/// never carries them to the app: a client cannot have a POST decided and a DELETE executed.
+pub const ROUTING_OVERRIDE_HEADERS: [&str; 5] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
 /// Implements Envoy's ext_authz v3 Check.
 #[derive(Clone)]
 pub struct EnvoyAuthzService {
@@ -243,6 +255,9 @@ impl EnvoyAuthzService {
         }
         if c.strip_subject_header && c.subject_source == SubjectSource::Header {
             ok.remove_header(c.subject_header.as_str());
+        }
+        for name in ROUTING_OVERRIDE_HEADERS {
+            ok.remove_header(name);
         }
         let mut response = CheckResponse::with_status(Status::ok(""));
         response.set_http_response(ok);

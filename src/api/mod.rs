@@ -9,7 +9,9 @@ mod envoy_wire;
 mod status;
 
 pub use authz::{AppState, AuthzService, MAX_MESSAGE_BYTES};
-pub use envoy::{AuthorizationServer, EnvoyAuthzService, JWT_AUTHN_NAMESPACE};
+pub use envoy::{
+    AuthorizationServer, EnvoyAuthzService, JWT_AUTHN_NAMESPACE, ROUTING_OVERRIDE_HEADERS,
+};
 
 /// Generated types and services of `authz.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
