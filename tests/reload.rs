@@ -140,6 +140,14 @@ async fn admin_changes_survive_reloads_and_restarts() {
         }))
         .await
         .expect("put");
+    // A new app's set waits for approval.
+    client
+        .approve_pending(admin(authz_sidecar::api::pb::ApprovePendingRequest {
+            subject: "api-app".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("approve the new app");
     client
         .delete_subject(admin(authz_sidecar::api::pb::DeleteSubjectRequest {
             id: "readonly".into(),
@@ -205,6 +213,7 @@ async fn admin_changes_survive_reloads_and_restarts() {
             "import",
             "update_permission",
             "put_subject",
+            "approve_pending",
             "delete_subject",
             "reload",
             "reload"

@@ -459,7 +459,7 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
             }
         },
     };
-    check_paths(role, base, &role.paths, &path.key("paths"), errs);
+    check_paths(base, &role.paths, &path.key("paths"), errs);
     if let Some(pending) = &role.pending_paths {
         if !role.requires_approval {
             errs.push(
@@ -467,7 +467,7 @@ fn validate_role_into(policy: &Policy, role: &Role, path: &FieldPath, errs: &mut
                 "only a role with requires_approval can hold pending path rules",
             );
         }
-        check_paths(role, base, pending, &path.key("pending_paths"), errs);
+        check_paths(base, pending, &path.key("pending_paths"), errs);
     }
     if role.path_root && role.base.is_some() {
         errs.push(
@@ -502,14 +502,12 @@ pub(crate) fn is_path_root(policy: &Policy, role: &Role) -> bool {
 }
 
 fn check_paths(
-    role: &Role,
     base: Option<&Role>,
     rules: &[super::PathRule],
     path: &FieldPath,
     errs: &mut Errors,
 ) {
     let base_rules = parsed_rules(base);
-    let _ = role;
     for (j, rule) in rules.iter().enumerate() {
         let rpath = path.index(j);
         let pattern = match PathPattern::parse(&rule.path) {
@@ -580,17 +578,19 @@ fn named_closure(policy: &Policy, role: &Role) -> Vec<String> {
         }
         names
     };
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut closure = Vec::new();
     while let Some(name) = todo.pop() {
         if seen.contains(&name) {
             continue;
         }
         if let Some(p) = policy.permission(&name) {
             todo.extend(p.implies.iter().cloned());
-            seen.push(name);
+            seen.insert(name.clone());
+            closure.push(name);
         }
     }
-    seen
+    closure
 }
 
 /// Permissions keep to their role kinds: a role never names (or implies) a permission whose
