@@ -810,8 +810,11 @@ impl LivePolicy {
         }
         let published = Arc::clone(&self.published);
         let writer = Arc::clone(&self.writer);
-        let compacting = Arc::clone(&self.compacting);
+        let running = CompactionRunning(Arc::clone(&self.compacting));
         std::thread::spawn(move || {
+            // Cleared when this thread ends, by returning or by a panic: a failed fold never
+            // stops later ones.
+            let _running = running;
             let compacted = snapshot.compact_subjects();
             {
                 let _writer = lock_writer(&writer);
@@ -825,7 +828,6 @@ impl LivePolicy {
                     }));
                 }
             }
-            compacting.store(false, Ordering::Release);
         });
     }
 
@@ -1074,5 +1076,33 @@ impl LivePolicy {
     /// The audit trail after `after_revision`.
     pub fn audit(&self, after_revision: u64, limit: usize) -> Result<Vec<AuditRecord>, WriteError> {
         Ok(self.store.audit(after_revision, limit)?)
+    }
+}
+
+/// Marks a background subject fold as running; dropping it (when the fold's thread ends, by
+/// returning or by unwinding) clears the mark.
+struct CompactionRunning(Arc<AtomicBool>);
+
+impl Drop for CompactionRunning {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fold_that_panics_does_not_stop_later_folds() {
+        let flag = Arc::new(AtomicBool::new(true));
+        let running = CompactionRunning(Arc::clone(&flag));
+        let joined = std::thread::spawn(move || {
+            let _running = running;
+            panic!("a fold that fails");
+        })
+        .join();
+        assert!(joined.is_err(), "the fold panicked");
+        assert!(!flag.load(Ordering::Acquire), "the mark is cleared");
     }
 }

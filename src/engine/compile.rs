@@ -127,11 +127,14 @@ fn compile_catalog(policy: &Policy) -> CompiledCatalog {
         .collect();
     let id = |name: &str| index.get(name).map(|i| *i as usize);
 
+    // Validation bounds the distinct types by `MAX_SUBJECT_TYPES` (u16::MAX), so every id
+    // fits; a type past it would get no id and so apply to nobody (fail closed), never alias.
     let mut types: HashMap<Box<str>, u16> = HashMap::new();
     for p in perms {
         for t in &p.applies_to {
-            let next = types.len() as u16;
-            types.entry(t.as_str().into()).or_insert(next);
+            if let Ok(next) = u16::try_from(types.len()) {
+                types.entry(t.as_str().into()).or_insert(next);
+            }
         }
     }
 

@@ -21,7 +21,8 @@ pub use path::{Access, PathPattern, Segment};
 pub use role::{Grant, PathRule, Role};
 pub use subject::{Admin, AdminPermission, PendingSubject, ResourceRole, Subject};
 pub use validate::{
-    FieldPath, Problem, ValidationError, validate, validate_role, validate_subject,
+    FieldPath, MAX_SUBJECT_TYPES, Problem, ValidationError, validate, validate_role,
+    validate_subject,
 };
 
 use serde::{Deserialize, Serialize};

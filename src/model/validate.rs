@@ -109,6 +109,9 @@ impl Errors {
     }
 }
 
+/// Most distinct subject types `applies_to` may name: the engine numbers them in 16 bits.
+pub const MAX_SUBJECT_TYPES: usize = u16::MAX as usize;
+
 /// Checks a whole policy; returns every problem found.
 pub fn validate(policy: &Policy) -> Result<(), Vec<ValidationError>> {
     let mut errs = Errors(Vec::new());
@@ -123,6 +126,21 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<ValidationError>> {
         );
     }
     validate_catalog(policy, &mut errs);
+    let types: HashSet<&str> = policy
+        .catalog
+        .permissions
+        .iter()
+        .flat_map(|p| p.applies_to.iter().map(String::as_str))
+        .collect();
+    if types.len() > MAX_SUBJECT_TYPES {
+        errs.push(
+            root.key("catalog").key("permissions"),
+            format!(
+                "`applies_to` names {} distinct subject types; at most {MAX_SUBJECT_TYPES} are supported",
+                types.len()
+            ),
+        );
+    }
     validate_presets(policy, &mut errs);
     let mut names = HashSet::new();
     for (i, role) in policy.roles.iter().enumerate() {
@@ -876,4 +894,36 @@ pub(crate) fn closure(policy: &Policy, names: &[String]) -> HashSet<String> {
         }
     }
     seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Catalog, Permission};
+
+    fn with_types(n: usize) -> Policy {
+        Policy {
+            version: 1,
+            catalog: Catalog {
+                permissions: vec![Permission {
+                    name: "read".into(),
+                    applies_to: (0..n).map(|i| format!("t{i}")).collect(),
+                    ..Permission::default()
+                }],
+                ..Catalog::default()
+            },
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn subject_types_are_bounded_so_that_their_ids_never_wrap() {
+        assert!(validate(&with_types(MAX_SUBJECT_TYPES)).is_ok());
+        let errs = validate(&with_types(MAX_SUBJECT_TYPES + 1)).expect_err("one too many");
+        assert!(
+            errs.iter()
+                .any(|e| e.message.contains("distinct subject types")),
+            "{errs:?}"
+        );
+    }
 }
