@@ -147,13 +147,13 @@ fn terminate(child: &mut Child) -> Option<i32> {
     }
 }
 
-/// The port of `field` (e.g. `tcp=Some(127.0.0.1:PORT)`) in a plain-format log line.
+/// The port of `field` (e.g. `tcp=127.0.0.1:PORT`) in a plain-format log line.
 fn port_of(line: &str, field: &str) -> u16 {
     let start = line
-        .find(&format!("{field}=Some(127.0.0.1:"))
+        .find(&format!("{field}=127.0.0.1:"))
         .unwrap_or_else(|| panic!("no {field} address in {line}"))
         + field.len()
-        + "=Some(127.0.0.1:".len();
+        + "=127.0.0.1:".len();
     let digits: String = line[start..]
         .chars()
         .take_while(char::is_ascii_digit)
