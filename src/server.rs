@@ -128,7 +128,7 @@ impl Sidecar {
             None => None,
         };
 
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_mode(config.fleet.is_some()));
         let metrics_listener = bind_tcp(config.metrics_addr).await?;
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut decision_writer = None;
