@@ -21,6 +21,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_fds(descriptors)?;
 
+    // Envoy's ext_authz API, for reflection only (the server is generated below over raw bytes).
+    let envoy = protox::compile(
+        ["envoy/service/auth/v3/external_auth.proto"],
+        ["proto/envoy-api"],
+    )?;
+    fs::write(
+        out_dir.join("envoy_authz_descriptor.bin"),
+        envoy.encode_to_vec(),
+    )?;
+
     // etcd v3: client only, packages `etcdserverpb` and `mvccpb` (written as their own files).
     let etcd = protox::compile(["etcdserverpb/rpc.proto"], ["proto/etcd"])?;
     tonic_prost_build::configure()

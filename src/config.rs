@@ -43,7 +43,12 @@ pub const DEFAULT_LOG_FORMAT: &str = "plain";
     name = "authz-sidecar",
     version,
     about = "gRPC authorization sidecar",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = "Environment (besides the AUTHZ_* variable of each flag above):\n  \
+        AUTHZ_ADMIN_TOKEN  the bootstrap admin token itself (instead of --admin-token-file; \
+        not both)\n  \
+        RUST_LOG           log filter, e.g. `info` (default), `debug`, \
+        `info,authz::decision=off` (tracing-subscriber EnvFilter syntax)"
 )]
 pub struct Cli {
     /// A subcommand; without one the sidecar serves.
@@ -561,6 +566,29 @@ pub fn seed_from_text(name: &str, text: &str) -> Result<Seed, PolicyFileError> {
     })
 }
 
+/// Parses `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (loopback, 127.0.0.1; no name lookup).
+pub fn parse_listen_addr(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let port = text.strip_prefix("localhost:")?.parse::<u16>().ok()?;
+    Some(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// The admin token placeholder the Kubernetes manifests ship (`k8s/base/kustomization.yaml`).
+pub const PLACEHOLDER_ADMIN_TOKEN: &str = "REPLACE-ME-with-a-long-random-token";
+
+/// Why `token` may not be the bootstrap admin token, if it may not.
+pub fn admin_token_problem(token: &str) -> Option<&'static str> {
+    if token == PLACEHOLDER_ADMIN_TOKEN || token.to_ascii_uppercase().starts_with("REPLACE-ME") {
+        return Some(
+            "is the placeholder shipped in the manifests; generate a real token (e.g. \
+             `head -c 32 /dev/urandom | base64`) and put it in the Secret (docs/deploy.md)",
+        );
+    }
+    None
+}
+
 /// An address flag that may be `none` (or empty): `None` then, or the parsed address.
 fn optional_addr(
     label: &str,
@@ -570,9 +598,9 @@ fn optional_addr(
 ) -> Option<SocketAddr> {
     match text {
         "none" | "" => None,
-        text => match text.parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
+        text => match parse_listen_addr(text) {
+            Some(addr) => Some(addr),
+            None => {
                 errors.push(format!(
                     "{label}: `{text}` is not an address like {example} (or `none`)"
                 ));
@@ -724,6 +752,14 @@ impl ServeArgs {
         let env_token = env_token
             .filter(|t| !t.trim().is_empty())
             .map(|t| t.trim().to_owned());
+        if let Some(problem) = file_token.as_deref().and_then(admin_token_problem) {
+            errors.push(format!(
+                "--admin-token-file / {ENV_ADMIN_TOKEN_FILE}: the token {problem}"
+            ));
+        }
+        if let Some(problem) = env_token.as_deref().and_then(admin_token_problem) {
+            errors.push(format!("{ENV_ADMIN_TOKEN}: the token {problem}"));
+        }
         if file_token.is_some() && env_token.is_some() {
             errors.push(format!(
                 "both {ENV_ADMIN_TOKEN} and --admin-token-file / {ENV_ADMIN_TOKEN_FILE} are set; set one"
@@ -836,9 +872,9 @@ impl ServeArgs {
         }
         let admin_listen = match self.admin_listen.as_deref() {
             None | Some("none") | Some("") => None,
-            Some(text) => match text.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
+            Some(text) => match parse_listen_addr(text) {
+                Some(addr) => Some(addr),
+                None => {
                     errors.push(format!(
                         "--admin-listen / AUTHZ_ADMIN_LISTEN: `{text}` is not an address"
                     ));

@@ -135,6 +135,14 @@ fn hash_token() -> ExitCode {
         eprintln!("cannot read the token from standard input: {e}");
         return ExitCode::from(1);
     }
+    if token.trim().is_empty() {
+        eprintln!("hash-token: standard input holds no token (its digest would admit anyone)");
+        return ExitCode::from(1);
+    }
+    if let Some(problem) = authz_sidecar::config::admin_token_problem(token.trim()) {
+        eprintln!("hash-token: the token {problem}");
+        return ExitCode::from(1);
+    }
     println!("{}", authz_sidecar::auth::token_sha256_hex(token.trim()));
     ExitCode::SUCCESS
 }

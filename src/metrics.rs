@@ -103,8 +103,14 @@ fn must<T>(result: prometheus::Result<T>) -> T {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric of embedded mode (no `authz_fleet_*`).
     pub fn new() -> Metrics {
+        Metrics::for_mode(false)
+    }
+
+    /// Creates and registers every metric; the `authz_fleet_*` ones only in fleet mode, so that
+    /// an embedded sidecar does not export `authz_fleet_connected 0` for alerts to trip on.
+    pub fn for_mode(fleet_mode: bool) -> Metrics {
         let registry = Registry::new();
         let decisions_vec = must(IntCounterVec::new(
             Opts::new(
@@ -181,16 +187,28 @@ impl Metrics {
             "Subjects in the served snapshot",
         ));
         must(registry.register(Box::new(subjects.clone())));
+        // Fleet metrics exist in both modes (the mirror code records them) but are exported
+        // only in fleet mode.
+        let export = |metric: Box<dyn prometheus::core::Collector>| {
+            if fleet_mode {
+                must(registry.register(metric));
+            }
+        };
         let gauge = |name: &str, help: &str| {
             let g = must(Gauge::new(name, help));
-            must(registry.register(Box::new(g.clone())));
+            export(Box::new(g.clone()));
             g
+        };
+        let fleet_counter = |name: &str, help: &str| {
+            let c = must(IntCounter::new(name, help));
+            export(Box::new(c.clone()));
+            c
         };
         let fleet_connected = must(IntGauge::new(
             "authz_fleet_connected",
             "Fleet mode: 1 while the etcd watch is established",
         ));
-        must(registry.register(Box::new(fleet_connected.clone())));
+        export(Box::new(fleet_connected.clone()));
         let fleet_apply = must(Histogram::with_opts(
             HistogramOpts::new(
                 "authz_fleet_mirror_apply_seconds",
@@ -198,26 +216,26 @@ impl Metrics {
             )
             .buckets(APPLY_BUCKETS.to_vec()),
         ));
-        must(registry.register(Box::new(fleet_apply.clone())));
+        export(Box::new(fleet_apply.clone()));
         let fleet = FleetMetrics {
             staleness: gauge(
                 "authz_fleet_staleness_seconds",
                 "Fleet mode: how long the local mirror may have missed etcd changes (0 while watching)",
             ),
             connected: fleet_connected,
-            revisions: counter(
+            revisions: fleet_counter(
                 "authz_fleet_mirrored_revisions_total",
                 "Fleet mode: etcd revisions applied to the local mirror",
             ),
-            events: counter(
+            events: fleet_counter(
                 "authz_fleet_mirrored_changes_total",
                 "Fleet mode: entity changes applied to the local mirror",
             ),
-            reloads: counter(
+            reloads: fleet_counter(
                 "authz_fleet_reloads_total",
                 "Fleet mode: full reloads of the etcd prefix (after a compaction or a failed apply)",
             ),
-            watch_errors: counter(
+            watch_errors: fleet_counter(
                 "authz_fleet_watch_errors_total",
                 "Fleet mode: etcd watch interruptions",
             ),

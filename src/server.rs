@@ -128,7 +128,7 @@ impl Sidecar {
             None => None,
         };
 
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_mode(config.fleet.is_some()));
         let metrics_listener = bind_tcp(config.metrics_addr).await?;
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut decision_writer = None;
@@ -146,10 +146,25 @@ impl Sidecar {
         health
             .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Reflection in both versions: grpcurl and grpcui speak v1; Postman, evans, older
+        // grpcurl and the Python reflection client speak v1alpha. It lists ext_authz too when
+        // that service is on.
+        let envoy_on = config.envoy.mode != EnvoyMode::Off;
+        let reflection_builder = || {
+            let builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            if envoy_on {
+                builder.register_encoded_file_descriptor_set(pb::ENVOY_AUTHZ_FILE_DESCRIPTOR_SET)
+            } else {
+                builder
+            }
+        };
+        let reflection = reflection_builder()
             .build_v1()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
             .map_err(|e| ServerError::Reflection(e.to_string()))?;
         let authz_service = |admin_enabled: bool| {
             AuthzServer::new(AuthzService::new(Arc::clone(&state), admin_enabled))
@@ -202,6 +217,7 @@ impl Sidecar {
                 Ok(builder(tls)?
                     .add_service(health_service.clone())
                     .add_service(reflection.clone())
+                    .add_service(reflection_v1alpha.clone())
                     .add_service(authz_service(admin_enabled))
                     .add_optional_service(envoy.clone()))
             };
@@ -318,7 +334,17 @@ impl Sidecar {
         health
             .set_service_status(AUTHZ_SERVICE, ServingStatus::Serving)
             .await;
-        tracing::info!(tcp = ?tcp_addr, uds = ?config.uds, metrics = ?metrics_addr, "serving");
+        let shown =
+            |addr: Option<SocketAddr>| addr.map_or_else(|| "none".to_owned(), |a| a.to_string());
+        tracing::info!(
+            tcp = %shown(tcp_addr),
+            uds = %config.uds.as_deref().map_or_else(|| "none".into(), |p| p.display().to_string()),
+            health = %shown(health_addr),
+            admin = %shown(admin_addr),
+            metrics = %shown(metrics_addr),
+            revision,
+            "serving"
+        );
         Ok(Sidecar {
             tcp_addr,
             admin_addr,

@@ -147,13 +147,13 @@ fn terminate(child: &mut Child) -> Option<i32> {
     }
 }
 
-/// The port of `field` (e.g. `tcp=Some(127.0.0.1:PORT)`) in a plain-format log line.
+/// The port of `field` (e.g. `tcp=127.0.0.1:PORT`) in a plain-format log line.
 fn port_of(line: &str, field: &str) -> u16 {
     let start = line
-        .find(&format!("{field}=Some(127.0.0.1:"))
+        .find(&format!("{field}=127.0.0.1:"))
         .unwrap_or_else(|| panic!("no {field} address in {line}"))
         + field.len()
-        + "=Some(127.0.0.1:".len();
+        + "=127.0.0.1:".len();
     let digits: String = line[start..]
         .chars()
         .take_while(char::is_ascii_digit)
@@ -575,4 +575,101 @@ fn a_subject_with_a_newline_cannot_forge_a_log_line() {
             .any(|l| l.contains("would deny") && l.contains("ghost\\n")),
         "{lines:#?}"
     );
+}
+
+#[test]
+fn the_placeholder_admin_token_and_an_empty_token_digest_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "REPLACE-ME-with-a-long-random-token\n").expect("write");
+    let (code, _, err) = run(&[
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--admin-token-file",
+        token_file.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--admin-token-file") && err.contains("placeholder"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["--data-dir", data.to_str().expect("utf8")])
+        .env("AUTHZ_ADMIN_TOKEN", "REPLACE-ME-with-a-long-random-token")
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("AUTHZ_ADMIN_TOKEN") && err.contains("placeholder"),
+        "{err}"
+    );
+
+    // hash-token of empty input prints no digest.
+    let out = Command::new(BIN)
+        .arg("hash-token")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    // A policy holding the empty token's digest is refused.
+    let policy = dir.path().join("p.yaml");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/monitoring-apps.yaml"
+    ))
+    .expect("example");
+    std::fs::write(
+        &policy,
+        format!(
+            "{example}\nadmins:\n  - {{ name: nobody, token_sha256: \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\", permissions: [authz.roles.approve] }}\n"
+        ),
+    )
+    .expect("write");
+    let (code, _, err) = run(&["validate", policy.to_str().expect("utf8")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("admins[0].token_sha256") && err.contains("empty token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_names_every_environment_variable_it_reads() {
+    let (code, out, err) = run(&["--help"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("AUTHZ_ADMIN_TOKEN "), "{out}");
+    assert!(out.contains("RUST_LOG"), "{out}");
+}
+
+#[test]
+fn listen_accepts_localhost_and_the_serving_line_names_every_listener_plainly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "localhost:0",
+            "--health-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().expect("utf8"),
+        ])
+        .env_remove("AUTHZ_ADMIN_TOKEN")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let serving = read_until(&mut lines, "serving");
+    std::thread::spawn(move || for _ in lines {});
+    assert!(!serving.contains("Some("), "{serving}");
+    assert!(serving.contains("uds=none"), "{serving}");
+    let api = port_of(&serving, "tcp");
+    let health = port_of(&serving, "health");
+    assert_ne!(api, health);
+    std::net::TcpStream::connect(("127.0.0.1", api)).expect("the API listens on loopback");
+    assert_eq!(terminate(&mut child), Some(0));
 }

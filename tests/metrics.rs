@@ -188,3 +188,16 @@ async fn the_decision_log_writes_structured_json_lines() {
             .contains("alarms:write")
     );
 }
+
+#[tokio::test]
+async fn embedded_mode_exports_no_fleet_metrics() {
+    let sc = start(EMBEDDED_DEFAULT).await;
+    let text = scrape(
+        sc.sidecar.metrics_addr().expect("metrics listener"),
+        "/metrics",
+    )
+    .await;
+    assert!(text.contains("authz_policy_revision"), "{text}");
+    // `authz_fleet_connected 0` on an embedded sidecar would trip fleet alerts.
+    assert!(!text.contains("authz_fleet_"), "{text}");
+}

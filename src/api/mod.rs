@@ -21,4 +21,9 @@ pub mod pb {
     /// Encoded descriptor set of `authz.v1`, for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/authz_descriptor.bin"));
+
+    /// Encoded descriptor set of `envoy.service.auth.v3` (ext_authz) and its imports, for
+    /// reflection.
+    pub const ENVOY_AUTHZ_FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/envoy_authz_descriptor.bin"));
 }

@@ -6,6 +6,10 @@ use std::fmt;
 
 use super::{Access, Endpoint, PathPattern, Policy, Role, Subject};
 
+/// SHA-256 of the empty string: what `hash-token` prints for empty input. Never a valid digest.
+pub const EMPTY_TOKEN_SHA256: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /// Where in a policy a problem sits: `roles[2].grants[0].permission`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldPath(Vec<Step>);
@@ -179,6 +183,12 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<ValidationError>> {
             errs.push(
                 path.key("token_sha256"),
                 "must be the 64-character hex SHA-256 of the admin's token",
+            );
+        } else if admin.token_sha256.eq_ignore_ascii_case(EMPTY_TOKEN_SHA256) {
+            errs.push(
+                path.key("token_sha256"),
+                "is the SHA-256 of an empty token (`hash-token` of empty input): anyone could \
+                 present it; hash the admin's real token",
             );
         }
     }
