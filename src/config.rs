@@ -1132,13 +1132,4 @@ mod tests {
                 .is_none()
         );
     }
-
-    #[test]
-    fn flags_win_over_the_environment() {
-        // clap reads AUTHZ_* at parse time; a flag given on the command line wins.
-        // SAFETY of the test: no other test in this binary reads AUTHZ_LOG_FORMAT.
-        let parsed =
-            Cli::try_parse_from(["authz-sidecar", "--log-format", "json"]).expect("parses");
-        assert_eq!(parsed.serve.log_format, "json");
-    }
 }

@@ -11,9 +11,15 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_authz-sidecar");
 
 fn run(args: &[&str]) -> (i32, String, String) {
+    run_env(args, &[])
+}
+
+/// Runs the binary with `args` and these `AUTHZ_*` variables in its environment.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env_remove("AUTHZ_ADMIN_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .expect("runs");
     (
@@ -69,6 +75,39 @@ fn bad_configuration_is_reported_at_once_and_refused() {
     assert!(err.contains("--log-format"), "{err}");
     assert!(err.contains("p.yaml:"), "{err}");
     assert!(err.contains("3 configuration error(s)"), "{err}");
+}
+
+/// Every flag has its `AUTHZ_*` variable, and a flag given on the command line wins over it.
+/// Start-up is made to fail on purpose (`--listen` is not an address) so that the list of
+/// configuration errors shows which value each setting took.
+#[test]
+fn the_environment_is_read_and_a_flag_wins_over_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let base = [
+        "--listen",
+        "not-an-address",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+    ];
+    let bad_env = [
+        ("AUTHZ_LOG_FORMAT", "xml"),
+        ("AUTHZ_HTTP_ENCODED_SLASHES", "sometimes"),
+    ];
+    // The environment alone is read: both bad values are reported.
+    let (code, _, err) = run_env(&base, &bad_env);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--log-format"), "{err}");
+    assert!(err.contains("--http-encoded-slashes"), "{err}");
+    assert!(err.contains("3 configuration error(s)"), "{err}");
+    // Flags given on the command line win over the same variables.
+    let mut args = base.to_vec();
+    args.extend(["--log-format", "json", "--http-encoded-slashes", "data"]);
+    let (code, _, err) = run_env(&args, &bad_env);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("--log-format"), "{err}");
+    assert!(!err.contains("--http-encoded-slashes"), "{err}");
+    assert!(err.contains("1 configuration error(s)"), "{err}");
 }
 
 /// A started binary: the process, its "serving" log line, and the rest of its stderr.
