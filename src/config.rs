@@ -37,13 +37,22 @@ pub const ENV_LOG_FORMAT: &str = "AUTHZ_LOG_FORMAT";
 /// Default log format.
 pub const DEFAULT_LOG_FORMAT: &str = "plain";
 
+/// What `--help` lists after the flags: the API served.
+const AFTER_HELP: &str = "\
+API (authz.v1.Authz, gRPC; see README \"The API\"):
+  Check             one decision
+  CheckBatch        up to 1000 decisions in one call, in order, from one snapshot and revision
+  ListRoles         roles by name, paged
+  UpdatePermission, PutSubject, DeleteSubject, ApprovePending, ListAudit   admin (bearer token)";
+
 /// Command line of the `authz-sidecar` binary.
 #[derive(Debug, Parser)]
 #[command(
     name = "authz-sidecar",
     version,
     about = "gRPC authorization sidecar",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// A subcommand; without one the sidecar serves.
