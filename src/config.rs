@@ -43,7 +43,8 @@ API (authz.v1.Authz, gRPC; see README \"The API\"):
   Check             one decision
   CheckBatch        up to 1000 decisions in one call, in order, from one snapshot and revision
   ListRoles         roles by name, paged
-  UpdatePermission, PutSubject, DeleteSubject, ApprovePending, ListAudit   admin (bearer token)";
+  UpdatePermission, PutSubject, DeleteSubject, ApprovePending, ListAudit   admin (bearer token)
+  GetSubject, ListSubjects   admin reads: a stored subject with its changed_revision, paged";
 
 /// Command line of the `authz-sidecar` binary.
 #[derive(Debug, Parser)]

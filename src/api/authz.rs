@@ -148,6 +148,37 @@ fn decode_token(token: &str, kind: &str) -> Result<Option<String>, Status> {
     Ok(Some(last.to_owned()))
 }
 
+/// ListSubjects page tokens carry both filters and the last id served.
+pub(super) fn encode_subject_token(role: &str, kind: &str, last: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("s1\n{role}\n{kind}\n{last}"))
+}
+
+pub(super) fn decode_subject_token(
+    token: &str,
+    role: &str,
+    kind: &str,
+) -> Result<Option<String>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid("page_token", "not a token this server issued");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let mut parts = text.splitn(4, '\n');
+    let (Some("s1"), Some(token_role), Some(token_kind), Some(last)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if token_role != role || token_kind != kind {
+        return Err(invalid(
+            "page_token",
+            "was issued for other `role` / `type` filters",
+        ));
+    }
+    Ok(Some(last.to_owned()))
+}
+
 /// The action of a Check as the wire gives it, before the path is canonicalized.
 #[derive(Clone, Copy)]
 enum Asked<'r> {
@@ -530,6 +561,20 @@ impl pb::authz_server::Authz for AuthzService {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         self.admin_list_audit(request).await
+    }
+
+    async fn get_subject(
+        &self,
+        request: Request<pb::GetSubjectRequest>,
+    ) -> Result<Response<pb::GetSubjectResponse>, Status> {
+        self.admin_get_subject(request).await
+    }
+
+    async fn list_subjects(
+        &self,
+        request: Request<pb::ListSubjectsRequest>,
+    ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
+        self.admin_list_subjects(request).await
     }
 }
 
