@@ -24,9 +24,11 @@ pub struct AdminEntry {
 }
 
 impl AdminEntry {
-    /// True when this admin holds `permission`.
+    /// True when this admin holds `permission` (who may write subjects may read them).
     pub fn holds(&self, permission: AdminPermission) -> bool {
         self.permissions.contains(&permission)
+            || (permission == AdminPermission::SubjectsRead
+                && self.permissions.contains(&AdminPermission::SubjectsWrite))
     }
 }
 

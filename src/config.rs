@@ -37,6 +37,20 @@ pub const ENV_LOG_FORMAT: &str = "AUTHZ_LOG_FORMAT";
 /// Default log format.
 pub const DEFAULT_LOG_FORMAT: &str = "plain";
 
+/// What `--help` lists after the flags: the API served.
+const AFTER_HELP: &str = "\
+API (authz.v1.Authz, gRPC; see README \"The API\"):
+  Check             one decision
+  CheckBatch        up to 1000 decisions in one call, in order, from one snapshot and revision
+  ListRoles         roles by name, paged
+  UpdatePermission, PutSubject, DeleteSubject, ApprovePending, ListAudit   admin (bearer token)
+  GetSubject, ListSubjects   admin reads: a stored subject with its changed_revision, paged
+
+Environment (besides the AUTHZ_* variable of each flag above):
+  AUTHZ_ADMIN_TOKEN  the bootstrap admin token itself (instead of --admin-token-file; not both)
+  RUST_LOG           log filter, e.g. `info` (default), `debug`, `info,authz::decision=off`
+                     (tracing-subscriber EnvFilter syntax)";
+
 /// Command line of the `authz-sidecar` binary.
 #[derive(Debug, Parser)]
 #[command(
@@ -44,11 +58,7 @@ pub const DEFAULT_LOG_FORMAT: &str = "plain";
     version,
     about = "gRPC authorization sidecar",
     args_conflicts_with_subcommands = true,
-    after_help = "Environment (besides the AUTHZ_* variable of each flag above):\n  \
-        AUTHZ_ADMIN_TOKEN  the bootstrap admin token itself (instead of --admin-token-file; \
-        not both)\n  \
-        RUST_LOG           log filter, e.g. `info` (default), `debug`, \
-        `info,authz::decision=off` (tracing-subscriber EnvFilter syntax)"
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// A subcommand; without one the sidecar serves.

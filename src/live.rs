@@ -1077,6 +1077,24 @@ impl LivePolicy {
     pub fn audit(&self, after_revision: u64, limit: usize) -> Result<Vec<AuditRecord>, WriteError> {
         Ok(self.store.audit(after_revision, limit)?)
     }
+
+    /// A stored subject with the revision of its last change; `NotFound` when there is none.
+    pub fn subject(&self, id: &str) -> Result<(Subject, u64), WriteError> {
+        self.store
+            .subject_changed(id)?
+            .ok_or_else(|| WriteError::NotFound(format!("subject/{id}")))
+    }
+
+    /// A page of stored subjects after id `after` that `keep` accepts (see
+    /// [`Store::subjects_page`]).
+    pub fn subjects_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: &mut dyn FnMut(&Subject) -> bool,
+    ) -> Result<(Vec<(Subject, u64)>, bool), WriteError> {
+        Ok(self.store.subjects_page(after, limit, keep)?)
+    }
 }
 
 /// Marks a background subject fold as running; dropping it (when the fold's thread ends, by

@@ -315,6 +315,12 @@ impl Metrics {
         self.latency[k].observe(started.elapsed().as_secs_f64());
     }
 
+    /// Records one decision of a CheckBatch item: counted like a Check, without a latency
+    /// observation (the batch is one call; its items have no latency of their own).
+    pub fn batch_decision(&self, kind: ActionKind, allowed: bool) {
+        self.decisions[kind as usize][usize::from(allowed)].inc();
+    }
+
     /// Decisions recorded so far for a kind and result (for tests and the load tool).
     pub fn decisions(&self, kind: ActionKind, allowed: bool) -> u64 {
         self.decisions[kind as usize][usize::from(allowed)].get()

@@ -137,3 +137,38 @@ async fn denials_are_answers_and_failed_calls_fail_the_run() {
     let refused = load(short_run(format!("unix://{}", missing.display()), &[])).await;
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_scenario_counts_each_item_as_a_decision() {
+    let sc = common::start(EMBEDDED_DEFAULT).await;
+    let unix = format!("unix://{}", sc.sidecar.uds_path().expect("uds").display());
+    let output = load(short_run(
+        unix,
+        &["--scenario", "permission,batch", "--batch-size", "10"],
+    ))
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    let report = report(&output);
+    let batch = &report["scenarios"][1];
+    assert_eq!(batch["scenario"], "batch");
+    let calls = batch["requests"].as_u64().expect("requests");
+    assert!(calls > 0, "{batch}");
+    assert_eq!(batch["allowed"].as_u64(), Some(calls * 10), "{batch}");
+    let items = batch["items_per_s"].as_f64().expect("items/s");
+    let rps = batch["rps"].as_f64().expect("rps");
+    assert!(
+        (items - 10.0 * rps).abs() < 1e-6 * items.max(1.0),
+        "{batch}"
+    );
+    assert!(
+        report["batch_gain"].as_f64().expect("gain") > 0.0,
+        "{report}"
+    );
+    // Out of range is a usage error.
+    let bad = load(short_run(
+        format!("tcp://{}", sc.sidecar.tcp_addr().expect("tcp")),
+        &["--scenario", "batch", "--batch-size", "1001"],
+    ))
+    .await;
+    assert_eq!(bad.status.code(), Some(2));
+}

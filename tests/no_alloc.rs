@@ -439,6 +439,67 @@ fn reading_a_plain_path_allocates_nothing() {
     assert!(n >= 1);
 }
 
+/// A CheckBatch decides each item with no allocation of its own: validation, the path
+/// canonicalizer and the engine run per item over the request's own strings, and only the
+/// caller's answer allocates (here the sink keeps a count, so nothing does).
+#[test]
+fn batch_items_allocate_nothing_beyond_the_answer() {
+    use authz_sidecar::api::{decide_batch, pb};
+    let snap = snapshot();
+    let item = |subject: &str, action: pb::check_request::Action| pb::CheckRequest {
+        subject: subject.into(),
+        action: Some(action),
+        ..Default::default()
+    };
+    let perm = |p: &str| pb::check_request::Action::Permission(p.into());
+    let http = |m: &str, p: &str| {
+        pb::check_request::Action::Http(pb::HttpRequest {
+            method: m.into(),
+            path: p.into(),
+        })
+    };
+    let kinds = [
+        item("dashboard", perm("devices:read")),
+        item("dashboard", perm("alarms:write")),
+        item("app-000123", perm("events:read")),
+        item("ghost", perm("events:read")),
+        item("dashboard", http("GET", "/v1/devices/d-42/snapshots?x=1")),
+        item("alice", http("PUT", "/users/alice")),
+        item("alice", http("GET", "/users/alice/..;/bob")),
+        item(
+            "dispatcher",
+            pb::check_request::Action::Event("alarm.created".into()),
+        ),
+        pb::CheckRequest {
+            scope: "site-1".into(),
+            ..item("dispatcher", perm("alarms:write"))
+        },
+        pb::CheckRequest {
+            roles: vec!["app-dispatcher".into()],
+            subject_type: "app".into(),
+            ..item("token-1", perm("alarms:write"))
+        },
+    ];
+    let items: Vec<pb::CheckRequest> = kinds.iter().cycle().take(100).cloned().collect();
+    let run = |items: &[pb::CheckRequest]| {
+        let mut allowed = 0usize;
+        decide_batch(&snap, PathOptions::default(), items, |_, d| {
+            allowed += usize::from(d.allowed);
+        })
+        .map(|()| allowed)
+    };
+    let expected = run(&items).expect("valid batch");
+    assert!(expected > 0 && expected < items.len(), "{expected} allowed");
+    let (allowed, n) = counting(|| run(black_box(&items)));
+    assert_eq!(allowed.expect("valid batch"), expected);
+    assert_eq!(
+        n,
+        0,
+        "{n} allocations deciding a batch of {} items",
+        items.len()
+    );
+}
+
 #[test]
 fn counter_counts() {
     let (v, n) = counting(|| black_box(vec![1u8; 32]));

@@ -196,6 +196,72 @@ impl AuthzService {
     }
 }
 
+impl AuthzService {
+    pub(super) async fn admin_get_subject(
+        &self,
+        request: Request<pb::GetSubjectRequest>,
+    ) -> Result<Response<pb::GetSubjectResponse>, Status> {
+        let (live, _admin) = self.admin(&request, AdminPermission::SubjectsRead, "GetSubject")?;
+        let r = request.into_inner();
+        if r.id.is_empty() {
+            return Err(invalid("id", "subject id is empty"));
+        }
+        super::authz::bounded("id", &r.id, super::authz::MAX_NAME_BYTES)?;
+        let reader = Arc::clone(&live);
+        let (subject, changed) = blocking(move || reader.subject(&r.id)).await?;
+        let mut subject = subject_to_pb(&subject);
+        subject.changed_revision = changed;
+        Ok(Response::new(pb::GetSubjectResponse {
+            subject: Some(subject),
+            revision: live.revision(),
+        }))
+    }
+
+    pub(super) async fn admin_list_subjects(
+        &self,
+        request: Request<pb::ListSubjectsRequest>,
+    ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
+        let (live, _admin) = self.admin(&request, AdminPermission::SubjectsRead, "ListSubjects")?;
+        let r = request.into_inner();
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => return Err(invalid("page_size", "must not be negative")),
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        super::authz::bounded("role", &r.role, super::authz::MAX_NAME_BYTES)?;
+        super::authz::bounded("type", &r.r#type, super::authz::MAX_NAME_BYTES)?;
+        let after = super::authz::decode_subject_token(&r.page_token, &r.role, &r.r#type)?;
+        let reader = Arc::clone(&live);
+        let (role, kind) = (r.role.clone(), r.r#type.clone());
+        let (page, more) = blocking(move || {
+            reader.subjects_page(after.as_deref(), size, &mut |s| {
+                (kind.is_empty() || s.subject_type == kind)
+                    && (role.is_empty()
+                        || s.roles.contains(&role)
+                        || s.resources.iter().any(|x| x.role == role))
+            })
+        })
+        .await?;
+        let next_page_token = match (more, page.last()) {
+            (true, Some((last, _))) => {
+                super::authz::encode_subject_token(&r.role, &r.r#type, &last.id)
+            }
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListSubjectsResponse {
+            subjects: page
+                .iter()
+                .map(|(s, changed)| pb::Subject {
+                    changed_revision: *changed,
+                    ..subject_to_pb(s)
+                })
+                .collect(),
+            next_page_token,
+            revision: live.revision(),
+        }))
+    }
+}
+
 /// Runs a store write (which fsyncs) on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WriteError> + Send + 'static,

@@ -1,6 +1,9 @@
 //! The `authz.v1.Authz` service.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
+
+use arc_swap::Guard;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,8 +13,8 @@ use super::convert::role_to_pb;
 use super::pb;
 use super::status::invalid;
 use crate::decision_log::{DecisionEntry, DecisionLog};
-use crate::engine::{self, Action, Decision, Inline, MAX_INLINE_ROLES};
-use crate::live::LivePolicy;
+use crate::engine::{self, Action, Decision, Inline, MAX_INLINE_ROLES, Snapshot};
+use crate::live::{LivePolicy, Published};
 use crate::metrics::{ActionKind, Metrics};
 use crate::model::{CanonicalPath, PathOptions, PathRejection};
 
@@ -145,6 +148,37 @@ fn decode_token(token: &str, kind: &str) -> Result<Option<String>, Status> {
     Ok(Some(last.to_owned()))
 }
 
+/// ListSubjects page tokens carry both filters and the last id served.
+pub(super) fn encode_subject_token(role: &str, kind: &str, last: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("s1\n{role}\n{kind}\n{last}"))
+}
+
+pub(super) fn decode_subject_token(
+    token: &str,
+    role: &str,
+    kind: &str,
+) -> Result<Option<String>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid("page_token", "not a token this server issued");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let mut parts = text.splitn(4, '\n');
+    let (Some("s1"), Some(token_role), Some(token_kind), Some(last)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if token_role != role || token_kind != kind {
+        return Err(invalid(
+            "page_token",
+            "was issued for other `role` / `type` filters",
+        ));
+    }
+    Ok(Some(last.to_owned()))
+}
+
 /// The action of a Check as the wire gives it, before the path is canonicalized.
 #[derive(Clone, Copy)]
 enum Asked<'r> {
@@ -186,105 +220,202 @@ impl Canonical<'_> {
     }
 }
 
-#[tonic::async_trait]
-impl pb::authz_server::Authz for AuthzService {
-    async fn check(
-        &self,
-        request: Request<pb::CheckRequest>,
-    ) -> Result<Response<pb::CheckResponse>, Status> {
-        let started = std::time::Instant::now();
-        let live = self.state.live()?;
-        let r = request.get_ref();
-        if r.subject.is_empty() {
-            return Err(invalid("subject", "subject id is empty"));
+/// Most items one CheckBatch may carry; more is INVALID_ARGUMENT (`items`).
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+/// A malformed field of a Check: named, and turned into INVALID_ARGUMENT only on error (a
+/// well-formed Check builds none of this).
+struct BadField {
+    field: Cow<'static, str>,
+    message: Cow<'static, str>,
+}
+
+impl BadField {
+    fn new(field: impl Into<Cow<'static, str>>, message: impl Into<Cow<'static, str>>) -> Self {
+        BadField {
+            field: field.into(),
+            message: message.into(),
         }
-        let asked = match &r.action {
-            Some(pb::check_request::Action::Permission(p)) if p.is_empty() => {
-                return Err(invalid("permission", "permission name is empty"));
+    }
+
+    /// INVALID_ARGUMENT naming the field, under `items[i].` when the Check is a batch item.
+    fn status(self, item: Option<usize>) -> Status {
+        match item {
+            None => invalid(&self.field, self.message),
+            Some(i) => invalid(&format!("items[{i}].{}", self.field), self.message),
+        }
+    }
+}
+
+fn too_long(field: &'static str, value: &str, max: usize) -> Result<(), BadField> {
+    if value.len() > max {
+        return Err(BadField::new(field, format!("longer than {max} bytes")));
+    }
+    Ok(())
+}
+
+/// Validates a Check's fields and returns its action as asked. Allocates nothing unless a
+/// field is malformed.
+fn asked(r: &pb::CheckRequest) -> Result<Asked<'_>, BadField> {
+    if r.subject.is_empty() {
+        return Err(BadField::new("subject", "subject id is empty"));
+    }
+    let asked = match &r.action {
+        Some(pb::check_request::Action::Permission(p)) if p.is_empty() => {
+            return Err(BadField::new("permission", "permission name is empty"));
+        }
+        Some(pb::check_request::Action::Permission(p)) => Asked::Permission(p),
+        Some(pb::check_request::Action::Event(e)) if e.is_empty() => {
+            return Err(BadField::new("event", "event type is empty"));
+        }
+        Some(pb::check_request::Action::Event(e)) => Asked::Event(e),
+        Some(pb::check_request::Action::Http(h)) => {
+            if h.method.is_empty() {
+                return Err(BadField::new("http.method", "method is empty"));
             }
-            Some(pb::check_request::Action::Permission(p)) => Asked::Permission(p),
-            Some(pb::check_request::Action::Event(e)) if e.is_empty() => {
-                return Err(invalid("event", "event type is empty"));
+            if !h.path.starts_with('/') {
+                return Err(BadField::new("http.path", "path must start with `/`"));
             }
-            Some(pb::check_request::Action::Event(e)) => Asked::Event(e),
-            Some(pb::check_request::Action::Http(h)) => {
-                if h.method.is_empty() {
-                    return Err(invalid("http.method", "method is empty"));
-                }
-                if !h.path.starts_with('/') {
-                    return Err(invalid("http.path", "path must start with `/`"));
-                }
-                Asked::Http {
-                    method: &h.method,
-                    path: &h.path,
-                }
-            }
-            None => {
-                return Err(invalid(
-                    "action",
-                    "one of `permission`, `http`, `event` is required",
-                ));
-            }
-        };
-        bounded("subject", &r.subject, MAX_NAME_BYTES)?;
-        bounded("scope", &r.scope, MAX_NAME_BYTES)?;
-        bounded("resource", &r.resource, MAX_NAME_BYTES)?;
-        bounded("subject_type", &r.subject_type, MAX_NAME_BYTES)?;
-        match &asked {
-            Asked::Permission(p) => bounded("permission", p, MAX_NAME_BYTES)?,
-            Asked::Event(e) => bounded("event", e, MAX_NAME_BYTES)?,
-            Asked::Http { method, path } => {
-                bounded("http.method", method, 16)?;
-                bounded("http.path", path, MAX_PATH_BYTES)?;
-                if path.split('/').filter(|s| !s.is_empty()).count() > MAX_PATH_SEGMENTS {
-                    return Err(invalid(
-                        "http.path",
-                        format!("more than {MAX_PATH_SEGMENTS} segments"),
-                    ));
-                }
+            Asked::Http {
+                method: &h.method,
+                path: &h.path,
             }
         }
-        bounded_each("roles", &r.roles, MAX_NAME_BYTES)?;
-        if r.roles.len() > MAX_INLINE_ROLES {
-            return Err(invalid(
-                "roles",
-                format!("at most {MAX_INLINE_ROLES} inline roles"),
+        None => {
+            return Err(BadField::new(
+                "action",
+                "one of `permission`, `http`, `event` is required",
             ));
         }
-        if r.min_revision > 0 {
-            // Fleet mode waits (bounded) for the mirror; embedded mode answers at once.
-            live.await_min_revision(r.min_revision).await;
+    };
+    too_long("subject", &r.subject, MAX_NAME_BYTES)?;
+    too_long("scope", &r.scope, MAX_NAME_BYTES)?;
+    too_long("resource", &r.resource, MAX_NAME_BYTES)?;
+    too_long("subject_type", &r.subject_type, MAX_NAME_BYTES)?;
+    match &asked {
+        Asked::Permission(p) => too_long("permission", p, MAX_NAME_BYTES)?,
+        Asked::Event(e) => too_long("event", e, MAX_NAME_BYTES)?,
+        Asked::Http { method, path } => {
+            too_long("http.method", method, 16)?;
+            too_long("http.path", path, MAX_PATH_BYTES)?;
+            if path.split('/').filter(|s| !s.is_empty()).count() > MAX_PATH_SEGMENTS {
+                return Err(BadField::new(
+                    "http.path",
+                    format!("more than {MAX_PATH_SEGMENTS} segments"),
+                ));
+            }
         }
-        let published = live.current();
-        let snapshot = &published.snapshot;
-        if r.min_revision > snapshot.revision() {
-            return Err(Status::unavailable(format!(
-                "min_revision {} is ahead of the policy revision {}; retry",
-                r.min_revision,
-                snapshot.revision()
-            )));
-        }
-        let kind = match asked {
+    }
+    if let Some(i) = r.roles.iter().position(|v| v.len() > MAX_NAME_BYTES) {
+        return Err(BadField::new(
+            format!("roles[{i}]"),
+            format!("longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    if r.roles.len() > MAX_INLINE_ROLES {
+        return Err(BadField::new(
+            "roles",
+            format!("at most {MAX_INLINE_ROLES} inline roles"),
+        ));
+    }
+    Ok(asked)
+}
+
+impl Asked<'_> {
+    fn kind(self) -> ActionKind {
+        match self {
             Asked::Permission(_) => ActionKind::Permission,
             Asked::Http { .. } => ActionKind::Http,
             Asked::Event(_) => ActionKind::Event,
-        };
-        // The one canonicalizer of every HTTP decision; a refused path is a denial, not an error.
-        let checked = asked.canonicalize(self.state.http_paths);
-        let decision = match &checked {
-            Ok(checked) => snapshot.decide(&engine::Request {
-                subject: &r.subject,
-                action: checked.action(),
-                scope: (!r.scope.is_empty()).then_some(r.scope.as_str()),
-                resource: (!r.resource.is_empty()).then_some(r.resource.as_str()),
-                inline: (!r.roles.is_empty()).then_some(Inline {
-                    roles: &r.roles,
-                    subject_type: &r.subject_type,
-                }),
+        }
+    }
+}
+
+/// Decides a validated Check on `snapshot` and hands the decision to `then`. The HTTP path goes
+/// through the one canonicalizer of every HTTP decision; a refused path is a denial naming its
+/// rule, not an error. Allocates nothing for a path without escapes.
+fn decide_with<R>(
+    snapshot: &Snapshot,
+    paths: PathOptions,
+    r: &pb::CheckRequest,
+    asked: Asked<'_>,
+    then: impl FnOnce(Decision<'_>) -> R,
+) -> R {
+    let checked = asked.canonicalize(paths);
+    let decision = match &checked {
+        Ok(checked) => snapshot.decide(&engine::Request {
+            subject: &r.subject,
+            action: checked.action(),
+            scope: (!r.scope.is_empty()).then_some(r.scope.as_str()),
+            resource: (!r.resource.is_empty()).then_some(r.resource.as_str()),
+            inline: (!r.roles.is_empty()).then_some(Inline {
+                roles: &r.roles,
+                subject_type: &r.subject_type,
             }),
-            Err(rejection) => Decision::refused_path(*rejection),
-        };
-        self.state.metrics.decision(kind, decision.allowed, started);
+        }),
+        Err(rejection) => Decision::refused_path(*rejection),
+    };
+    then(decision)
+}
+
+/// Validates and decides every item of a CheckBatch on one snapshot, in order, handing each
+/// item and its decision to `each`. The first malformed item ends the batch with
+/// INVALID_ARGUMENT naming `items[i].<field>` (items decided before it are to be discarded).
+///
+/// Per item this allocates nothing itself (the caller's answer is the only allocation): the
+/// same validation, canonicalizer and engine as `Check`.
+pub fn decide_batch(
+    snapshot: &Snapshot,
+    paths: PathOptions,
+    items: &[pb::CheckRequest],
+    mut each: impl FnMut(&pb::CheckRequest, Decision<'_>),
+) -> Result<(), Status> {
+    decide_items(snapshot, paths, items, |item, _, d| each(item, d))
+}
+
+fn decide_items(
+    snapshot: &Snapshot,
+    paths: PathOptions,
+    items: &[pb::CheckRequest],
+    mut each: impl FnMut(&pb::CheckRequest, Asked<'_>, Decision<'_>),
+) -> Result<(), Status> {
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(invalid(
+            "items",
+            format!("at most {MAX_BATCH_ITEMS} items per batch"),
+        ));
+    }
+    for (i, item) in items.iter().enumerate() {
+        let asked = asked(item).map_err(|bad| bad.status(Some(i)))?;
+        if item.min_revision != 0 {
+            return Err(BadField::new(
+                "min_revision",
+                "set `min_revision` on the batch, not on an item",
+            )
+            .status(Some(i)));
+        }
+        decide_with(snapshot, paths, item, asked, |d| each(item, asked, d));
+    }
+    Ok(())
+}
+
+/// The wire answer to a decision taken on `snapshot`.
+fn answer(snapshot: &Snapshot, decision: &Decision<'_>) -> pb::CheckResponse {
+    pb::CheckResponse {
+        allowed: decision.allowed,
+        reason: decision.reason.to_string(),
+        required: decision
+            .required
+            .ids()
+            .map(|id| snapshot.permission_name(id).to_owned())
+            .collect(),
+        revision: snapshot.revision(),
+    }
+}
+
+impl AuthzService {
+    /// Feeds the sampled decision log, if any.
+    fn log_decision(&self, r: &pb::CheckRequest, asked: Asked<'_>, d: &Decision<'_>, rev: u64) {
         if let Some(log) = self.state.decision_log.as_ref().filter(|log| log.sample()) {
             let (kind, action) = match asked {
                 Asked::Permission(p) => ("permission", p.to_owned()),
@@ -295,19 +426,75 @@ impl pb::authz_server::Authz for AuthzService {
                 subject: r.subject.clone(),
                 kind,
                 action,
-                allowed: decision.allowed,
-                reason: decision.reason.to_string(),
-                revision: snapshot.revision(),
+                allowed: d.allowed,
+                reason: d.reason.to_string(),
+                revision: rev,
             });
         }
-        Ok(Response::new(pb::CheckResponse {
-            allowed: decision.allowed,
-            reason: decision.reason.to_string(),
-            required: decision
-                .required
-                .ids()
-                .map(|id| snapshot.permission_name(id).to_owned())
-                .collect(),
+    }
+
+    /// Waits (fleet mode, bounded) for `min_revision` and returns the snapshot to decide on,
+    /// or UNAVAILABLE when it is still older.
+    async fn snapshot_at(&self, min_revision: u64) -> Result<Guard<Arc<Published>>, Status> {
+        let live = self.state.live()?;
+        if min_revision > 0 {
+            live.await_min_revision(min_revision).await;
+        }
+        let published = live.current();
+        let revision = published.snapshot.revision();
+        if min_revision > revision {
+            return Err(Status::unavailable(format!(
+                "min_revision {min_revision} is ahead of the policy revision {revision}; retry"
+            )));
+        }
+        Ok(published)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::authz_server::Authz for AuthzService {
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let started = std::time::Instant::now();
+        self.state.live()?;
+        let r = request.get_ref();
+        let asked = asked(r).map_err(|bad| bad.status(None))?;
+        let published = self.snapshot_at(r.min_revision).await?;
+        let snapshot = &published.snapshot;
+        let response = decide_with(snapshot, self.state.http_paths, r, asked, |decision| {
+            self.state
+                .metrics
+                .decision(asked.kind(), decision.allowed, started);
+            self.log_decision(r, asked, &decision, snapshot.revision());
+            answer(snapshot, &decision)
+        });
+        Ok(Response::new(response))
+    }
+
+    async fn check_batch(
+        &self,
+        request: Request<pb::CheckBatchRequest>,
+    ) -> Result<Response<pb::CheckBatchResponse>, Status> {
+        self.state.live()?;
+        let r = request.get_ref();
+        if r.items.is_empty() {
+            return Err(invalid("items", "a batch needs at least one item"));
+        }
+        let published = self.snapshot_at(r.min_revision).await?;
+        let snapshot = &published.snapshot;
+        let mut results = Vec::with_capacity(r.items.len());
+        let paths = self.state.http_paths;
+        decide_items(snapshot, paths, &r.items, |item, asked, decision| {
+            self.state
+                .metrics
+                .batch_decision(asked.kind(), decision.allowed);
+            self.log_decision(item, asked, &decision, snapshot.revision());
+            results.push(answer(snapshot, &decision));
+        })?;
+        Ok(Response::new(pb::CheckBatchResponse {
+            results,
             revision: snapshot.revision(),
         }))
     }
@@ -374,6 +561,20 @@ impl pb::authz_server::Authz for AuthzService {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         self.admin_list_audit(request).await
+    }
+
+    async fn get_subject(
+        &self,
+        request: Request<pb::GetSubjectRequest>,
+    ) -> Result<Response<pb::GetSubjectResponse>, Status> {
+        self.admin_get_subject(request).await
+    }
+
+    async fn list_subjects(
+        &self,
+        request: Request<pb::ListSubjectsRequest>,
+    ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
+        self.admin_list_subjects(request).await
     }
 }
 

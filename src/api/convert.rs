@@ -241,6 +241,7 @@ pub fn subject_to_pb(s: &Subject) -> pb::Subject {
             only: p.only.clone(),
             resources: p.resources.iter().map(resource_to_pb).collect(),
         }),
+        changed_revision: 0,
     }
 }
 

@@ -8,7 +8,7 @@ mod envoy;
 mod envoy_wire;
 mod status;
 
-pub use authz::{AppState, AuthzService, MAX_MESSAGE_BYTES};
+pub use authz::{AppState, AuthzService, MAX_BATCH_ITEMS, MAX_MESSAGE_BYTES, decide_batch};
 pub use envoy::{
     AuthorizationServer, EnvoyAuthzService, JWT_AUTHN_NAMESPACE, ROUTING_OVERRIDE_HEADERS,
 };

@@ -77,15 +77,19 @@ pub enum AdminPermission {
     /// ListAudit.
     #[serde(rename = "authz.audit.read")]
     AuditRead,
+    /// GetSubject, ListSubjects (also held by whoever holds `authz.subjects.write`).
+    #[serde(rename = "authz.subjects.read")]
+    SubjectsRead,
 }
 
 impl AdminPermission {
     /// Every admin permission (what the bootstrap admin holds).
-    pub const ALL: [AdminPermission; 4] = [
+    pub const ALL: [AdminPermission; 5] = [
         AdminPermission::RolesWrite,
         AdminPermission::RolesApprove,
         AdminPermission::SubjectsWrite,
         AdminPermission::AuditRead,
+        AdminPermission::SubjectsRead,
     ];
 
     /// The permission's name as written in policies.
@@ -95,6 +99,7 @@ impl AdminPermission {
             AdminPermission::RolesApprove => "authz.roles.approve",
             AdminPermission::SubjectsWrite => "authz.subjects.write",
             AdminPermission::AuditRead => "authz.audit.read",
+            AdminPermission::SubjectsRead => "authz.subjects.read",
         }
     }
 }

@@ -267,6 +267,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
     /// The stored subject with this id.
     fn subject(&self, id: &str) -> Result<Option<Subject>, StoreError>;
+    /// One stored subject with the revision of its last change (its own write, or the import
+    /// or reload that last wrote every subject, whichever is later).
+    fn subject_changed(&self, id: &str) -> Result<Option<(Subject, u64)>, StoreError>;
+    /// Up to `limit` subjects after id `after`, in id order, that `keep` accepts, each with the
+    /// revision of its last change; and whether more follow.
+    fn subjects_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: &mut dyn FnMut(&Subject) -> bool,
+    ) -> Result<(Vec<(Subject, u64)>, bool), StoreError>;
     /// The digest recorded by the last import.
     fn source_digest(&self) -> Result<Option<String>, StoreError>;
     /// Entities last changed through the admin API.

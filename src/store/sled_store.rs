@@ -22,6 +22,8 @@ const PRESETS: &[u8] = b"presets";
 const POLICY_VERSION: &[u8] = b"policy_version";
 const SOURCE_DIGEST: &[u8] = b"source_digest";
 const MIRROR_ORIGIN: &[u8] = b"mirror_origin";
+/// Revision of the last import or reload: every subject it wrote changed then.
+const SUBJECTS_BASE: &[u8] = b"subjects_base_revision";
 const MARK_PUT: &[u8] = b"put";
 const MARK_DELETED: &[u8] = b"deleted";
 
@@ -39,6 +41,9 @@ pub struct SledStore {
     audit: sled::Tree,
     /// `role/NAME` / `subject/ID` → `put` | `deleted`: what the admin API last changed.
     managed: sled::Tree,
+    /// Subject id → revision (big-endian) of the last single write of that subject; a later
+    /// import or reload (`meta/subjects_base_revision`) supersedes it.
+    subject_revisions: sled::Tree,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -197,6 +202,7 @@ impl SledStore {
             admins: tree("admins")?,
             audit: tree("audit")?,
             managed: tree("managed")?,
+            subject_revisions: tree("subject_revisions")?,
             db,
         };
         match store.meta.get(FORMAT).map_err(backend)? {
@@ -356,6 +362,7 @@ impl SledStore {
                         revision
                     }
                 };
+                meta.insert(SUBJECTS_BASE, &revision.to_be_bytes())?;
                 if let Some(origin) = &origin {
                     meta.insert(MIRROR_ORIGIN, origin.as_slice())?;
                 }
@@ -374,6 +381,15 @@ impl SledStore {
         let revision = unwrap_tx(result)?;
         self.flush()?;
         Ok(revision)
+    }
+}
+
+impl SledStore {
+    /// The revision of the last write of subject `id`: its own, or the last import's if later.
+    fn changed_revision(&self, id: &str) -> Result<u64, StoreError> {
+        let base = revision_of(self.meta.get(SUBJECTS_BASE).map_err(backend)?)?;
+        let own = revision_of(self.subject_revisions.get(id.as_bytes()).map_err(backend)?)?;
+        Ok(base.max(own))
     }
 }
 
@@ -467,8 +483,19 @@ impl Store for SledStore {
         } else {
             MARK_DELETED
         };
-        let result = (&self.meta, tree, &self.audit, &self.managed).transaction(
-            |(meta, tree, audit, managed)| {
+        let subject_id = match &write.change {
+            Change::PutSubject(s) => Some(s.id.as_str()),
+            Change::DeleteSubject(id) => Some(id.as_str()),
+            Change::PutRole(_) => None,
+        };
+        let result = (
+            &self.meta,
+            tree,
+            &self.audit,
+            &self.managed,
+            &self.subject_revisions,
+        )
+            .transaction(|(meta, tree, audit, managed, subject_revisions)| {
                 let current = match revision_of(meta.get(REVISION)?) {
                     Ok(r) => r,
                     Err(e) => return abort(e),
@@ -489,6 +516,14 @@ impl Store for SledStore {
                 };
                 managed.insert(target.as_bytes(), mark)?;
                 let revision = bump(meta)?;
+                if let Some(id) = subject_id {
+                    match &after {
+                        Some(_) => {
+                            subject_revisions.insert(id.as_bytes(), &revision.to_be_bytes())?
+                        }
+                        None => subject_revisions.remove(id.as_bytes())?,
+                    };
+                }
                 let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
                 let record = AuditRecord {
                     revision,
@@ -504,11 +539,47 @@ impl Store for SledStore {
                     revision,
                     existed: before.is_some(),
                 })
-            },
-        );
+            });
         let committed = unwrap_tx(result)?;
         self.flush()?;
         Ok(committed)
+    }
+
+    fn subject_changed(&self, id: &str) -> Result<Option<(Subject, u64)>, StoreError> {
+        let Some(subject) = self.subject(id)? else {
+            return Ok(None);
+        };
+        Ok(Some((subject, self.changed_revision(id)?)))
+    }
+
+    fn subjects_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: &mut dyn FnMut(&Subject) -> bool,
+    ) -> Result<(Vec<(Subject, u64)>, bool), StoreError> {
+        let range = match after {
+            Some(a) => self.subjects.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.subjects.iter(),
+        };
+        let mut page = Vec::new();
+        for item in range {
+            let (key, value) = item.map_err(backend)?;
+            let subject: Subject = decode("subjects", &value)?;
+            if !keep(&subject) {
+                continue;
+            }
+            if page.len() == limit {
+                return Ok((page, true));
+            }
+            let id = String::from_utf8_lossy(&key).into_owned();
+            let changed = self.changed_revision(&id)?;
+            page.push((subject, changed));
+        }
+        Ok((page, false))
     }
 
     fn source_digest(&self) -> Result<Option<String>, StoreError> {
@@ -559,65 +630,72 @@ impl Store for SledStore {
             &self.subjects,
             &self.admins,
             &self.audit,
+            &self.subject_revisions,
         )
-            .transaction(|(meta, catalog, roles, subjects, admins, audit)| {
-                let current = match revision_of(meta.get(REVISION)?) {
-                    Ok(r) => r,
-                    Err(e) => return abort(e),
-                };
-                if batch.revision <= current {
-                    return Ok(false);
-                }
-                let mut before = None;
-                let mut after = None;
-                for change in &batch.changes {
-                    let (old, new) = match change {
-                        Mirrored::Head(head) => {
-                            let old = catalog.get(CATALOG)?;
-                            catalog.insert(CATALOG, encode(&head.catalog))?;
-                            catalog.insert(PRESETS, encode(&head.presets))?;
-                            catalog.insert(POLICY_VERSION, encode(&head.version))?;
-                            (old, Some(encode(&head.catalog)))
-                        }
-                        Mirrored::PutRole(r) => {
-                            let bytes = encode(r);
-                            (roles.insert(r.name.as_bytes(), bytes.clone())?, Some(bytes))
-                        }
-                        Mirrored::DeleteRole(name) => (roles.remove(name.as_bytes())?, None),
-                        Mirrored::PutSubject(s) => {
-                            let bytes = encode(s);
-                            (
-                                subjects.insert(s.id.as_bytes(), bytes.clone())?,
-                                Some(bytes),
-                            )
-                        }
-                        Mirrored::DeleteSubject(id) => (subjects.remove(id.as_bytes())?, None),
-                        Mirrored::PutAdmin(a) => {
-                            (admins.insert(a.name.as_bytes(), encode(a))?, None)
-                        }
-                        Mirrored::DeleteAdmin(name) => (admins.remove(name.as_bytes())?, None),
+            .transaction(
+                |(meta, catalog, roles, subjects, admins, audit, revisions)| {
+                    let current = match revision_of(meta.get(REVISION)?) {
+                        Ok(r) => r,
+                        Err(e) => return abort(e),
                     };
-                    before = old;
-                    after = new;
-                }
-                set_revision(meta, batch.revision)?;
-                let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
-                let single = batch.changes.len() == 1;
-                let record = AuditRecord {
-                    revision: batch.revision,
-                    actor: batch.actor.clone(),
-                    at_unix_ms: now_ms(),
-                    action: batch.action.clone(),
-                    target: match batch.changes.as_slice() {
-                        [one] => one.target(),
-                        many => format!("policy ({} changes)", many.len()),
-                    },
-                    before: before.as_deref().filter(|_| single).and_then(as_json),
-                    after: after.as_deref().filter(|_| single).and_then(as_json),
-                };
-                audit.insert(&batch.revision.to_be_bytes(), encode(&record))?;
-                Ok(true)
-            });
+                    if batch.revision <= current {
+                        return Ok(false);
+                    }
+                    let mut before = None;
+                    let mut after = None;
+                    for change in &batch.changes {
+                        let (old, new) = match change {
+                            Mirrored::Head(head) => {
+                                let old = catalog.get(CATALOG)?;
+                                catalog.insert(CATALOG, encode(&head.catalog))?;
+                                catalog.insert(PRESETS, encode(&head.presets))?;
+                                catalog.insert(POLICY_VERSION, encode(&head.version))?;
+                                (old, Some(encode(&head.catalog)))
+                            }
+                            Mirrored::PutRole(r) => {
+                                let bytes = encode(r);
+                                (roles.insert(r.name.as_bytes(), bytes.clone())?, Some(bytes))
+                            }
+                            Mirrored::DeleteRole(name) => (roles.remove(name.as_bytes())?, None),
+                            Mirrored::PutSubject(s) => {
+                                let bytes = encode(s);
+                                revisions.insert(s.id.as_bytes(), &batch.revision.to_be_bytes())?;
+                                (
+                                    subjects.insert(s.id.as_bytes(), bytes.clone())?,
+                                    Some(bytes),
+                                )
+                            }
+                            Mirrored::DeleteSubject(id) => {
+                                revisions.remove(id.as_bytes())?;
+                                (subjects.remove(id.as_bytes())?, None)
+                            }
+                            Mirrored::PutAdmin(a) => {
+                                (admins.insert(a.name.as_bytes(), encode(a))?, None)
+                            }
+                            Mirrored::DeleteAdmin(name) => (admins.remove(name.as_bytes())?, None),
+                        };
+                        before = old;
+                        after = new;
+                    }
+                    set_revision(meta, batch.revision)?;
+                    let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
+                    let single = batch.changes.len() == 1;
+                    let record = AuditRecord {
+                        revision: batch.revision,
+                        actor: batch.actor.clone(),
+                        at_unix_ms: now_ms(),
+                        action: batch.action.clone(),
+                        target: match batch.changes.as_slice() {
+                            [one] => one.target(),
+                            many => format!("policy ({} changes)", many.len()),
+                        },
+                        before: before.as_deref().filter(|_| single).and_then(as_json),
+                        after: after.as_deref().filter(|_| single).and_then(as_json),
+                    };
+                    audit.insert(&batch.revision.to_be_bytes(), encode(&record))?;
+                    Ok(true)
+                },
+            );
         let applied = unwrap_tx(result)?;
         if applied {
             self.flush()?;

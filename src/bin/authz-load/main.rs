@@ -9,7 +9,9 @@
 //!   floor the Check scenarios are compared against;
 //! - `permission`: `authz.v1.Authz/Check` with a permission;
 //! - `http`: `authz.v1.Authz/Check` with an HTTP method and path;
-//! - `envoy`: `envoy.service.auth.v3.Authorization/Check` with the subject in a header.
+//! - `envoy`: `envoy.service.auth.v3.Authorization/Check` with the subject in a header;
+//! - `batch`: `authz.v1.Authz/CheckBatch` with `--batch-size` copies of the `permission`
+//!   request in one call (its `items/s` column counts each item as a decision).
 //!
 //! Each scenario first runs `--warmup` seconds unrecorded, then `--duration` seconds recorded:
 //! a call counts when it completes inside the recorded window. It prints a table (or JSON with
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 mod batched_io;
 mod wire;
 
-use authz_sidecar::api::pb::{CheckRequest, HttpRequest, check_request::Action};
+use authz_sidecar::api::pb::{CheckBatchRequest, CheckRequest, HttpRequest, check_request::Action};
 use clap::{Parser, ValueEnum};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context;
@@ -43,7 +45,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use batched_io::BatchedWrites;
-use wire::{AuthzView, EnvoyView, HealthView, PreEncoded};
+use wire::{AuthzView, BatchView, EnvoyView, HealthView, PreEncoded};
 
 /// Command line of `authz-load`.
 #[derive(Debug, Parser)]
@@ -103,6 +105,9 @@ struct Cli {
     /// Client runtime worker threads (default: the number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// Items per `CheckBatch` call in the `batch` scenario (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
     /// Print the results as one JSON document instead of a table.
     #[arg(long)]
     json: bool,
@@ -119,6 +124,8 @@ enum Scenario {
     Http,
     /// Envoy ext_authz v3 `Check`.
     Envoy,
+    /// `authz.v1.Authz/CheckBatch` of `--batch-size` permission items.
+    Batch,
 }
 
 impl Scenario {
@@ -128,6 +135,7 @@ impl Scenario {
             Scenario::Permission => "permission",
             Scenario::Http => "http",
             Scenario::Envoy => "envoy",
+            Scenario::Batch => "batch",
         }
     }
 }
@@ -216,6 +224,11 @@ enum Outcome {
     Denied,
     /// A health answer: not a decision.
     Answered,
+    /// A batch answer: its items' decisions.
+    Batch {
+        allowed: u64,
+        denied: u64,
+    },
     Failed(String),
 }
 
@@ -225,6 +238,7 @@ impl Call {
             Scenario::Health => "/grpc.health.v1.Health/Check",
             Scenario::Permission | Scenario::Http => "/authz.v1.Authz/Check",
             Scenario::Envoy => "/envoy.service.auth.v3.Authorization/Check",
+            Scenario::Batch => "/authz.v1.Authz/CheckBatch",
         };
         Call {
             scenario,
@@ -264,6 +278,16 @@ impl Call {
                 Ok(_) => Outcome::Denied,
                 Err(status) => Outcome::Failed(describe(&status)),
             },
+            Scenario::Batch => match self.send::<BatchView>().await {
+                Ok(view) => {
+                    let allowed = view.results.iter().filter(|r| r.allowed).count() as u64;
+                    Outcome::Batch {
+                        allowed,
+                        denied: view.results.len() as u64 - allowed,
+                    }
+                }
+                Err(status) => Outcome::Failed(describe(&status)),
+            },
             // ext_authz answers a decision in `status`: OK allows, anything else denies.
             Scenario::Envoy => match self.send::<EnvoyView>().await {
                 Ok(view) if view.status.as_ref().map(|s| s.code) == Some(0) => Outcome::Allowed,
@@ -297,6 +321,18 @@ fn request_bytes(scenario: Scenario, cli: &Cli) -> Bytes {
         }
         .encode_to_vec(),
         Scenario::Envoy => envoy_request(cli).encode_to_vec(),
+        Scenario::Batch => CheckBatchRequest {
+            items: vec![
+                CheckRequest {
+                    subject: cli.subject.clone(),
+                    action: Some(Action::Permission(cli.permission.clone())),
+                    ..Default::default()
+                };
+                cli.batch_size
+            ],
+            min_revision: 0,
+        }
+        .encode_to_vec(),
     };
     Bytes::from(encoded)
 }
@@ -364,6 +400,8 @@ struct Tally {
     latencies: Vec<u32>,
     allowed: u64,
     denied: u64,
+    /// Decisions answered in the recorded window (a batch call answers many).
+    items: u64,
     /// Failed calls in any phase (warm-up, recorded window, or the tail after it).
     errors: u64,
     first_error: Option<String>,
@@ -374,6 +412,8 @@ struct Summary {
     scenario: Scenario,
     requests: u64,
     rps: f64,
+    /// Decisions (or health answers) per second: `rps` times the items per call.
+    items_per_s: f64,
     /// p50, p90, p99, p99.9, max in nanoseconds.
     percentiles: [u32; 5],
     allowed: u64,
@@ -417,8 +457,16 @@ async fn worker(
                 match outcome {
                     Outcome::Allowed => tally.allowed += 1,
                     Outcome::Denied => tally.denied += 1,
+                    Outcome::Batch { allowed, denied } => {
+                        tally.allowed += allowed;
+                        tally.denied += denied;
+                    }
                     Outcome::Answered | Outcome::Failed(_) => {}
                 }
+                tally.items += match outcome {
+                    Outcome::Batch { allowed, denied } => allowed + denied,
+                    _ => 1,
+                };
             }
         }
     }
@@ -452,7 +500,7 @@ async fn run_scenario(
         })
         .collect();
     let mut latencies = Vec::new();
-    let (mut allowed, mut denied, mut errors) = (0, 0, 0);
+    let (mut allowed, mut denied, mut errors, mut items) = (0, 0, 0, 0);
     let mut first_error = None;
     for handle in workers {
         let tally = handle
@@ -462,6 +510,7 @@ async fn run_scenario(
         allowed += tally.allowed;
         denied += tally.denied;
         errors += tally.errors;
+        items += tally.items;
         if first_error.is_none() {
             first_error = tally.first_error;
         }
@@ -472,6 +521,7 @@ async fn run_scenario(
         scenario,
         requests,
         rps: requests as f64 / duration.as_secs_f64(),
+        items_per_s: items as f64 / duration.as_secs_f64(),
         percentiles: [
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.90),
@@ -508,6 +558,13 @@ fn ratios(summaries: &[Summary]) -> Vec<(Scenario, f64)> {
         .collect()
 }
 
+/// The `batch` scenario's items/s over the `permission` scenario's calls/s (same request).
+fn batch_gain(summaries: &[Summary]) -> Option<f64> {
+    let of = |scenario| summaries.iter().find(|s| s.scenario == scenario);
+    let (batch, single) = (of(Scenario::Batch)?, of(Scenario::Permission)?);
+    (single.rps > 0.0).then(|| batch.items_per_s / single.rps)
+}
+
 fn print_table(cli: &Cli, target: &Target, summaries: &[Summary]) {
     println!(
         "target {} ({}), {} connection(s), {} in flight, {} s per scenario after {} s warm-up",
@@ -520,16 +577,17 @@ fn print_table(cli: &Cli, target: &Target, summaries: &[Summary]) {
     );
     println!("latencies in µs");
     let header = [
-        "scenario", "requests", "req/s", "p50", "p90", "p99", "p99.9", "max", "errors", "allowed",
-        "denied",
+        "scenario", "requests", "req/s", "items/s", "p50", "p90", "p99", "p99.9", "max", "errors",
+        "allowed", "denied",
     ];
-    let rows: Vec<[String; 11]> = summaries
+    let rows: Vec<[String; 12]> = summaries
         .iter()
         .map(|s| {
             [
                 s.scenario.name().to_string(),
                 s.requests.to_string(),
                 format!("{:.0}", s.rps),
+                format!("{:.0}", s.items_per_s),
                 micros(s.percentiles[0]),
                 micros(s.percentiles[1]),
                 micros(s.percentiles[2]),
@@ -593,6 +651,12 @@ fn print_table(cli: &Cli, target: &Target, summaries: &[Summary]) {
             parts.join(", ")
         );
     }
+    if let Some(gain) = batch_gain(summaries) {
+        println!(
+            "batch of {}: {gain:.1}x the decisions/s of single permission Checks",
+            cli.batch_size
+        );
+    }
 }
 
 fn json(cli: &Cli, target: &Target, summaries: &[Summary]) -> serde_json::Value {
@@ -605,6 +669,7 @@ fn json(cli: &Cli, target: &Target, summaries: &[Summary]) -> serde_json::Value 
                 "scenario": s.scenario.name(),
                 "requests": s.requests,
                 "rps": s.rps,
+                "items_per_s": s.items_per_s,
                 "p50_us": us(s.percentiles[0]),
                 "p90_us": us(s.percentiles[1]),
                 "p99_us": us(s.percentiles[2]),
@@ -627,6 +692,8 @@ fn json(cli: &Cli, target: &Target, summaries: &[Summary]) -> serde_json::Value 
         "warmup_s": cli.warmup,
         "scenarios": scenarios,
         "errors": summaries.iter().map(|s| s.errors).sum::<u64>(),
+        "batch_size": cli.batch_size,
+        "batch_gain": batch_gain(summaries),
     })
 }
 
@@ -650,6 +717,12 @@ async fn run(cli: &Cli) -> Result<bool, String> {
     }
     if cli.timeout_ms == 0 || cli.timeout_ms > 4_000 {
         return Err("--timeout-ms must be between 1 and 4000".into());
+    }
+    if cli.batch_size == 0 || cli.batch_size > authz_sidecar::api::MAX_BATCH_ITEMS {
+        return Err(format!(
+            "--batch-size must be between 1 and {}",
+            authz_sidecar::api::MAX_BATCH_ITEMS
+        ));
     }
     let duration = seconds("duration", cli.duration, false)?;
     let warmup = seconds("warmup", cli.warmup, true)?;

@@ -75,6 +75,13 @@ pub struct AuthzView {
     pub allowed: bool,
 }
 
+/// `authz.v1.CheckBatchResponse`: each result's `allowed`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BatchView {
+    #[prost(message, repeated, tag = "1")]
+    pub results: Vec<AuthzView>,
+}
+
 /// `envoy.service.auth.v3.CheckResponse`: only `status.code` (0 allows, anything else denies).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EnvoyView {
