@@ -1018,11 +1018,22 @@ mod tests {
         ])
         .into_config(None)
         .expect_err("invalid");
-        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert_eq!(errs.len(), 3, "{errs:#?}");
         assert!(errs[0].contains("--listen"));
         assert!(errs[1].contains("--log-format"));
         assert!(errs[2].contains("--data-dir"));
-        assert!(errs[3].contains("/nonexistent/policy.yaml"));
+        // A bad policy file is not a configuration error: start-up decides against the data
+        // dir (the stored policy serves; an empty data dir refuses).
+        let config = args(&[
+            "--data-dir",
+            dir.path().to_str().expect("utf8"),
+            "--policy",
+            "/nonexistent/policy.yaml",
+        ])
+        .into_config(None)
+        .expect("valid configuration");
+        let problem = config.seed_error.expect("the file is refused").to_string();
+        assert!(problem.contains("/nonexistent/policy.yaml"), "{problem}");
     }
 
     #[test]
