@@ -13,7 +13,8 @@ use std::time::Duration;
 use crate::auth::token_sha256_hex;
 use crate::fleet::{DEFAULT_PREFIX, EtcdConfig, FleetConfig};
 use crate::live::Seed;
-use crate::model::file::{EMBEDDED_DEFAULT, PolicyFileError, parse_policy, read_policy_text};
+use crate::model::Policy;
+use crate::model::file::{EMBEDDED_DEFAULT, PolicyFileError, parse_policy, read_policy_text_max};
 use crate::model::{EncodedSlashes, PathOptions};
 
 /// Environment variable for `--listen`.
@@ -34,6 +35,10 @@ pub const ENV_ADMIN_TOKEN_FILE: &str = "AUTHZ_ADMIN_TOKEN_FILE";
 pub const ENV_ADMIN_TOKEN: &str = "AUTHZ_ADMIN_TOKEN";
 /// Environment variable for `--log-format`.
 pub const ENV_LOG_FORMAT: &str = "AUTHZ_LOG_FORMAT";
+/// Environment variable for `--max-policy-bytes`.
+pub const ENV_MAX_POLICY_BYTES: &str = "AUTHZ_MAX_POLICY_BYTES";
+pub use crate::model::file::DEFAULT_MAX_POLICY_BYTES;
+const MAX_POLICY_BYTES_RANGE: std::ops::RangeInclusive<u64> = 4096..=(64 * 1024 * 1024);
 /// Default log format.
 pub const DEFAULT_LOG_FORMAT: &str = "plain";
 
@@ -74,6 +79,9 @@ pub struct Cli {
 pub enum Command {
     /// Check a policy file offline; print every problem with file, line and field.
     Validate {
+        /// Largest policy file accepted, in bytes.
+        #[arg(long, env = ENV_MAX_POLICY_BYTES, default_value_t = DEFAULT_MAX_POLICY_BYTES)]
+        max_policy_bytes: u64,
         /// Policy file (YAML or JSON).
         file: PathBuf,
     },
@@ -90,6 +98,9 @@ pub enum Command {
         /// etcd connection (`--source etcd`).
         #[command(flatten)]
         etcd: Box<EtcdArgs>,
+        /// Largest policy file accepted, in bytes.
+        #[arg(long, env = ENV_MAX_POLICY_BYTES, default_value_t = DEFAULT_MAX_POLICY_BYTES)]
+        max_policy_bytes: u64,
         /// Policy file (YAML or JSON).
         file: PathBuf,
     },
@@ -269,6 +280,10 @@ pub struct ServeArgs {
     /// Seconds between checks of the policy file for changes (a ConfigMap update); 0 = never.
     #[arg(long, env = "AUTHZ_POLICY_RELOAD_INTERVAL", default_value_t = 5)]
     pub policy_reload_interval: u64,
+    /// Largest policy file accepted, in bytes (4 KiB to 64 MiB); a larger one is refused
+    /// unread.
+    #[arg(long, env = ENV_MAX_POLICY_BYTES, default_value_t = DEFAULT_MAX_POLICY_BYTES)]
+    pub max_policy_bytes: u64,
     /// Where admin RPCs are accepted: `on` (every API listener), `uds` (only the Unix socket and
     /// `--admin-listen`), `off` (nowhere; the policy changes only through the file).
     #[arg(long, env = "AUTHZ_ADMIN", default_value = "on")]
@@ -533,6 +548,11 @@ pub struct Config {
     pub seed: Seed,
     /// Where the seed came from (file path or `built-in example`).
     pub seed_source: String,
+    /// The policy file's problems when it is refused: the stored policy then serves, and a
+    /// start on an empty data dir is refused (`seed` is an empty placeholder).
+    pub seed_error: Option<PolicyFileError>,
+    /// Largest policy file accepted, in bytes.
+    pub max_policy_bytes: u64,
     /// Bootstrap admin token.
     pub admin_token: Option<String>,
     /// Log format.
@@ -563,7 +583,12 @@ pub struct Config {
 
 /// Reads a policy file into a [`Seed`]: validated, normalized, with the digest of its text.
 pub fn read_seed(path: &Path) -> Result<Seed, PolicyFileError> {
-    let (name, text) = read_policy_text(path)?;
+    read_seed_max(path, DEFAULT_MAX_POLICY_BYTES)
+}
+
+/// [`read_seed`] for a file of at most `max_bytes`.
+pub fn read_seed_max(path: &Path, max_bytes: u64) -> Result<Seed, PolicyFileError> {
+    let (name, text) = read_policy_text_max(path, max_bytes)?;
     seed_from_text(&name, &text)
 }
 
@@ -714,14 +739,30 @@ impl ServeArgs {
                 self.data_dir.display()
             ));
         }
+        if !MAX_POLICY_BYTES_RANGE.contains(&self.max_policy_bytes) {
+            errors.push(format!(
+                "--max-policy-bytes / {ENV_MAX_POLICY_BYTES}: {} is not between {} and {}",
+                self.max_policy_bytes,
+                MAX_POLICY_BYTES_RANGE.start(),
+                MAX_POLICY_BYTES_RANGE.end()
+            ));
+        }
+        let mut seed_error = None;
         let (seed, seed_source) = match &self.policy {
-            Some(path) => match read_seed(path) {
+            Some(path) => match read_seed_max(path, self.max_policy_bytes) {
                 Ok(seed) => (Some(seed), path.display().to_string()),
+                // Not a configuration error: the stored policy serves while the file is bad
+                // (a bad ConfigMap must not turn every restart into a crash loop).
                 Err(e) => {
-                    errors.push(format!(
-                        "--policy / {ENV_POLICY}: invalid policy file:\n{e}"
-                    ));
-                    (None, String::new())
+                    seed_error = Some(e);
+                    (
+                        Some(Seed {
+                            policy: Policy::default(),
+                            digest: String::new(),
+                            reloadable: false,
+                        }),
+                        path.display().to_string(),
+                    )
                 }
             },
             None => match parse_policy("built-in example", EMBEDDED_DEFAULT) {
@@ -958,6 +999,8 @@ impl ServeArgs {
                 data_dir: self.data_dir,
                 seed,
                 seed_source,
+                seed_error,
+                max_policy_bytes: self.max_policy_bytes,
                 admin_token: file_token.or(env_token),
                 log_format,
                 envoy,
@@ -1021,11 +1064,22 @@ mod tests {
         ])
         .into_config(None)
         .expect_err("invalid");
-        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert_eq!(errs.len(), 3, "{errs:#?}");
         assert!(errs[0].contains("--listen"));
         assert!(errs[1].contains("--log-format"));
         assert!(errs[2].contains("--data-dir"));
-        assert!(errs[3].contains("/nonexistent/policy.yaml"));
+        // A bad policy file is not a configuration error: start-up decides against the data
+        // dir (the stored policy serves; an empty data dir refuses).
+        let config = args(&[
+            "--data-dir",
+            dir.path().to_str().expect("utf8"),
+            "--policy",
+            "/nonexistent/policy.yaml",
+        ])
+        .into_config(None)
+        .expect("valid configuration");
+        let problem = config.seed_error.expect("the file is refused").to_string();
+        assert!(problem.contains("/nonexistent/policy.yaml"), "{problem}");
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub enum Opened {
         /// Stored revision.
         revision: u64,
     },
+    /// The store held a policy and the changed seed file was refused (it does not validate
+    /// with the API-made changes merged in): the stored policy serves.
+    FileRefused {
+        /// Stored revision.
+        revision: u64,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
     /// The store held a policy and the seed file had changed since: it was re-applied under
     /// the reload rule.
     Reloaded {
@@ -346,26 +354,53 @@ impl LivePolicy {
         let seed_changed = seed.reloadable
             && head.is_some()
             && store.source_digest()?.as_deref() != Some(seed.digest.as_str());
+        // Every path compiles before it commits: nothing that fails to compile reaches the store.
         let (policy, snapshot, opened) = match head {
             None => {
+                model::validate(&seed.policy).map_err(OpenError::InvalidStored)?;
+                let snapshot = Snapshot::compile(&seed.policy, 0);
                 let revision =
                     store.import(&seed.policy, "import", ImportMode::Reseed, &seed.digest)?;
-                let snapshot = Snapshot::compile(&seed.policy, revision);
-                (seed.policy.clone(), snapshot, Opened::Imported { revision })
+                (
+                    seed.policy.clone(),
+                    snapshot.with_revision(revision),
+                    Opened::Imported { revision },
+                )
             }
-            Some(_) if seed_changed => {
+            Some(head) if seed_changed => {
                 let (merged, revoked) = merge_revoking(seed.policy.clone(), &store.managed()?);
-                model::validate(&merged).map_err(OpenError::InvalidStored)?;
-                log_revoked(&revoked);
-                let revision = store.import_revoking(
-                    &merged,
-                    "reload",
-                    ImportMode::Reload,
-                    &seed.digest,
-                    &revoked,
-                )?;
-                let snapshot = Snapshot::compile(&merged, revision);
-                (merged, snapshot, Opened::Reloaded { revision })
+                match model::validate(&merged) {
+                    Ok(()) => {
+                        log_revoked(&revoked);
+                        let snapshot = Snapshot::compile(&merged, 0);
+                        let revision = store.import_revoking(
+                            &merged,
+                            "reload",
+                            ImportMode::Reload,
+                            &seed.digest,
+                            &revoked,
+                        )?;
+                        (
+                            merged,
+                            snapshot.with_revision(revision),
+                            Opened::Reloaded { revision },
+                        )
+                    }
+                    // The file is refused, not the start: the stored policy keeps serving.
+                    Err(errors) => {
+                        let revision = head.revision;
+                        let snapshot =
+                            Self::compile_stored(store.as_ref(), &head.policy, revision)?;
+                        (
+                            head.policy,
+                            snapshot,
+                            Opened::FileRefused {
+                                revision,
+                                problems: errors.iter().map(ToString::to_string).collect(),
+                            },
+                        )
+                    }
+                }
             }
             Some(head) => {
                 let revision = head.revision;
@@ -764,12 +799,16 @@ impl LivePolicy {
         }
         let (merged, revoked) = merge_revoking(file.clone(), &self.store.managed()?);
         model::validate(&merged).map_err(ReloadError::Invalid)?;
+        // Compiled before the commit: a policy that cannot compile never reaches the store.
+        let compiled = Self::publishable(&merged, 0);
         log_revoked(&revoked);
         let revision =
             self.store
                 .import_revoking(&merged, "reload", ImportMode::Reload, digest, &revoked)?;
-        self.published
-            .store(Arc::new(Self::publishable(&merged, revision)));
+        self.published.store(Arc::new(Published {
+            snapshot: compiled.snapshot.with_revision(revision),
+            ..compiled
+        }));
         self.admins.store(Arc::new(AdminSet::new(
             &merged.admins,
             self.bootstrap_token.as_deref(),

@@ -3,11 +3,11 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use authz_sidecar::config::read_seed;
+use authz_sidecar::config::read_seed_max;
 use authz_sidecar::config::{Cli, Command, Config, ENV_ADMIN_TOKEN};
 use authz_sidecar::fleet;
 use authz_sidecar::logging;
-use authz_sidecar::model::file::load_policy_file;
+use authz_sidecar::model::file::load_policy_file_max;
 use authz_sidecar::server::Sidecar;
 use authz_sidecar::store::{ImportMode, SledStore, Store};
 use clap::Parser;
@@ -18,15 +18,19 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Validate { file }) => validate(&file),
+        Some(Command::Validate {
+            file,
+            max_policy_bytes,
+        }) => validate(&file, max_policy_bytes),
         Some(Command::Import {
             data_dir,
             file,
             source,
             etcd,
+            max_policy_bytes,
         }) => match source.as_str() {
-            "embedded" => import(&data_dir, &file),
-            "etcd" => import_etcd(&etcd, &file),
+            "embedded" => import(&data_dir, &file, max_policy_bytes),
+            "etcd" => import_etcd(&etcd, &file, max_policy_bytes),
             other => {
                 eprintln!("error: --source / AUTHZ_SOURCE: `{other}` is not `embedded` or `etcd`");
                 ExitCode::from(EXIT_CONFIG)
@@ -37,8 +41,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(file: &std::path::Path) -> ExitCode {
-    match load_policy_file(file) {
+fn validate(file: &std::path::Path, max_bytes: u64) -> ExitCode {
+    match load_policy_file_max(file, max_bytes) {
         Ok(policy) => {
             println!(
                 "{}: ok ({} permissions, {} roles, {} subjects)",
@@ -57,8 +61,8 @@ fn validate(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn import(data_dir: &std::path::Path, file: &std::path::Path) -> ExitCode {
-    let seed = match read_seed(file) {
+fn import(data_dir: &std::path::Path, file: &std::path::Path, max_bytes: u64) -> ExitCode {
+    let seed = match read_seed_max(file, max_bytes) {
         Ok(seed) => seed,
         Err(e) => {
             eprintln!("{e}");
@@ -88,10 +92,14 @@ fn import(data_dir: &std::path::Path, file: &std::path::Path) -> ExitCode {
 }
 
 /// Seeds (or replaces) a fleet's policy in etcd; every sidecar on the prefix follows.
-fn import_etcd(etcd: &authz_sidecar::config::EtcdArgs, file: &std::path::Path) -> ExitCode {
+fn import_etcd(
+    etcd: &authz_sidecar::config::EtcdArgs,
+    file: &std::path::Path,
+    max_bytes: u64,
+) -> ExitCode {
     let mut errors = Vec::new();
     let config = etcd.to_config(&mut errors);
-    let seed = read_seed(file);
+    let seed = read_seed_max(file, max_bytes);
     let (config, seed) = match (config, seed) {
         (Some(config), Ok(seed)) if errors.is_empty() => (config, seed),
         (_, seed) => {

@@ -14,7 +14,9 @@ use crate::auth::token_sha256_hex;
 use crate::config::seed_from_text;
 use crate::live::LivePolicy;
 use crate::metrics::Metrics;
-use crate::model::file::read_policy_text;
+use crate::model::file::read_policy_text_max;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 /// What the watcher has seen; read by metrics and tests.
 #[derive(Debug, Default)]
@@ -55,18 +57,60 @@ impl ReloadStats {
     }
 }
 
+/// The health service that reports the policy file: `SERVING` while the file last read was
+/// applied (or is the one stored), `NOT_SERVING` while it is refused or unreadable. Alert on
+/// it; it never affects readiness or liveness.
+pub const POLICY_FILE_SERVICE: &str = "authz.v1.PolicyFile";
+
+/// How the policy file watcher runs.
+pub struct WatchOptions {
+    /// How often the file is read.
+    pub interval: Duration,
+    /// Largest file accepted.
+    pub max_bytes: u64,
+    /// Where [`POLICY_FILE_SERVICE`] is reported.
+    pub health: HealthReporter,
+    /// The digest of a text already handled (refused at start-up): not reported again.
+    pub already_seen: Option<String>,
+}
+
+/// Records a refused policy file: counted, every problem logged with its line, and
+/// [`POLICY_FILE_SERVICE`] reported `NOT_SERVING`.
+pub async fn report_refused(
+    file: &std::path::Path,
+    message: &str,
+    stats: &ReloadStats,
+    metrics: &Metrics,
+    health: &HealthReporter,
+) {
+    stats.failed(message.to_owned());
+    metrics.reload_error();
+    for line in message.lines() {
+        tracing::error!(file = %file.display(), problem = %line, "policy file refused; still serving the stored policy");
+    }
+    health
+        .set_service_status(POLICY_FILE_SERVICE, ServingStatus::NotServing)
+        .await;
+}
+
 /// Polls `path` every `interval` until `stop` flips, re-applying it when its text changes.
 pub async fn watch_policy_file(
     live: Arc<LivePolicy>,
     path: PathBuf,
-    interval: Duration,
+    options: WatchOptions,
     stats: Arc<ReloadStats>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let WatchOptions {
+        interval,
+        max_bytes,
+        health,
+        already_seen,
+    } = options;
     // The digest of the text last handled (applied, already current, or refused): the same
     // text again is neither parsed nor reported again.
-    let mut last_seen: Option<String> = None;
+    let mut last_seen: Option<String> = already_seen;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -76,7 +120,7 @@ pub async fn watch_policy_file(
         let file = path.clone();
         let seen = last_seen.clone();
         let outcome = tokio::task::spawn_blocking(move || -> Polled {
-            let (name, text) = match read_policy_text(&file) {
+            let (name, text) = match read_policy_text_max(&file, max_bytes) {
                 Ok(read) => read,
                 Err(e) => return Polled::Failed(None, e.to_string()),
             };
@@ -101,17 +145,21 @@ pub async fn watch_policy_file(
                 last_seen = Some(digest);
                 stats.succeeded();
                 metrics.admin_change("reload");
+                health
+                    .set_service_status(POLICY_FILE_SERVICE, ServingStatus::Serving)
+                    .await;
                 tracing::info!(revision, file = %path.display(), "policy file changed: reloaded");
             }
-            Ok(Polled::Handled(digest, None)) => last_seen = Some(digest),
+            Ok(Polled::Handled(digest, None)) => {
+                last_seen = Some(digest);
+                health
+                    .set_service_status(POLICY_FILE_SERVICE, ServingStatus::Serving)
+                    .await;
+            }
             Ok(Polled::Unchanged) => {}
             Ok(Polled::Failed(digest, message)) => {
                 // An unreadable file is reported on every poll; a bad text once, until it changes.
-                stats.failed(message.clone());
-                metrics.reload_error();
-                for line in message.lines() {
-                    tracing::error!(file = %path.display(), problem = %line, "policy reload refused; still serving the previous policy");
-                }
+                report_refused(&path, &message, &stats, &metrics, &health).await;
                 last_seen = digest;
             }
             Err(e) => {

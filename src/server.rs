@@ -29,7 +29,10 @@ use crate::decision_log::{DecisionLog, QUEUE as DECISION_QUEUE, write_decisions}
 use crate::fleet::{self, EtcdClient, FleetError, FleetStatus, Mirror, watch_staleness};
 use crate::live::{LivePolicy, OpenError, Opened};
 use crate::metrics::{Metrics, serve_metrics};
-use crate::reload::{ReloadStats, watch_policy_file};
+use crate::model::file::{PolicyFileError, read_policy_text_max};
+use crate::reload::{
+    POLICY_FILE_SERVICE, ReloadStats, WatchOptions, report_refused, watch_policy_file,
+};
 use crate::store::{SledStore, Store, StoreError};
 
 /// Why the sidecar could not start or stopped with an error.
@@ -56,6 +59,17 @@ pub enum ServerError {
     /// Fleet mode: etcd or the mirrored policy failed.
     #[error("fleet: {0}")]
     Fleet(#[from] FleetError),
+    /// The data dir is empty and the policy file is refused: there is nothing to serve.
+    #[error("the data dir holds no policy and the policy file is refused:\n{0}")]
+    PolicyFile(PolicyFileError),
+    /// Something other than a stale socket is at the `--uds` path.
+    #[error("--uds {path}: {reason}; not removing it")]
+    UdsInUse {
+        /// The socket path.
+        path: String,
+        /// What is there.
+        reason: String,
+    },
     /// Reflection could not be built from the descriptor sets.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -75,6 +89,56 @@ async fn bind_tcp(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, Serve
     }
 }
 
+/// Remotely reset streams that may wait to be accepted on one connection before it is closed.
+pub const PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+/// HTTP/2 PING interval on an otherwise quiet connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Device and inode of the file at `path`.
+fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes a stale Unix socket at `path` (nobody accepts on it); refuses a live socket, a
+/// regular file, a directory or anything else.
+fn clear_stale_socket(path: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::FileTypeExt;
+    let refuse = |reason: String| ServerError::UdsInUse {
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(refuse(format!("cannot inspect it: {e}"))),
+    };
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return Err(refuse("it is a directory".into()));
+    }
+    if kind.is_file() {
+        return Err(refuse("it is a regular file, not a socket".into()));
+    }
+    if !kind.is_socket() {
+        return Err(refuse("it is not a socket".into()));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(refuse(
+            "it is a live socket: another process accepts connections on it".into(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "removing a stale socket left by an earlier run");
+            std::fs::remove_file(path).map_err(|e| refuse(format!("cannot remove it: {e}")))
+        }
+        Err(e) => Err(refuse(format!("cannot tell whether it is in use: {e}"))),
+    }
+}
+
 /// A running sidecar.
 pub struct Sidecar {
     tcp_addr: Option<SocketAddr>,
@@ -83,6 +147,7 @@ pub struct Sidecar {
     metrics_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     uds_path: Option<PathBuf>,
+    uds_identity: Option<(u64, u64)>,
     revision: u64,
     shutdown: watch::Sender<bool>,
     servers: JoinSet<Result<(), tonic::transport::Error>>,
@@ -92,6 +157,12 @@ pub struct Sidecar {
 }
 
 const AUTHZ_SERVICE: &str = "authz.v1.Authz";
+
+/// The liveness health service: `SERVING` from the moment the listeners are bound until
+/// shutdown. Staleness and policy-file problems never touch it (they affect readiness, `""`
+/// and `authz.v1.Authz`, and [`POLICY_FILE_SERVICE`]); a liveness probe on it fails only when
+/// the process cannot answer at all.
+pub const LIVENESS_SERVICE: &str = "authz.v1.Liveness";
 
 impl Sidecar {
     /// Starts a sidecar as configured and returns once it serves the loaded policy.
@@ -108,12 +179,12 @@ impl Sidecar {
         let health_addr = health_tcp.as_ref().and_then(|l| l.local_addr().ok());
         let admin_tcp = bind_tcp(config.admin_listen).await?;
         let admin_addr = admin_tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let mut uds_identity = None;
         let uds = match &config.uds {
             Some(path) => {
-                // A socket file left by a previous run would make bind fail.
-                if path.exists() {
-                    let _ = std::fs::remove_file(path);
-                }
+                // Only a stale socket (left by a run that ended) is removed; anything else
+                // at the path is refused as it is.
+                clear_stale_socket(path)?;
                 let bind_error = |source| ServerError::Bind {
                     what: path.display().to_string(),
                     source,
@@ -123,6 +194,7 @@ impl Sidecar {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.uds_mode))
                     .map_err(bind_error)?;
+                uds_identity = file_identity(path);
                 Some(listener)
             }
             None => None,
@@ -145,6 +217,12 @@ impl Sidecar {
             .await;
         health
             .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        health
+            .set_service_status(POLICY_FILE_SERVICE, ServingStatus::NotServing)
             .await;
         // Reflection in both versions: grpcurl and grpcui speak v1; Postman, evans, older
         // grpcurl and the Python reflection client speak v1alpha. It lists ext_authz too when
@@ -206,7 +284,16 @@ impl Sidecar {
         let builder = |tls: Option<&ServerTlsConfig>| -> Result<Server, ServerError> {
             let mut builder = Server::builder()
                 .concurrency_limit_per_connection(limits.max_concurrent_per_connection)
-                .timeout(limits.request_timeout);
+                .timeout(limits.request_timeout)
+                // Envoy multiplexes every downstream request on one connection and resets the
+                // ext_authz stream of each aborted one: h2's default of 20 reset streams
+                // pending accept closes that shared connection (and every Check on it) in an
+                // ordinary abort storm. A rapid-reset flood (CVE-2023-44487) still passes this
+                // bound within milliseconds and gets its connection closed.
+                .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESET_STREAMS))
+                // Dead peers are found and their connections closed.
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls.clone())?;
             }
@@ -257,9 +344,11 @@ impl Sidecar {
             servers.spawn(routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
 
+        let mut refused_at_open = None;
         let (live, revision) = match &config.fleet {
             None => {
-                let (live, revision) = match Self::open_embedded(&config, store).await {
+                let opened = Self::open_embedded(&config, store, &mut refused_at_open).await;
+                let (live, revision) = match opened {
                     Ok(ok) => ok,
                     Err(e) => {
                         let _ = shutdown.send(true);
@@ -314,12 +403,42 @@ impl Sidecar {
         };
         state.set_ready(Arc::clone(&live));
         let reload_stats = Arc::new(ReloadStats::default());
+        // A refused policy file (bad at start, or not valid with the API's changes merged in)
+        // is reported, and the watcher does not report the same text again.
+        let refused = match (&config.seed_error, &refused_at_open) {
+            (Some(e), _) => Some(e.to_string()),
+            (None, Some(problems)) => Some(format!(
+                "{}: not applied: {}",
+                config.seed_source,
+                problems.join("; ")
+            )),
+            (None, None) => None,
+        };
+        let mut already_seen = None;
+        match (&refused, &config.policy_path) {
+            (Some(message), Some(path)) => {
+                report_refused(path, message, &reload_stats, &metrics, &health).await;
+                already_seen = read_policy_text_max(path, config.max_policy_bytes)
+                    .ok()
+                    .map(|(_, text)| crate::auth::token_sha256_hex(&text));
+            }
+            _ => {
+                health
+                    .set_service_status(POLICY_FILE_SERVICE, ServingStatus::Serving)
+                    .await;
+            }
+        }
         if let (Some(path), Some(interval)) = (config.policy_path.clone(), config.reload_interval) {
             servers.spawn({
                 let watcher = watch_policy_file(
                     live,
                     path,
-                    interval,
+                    WatchOptions {
+                        interval,
+                        max_bytes: config.max_policy_bytes,
+                        health: health.clone(),
+                        already_seen,
+                    },
                     Arc::clone(&reload_stats),
                     Arc::clone(&metrics),
                     signal.clone(),
@@ -352,6 +471,7 @@ impl Sidecar {
             metrics_addr,
             metrics,
             uds_path: config.uds,
+            uds_identity,
             revision,
             shutdown,
             servers,
@@ -365,13 +485,22 @@ impl Sidecar {
     async fn open_embedded(
         config: &Config,
         store: Arc<dyn Store>,
+        refused: &mut Option<Vec<String>>,
     ) -> Result<(LivePolicy, u64), ServerError> {
         let seed = config.seed.clone();
         let token = config.admin_token.clone();
-        let opened =
-            tokio::task::spawn_blocking(move || LivePolicy::open(store, &seed, token.as_deref()))
-                .await
-                .map_err(|e| StoreError::Backend(e.to_string()))??;
+        let seed_error = config.seed_error.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            if let Some(e) = seed_error {
+                // A refused file with nothing stored: nothing to serve.
+                if store.load_head()?.is_none() {
+                    return Err(ServerError::PolicyFile(e));
+                }
+            }
+            LivePolicy::open(store, &seed, token.as_deref()).map_err(ServerError::from)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
         let (live, opened) = opened;
         let revision = match opened {
             Opened::Imported { revision } => {
@@ -384,6 +513,14 @@ impl Sidecar {
             }
             Opened::Reloaded { revision } => {
                 tracing::info!(source = %config.seed_source, revision, "loaded the stored policy and re-applied the changed policy file");
+                revision
+            }
+            Opened::FileRefused { revision, problems } => {
+                tracing::info!(
+                    revision,
+                    "loaded the stored policy; the changed policy file is refused"
+                );
+                *refused = Some(problems);
                 revision
             }
         };
@@ -453,6 +590,9 @@ impl Sidecar {
             .set_service_status("", ServingStatus::NotServing)
             .await;
         self.health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
+            .await;
+        self.health
             .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
             .await;
         let _ = self.shutdown.send(true);
@@ -473,8 +613,11 @@ impl Sidecar {
             self.servers.abort_all();
             while self.servers.join_next().await.is_some() {}
         }
+        // Only the socket this sidecar bound: never one another process put there since.
         if let Some(path) = &self.uds_path {
-            let _ = std::fs::remove_file(path);
+            if self.uds_identity.is_some() && file_identity(path) == self.uds_identity {
+                let _ = std::fs::remove_file(path);
+            }
         }
         tracing::info!("stopped");
         match first_error {

@@ -388,13 +388,23 @@ fn probes_are_grpc_probes_on_the_health_listener() {
                     r.dir
                 );
             }
-            // The default service "" is the one that turns SERVING once the policy is loaded.
+            // Readiness asks "" (SERVING once the policy is loaded, NOT_SERVING when stale);
+            // liveness asks its own service, which staleness and policy-file problems never
+            // touch: a stale mirror must take the pod out of the Service, not restart it.
             let service = text_at(spec, "/grpc/service").unwrap_or_default();
-            assert!(
-                service.is_empty() || service == "authz.v1.Authz",
-                "{}: {probe} asks for health service {service:?}",
-                r.dir
-            );
+            if probe == "livenessProbe" {
+                assert_eq!(
+                    service, "authz.v1.Liveness",
+                    "{}: the livenessProbe must ask authz.v1.Liveness",
+                    r.dir
+                );
+            } else {
+                assert!(
+                    service.is_empty() || service == "authz.v1.Authz",
+                    "{}: {probe} asks for health service {service:?}",
+                    r.dir
+                );
+            }
             let period = port_at(spec, "/periodSeconds").unwrap_or(10);
             let failures = port_at(spec, "/failureThreshold").unwrap_or(3);
             assert!(

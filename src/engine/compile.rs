@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::bitset::BitSet;
-use super::routes::RouteTable;
+use super::routes::{RouteError, RouteTable};
 use super::snapshot::{
     CompiledCatalog, CompiledRole, CompiledRule, CompiledSubject, PermInfo, RoleList, RoleTable,
     Scopes, Snapshot, SubjectExtras, SubjectTable,
@@ -175,14 +175,8 @@ fn compile_catalog(policy: &Policy) -> CompiledCatalog {
         })
         .collect();
 
-    let mut endpoints = Vec::new();
     let mut events: HashMap<Box<str>, BitSet> = HashMap::new();
     for (i, p) in perms.iter().enumerate() {
-        for text in &p.endpoints {
-            if let Ok(e) = Endpoint::parse(text) {
-                endpoints.push((e, i));
-            }
-        }
         for event in &p.events {
             events
                 .entry(event.as_str().into())
@@ -195,10 +189,27 @@ fn compile_catalog(policy: &Policy) -> CompiledCatalog {
         names: perms.iter().map(|p| p.name.as_str().into()).collect(),
         index,
         info,
-        routes: RouteTable::build(&endpoints, n),
+        // Validation ran this same build and refused a catalog over the bound; should an
+        // unvalidated one get here, no endpoint matches (every HTTP decision is a denial).
+        routes: compile_routes(policy).unwrap_or_default(),
         events,
         types,
     }
+}
+
+/// The route table of a policy's endpoint templates, bounded (see
+/// [`super::routes::MAX_ROUTE_STATES`]). [`crate::model::validate`] runs it, so every path
+/// that accepts a catalog refuses one that cannot compile.
+pub fn compile_routes(policy: &Policy) -> Result<RouteTable, RouteError> {
+    let mut endpoints = Vec::new();
+    for (i, p) in policy.catalog.permissions.iter().enumerate() {
+        for text in &p.endpoints {
+            if let Ok(e) = Endpoint::parse(text) {
+                endpoints.push((e, i));
+            }
+        }
+    }
+    RouteTable::build(&endpoints, policy.catalog.permissions.len())
 }
 
 /// Every node reachable from `start` (itself included), ascending.

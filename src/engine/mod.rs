@@ -3,7 +3,7 @@
 
 mod bitset;
 mod compile;
-pub use compile::SnapshotBuilder;
+pub use compile::{SnapshotBuilder, compile_routes};
 mod decide;
 mod routes;
 mod snapshot;
@@ -14,4 +14,5 @@ mod tests;
 
 pub use bitset::BitSet;
 pub use decide::{Action, Decision, Inline, MAX_INLINE_ROLES, Reason, Request, Required};
+pub use routes::{MAX_ROUTE_STATES, RouteError};
 pub use snapshot::{CompactedSubjects, Snapshot};

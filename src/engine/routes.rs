@@ -22,9 +22,43 @@ struct Node {
     leaf: Option<u32>,
 }
 
+/// The most states the compiled route automaton may have. Templates that put literals at
+/// different positions among `{param}` segments make the subset construction grow
+/// exponentially; past this bound the catalog is refused (by `validate` as by every start,
+/// reload, import and write, which all compile through [`RouteTable::build`]).
+pub const MAX_ROUTE_STATES: usize = 20_000;
+
+/// Why endpoint templates could not be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The deterministic automaton would need more than [`MAX_ROUTE_STATES`] states.
+    #[error(
+        "the endpoint templates need more than {limit} route automaton states (templates that \
+         overlap literal and `{{param}}` segments at many positions); split or simplify them"
+    )]
+    TooManyStates {
+        /// The bound.
+        limit: usize,
+    },
+}
+
 impl RouteTable {
-    /// Compiles `(endpoint, permission id)` pairs for a catalog of `perm_count` permissions.
-    pub fn build(endpoints: &[(Endpoint, usize)], perm_count: usize) -> RouteTable {
+    /// Compiles `(endpoint, permission id)` pairs for a catalog of `perm_count` permissions,
+    /// with at most [`MAX_ROUTE_STATES`] states.
+    pub fn build(
+        endpoints: &[(Endpoint, usize)],
+        perm_count: usize,
+    ) -> Result<RouteTable, RouteError> {
+        Self::build_bounded(endpoints, perm_count, MAX_ROUTE_STATES)
+    }
+
+    /// [`RouteTable::build`] with another bound on the number of states.
+    pub fn build_bounded(
+        endpoints: &[(Endpoint, usize)],
+        perm_count: usize,
+        max_states: usize,
+    ) -> Result<RouteTable, RouteError> {
         let mut naive = Naive::default();
         let mut roots: [Option<usize>; Method::ALL.len()] = Default::default();
         for (endpoint, perm) in endpoints {
@@ -37,67 +71,20 @@ impl RouteTable {
                 naive.insert(root, &endpoint.segments, *perm);
             }
         }
-        let mut table = RouteTable::default();
-        let mut memo = HashMap::new();
+        let mut builder = Determinizer {
+            table: RouteTable::default(),
+            memo: HashMap::new(),
+            todo: Vec::new(),
+            max_states,
+        };
         for method in Method::ALL {
             if let Some(root) = roots[method.index()] {
-                let set = BTreeSet::from([root]);
-                table.roots[method.index()] =
-                    Some(table.determinize(&naive, set, perm_count, &mut memo));
+                let id = builder.state(BTreeSet::from([root]))?;
+                builder.table.roots[method.index()] = Some(id);
+                builder.run(&naive, perm_count)?;
             }
         }
-        table
-    }
-
-    fn determinize(
-        &mut self,
-        naive: &Naive,
-        set: BTreeSet<usize>,
-        perm_count: usize,
-        memo: &mut HashMap<BTreeSet<usize>, u32>,
-    ) -> u32 {
-        if let Some(id) = memo.get(&set) {
-            return *id;
-        }
-        let id = self.nodes.len() as u32;
-        self.nodes.push(Node::default());
-        memo.insert(set.clone(), id);
-
-        let params: BTreeSet<usize> = set.iter().filter_map(|n| naive.nodes[*n].param).collect();
-        let mut keys: Vec<&str> = set
-            .iter()
-            .flat_map(|n| naive.nodes[*n].literals.keys().map(String::as_str))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        for key in keys {
-            let mut child: BTreeSet<usize> = set
-                .iter()
-                .filter_map(|n| naive.nodes[*n].literals.get(key).copied())
-                .collect();
-            child.extend(params.iter().copied());
-            let child_id = self.determinize(naive, child, perm_count, memo);
-            self.nodes[id as usize]
-                .literals
-                .insert(key.into(), child_id);
-        }
-        if !params.is_empty() {
-            let child_id = self.determinize(naive, params, perm_count, memo);
-            self.nodes[id as usize].param = Some(child_id);
-        }
-        let mut leaf = BitSet::new(perm_count);
-        let mut any = false;
-        for n in &set {
-            for perm in &naive.nodes[*n].perms {
-                leaf.insert(*perm);
-                any = true;
-            }
-        }
-        if any {
-            self.nodes[id as usize].leaf = Some(self.leaves.len() as u32);
-            self.leaves.push(leaf);
-        }
-        id
+        Ok(builder.table)
     }
 
     /// The permissions that unlock `method path`, if any template matches. Allocates nothing.
@@ -109,6 +96,75 @@ impl RouteTable {
             node = &self.nodes[next as usize];
         }
         node.leaf.map(|l| &self.leaves[l as usize])
+    }
+}
+
+/// Subset construction with an explicit work list (no recursion: a deep template cannot
+/// overflow the stack) and a bound on the number of states.
+struct Determinizer {
+    table: RouteTable,
+    memo: HashMap<BTreeSet<usize>, u32>,
+    todo: Vec<(u32, BTreeSet<usize>)>,
+    max_states: usize,
+}
+
+impl Determinizer {
+    /// The state for a set of naive nodes, queued for expansion when new.
+    fn state(&mut self, set: BTreeSet<usize>) -> Result<u32, RouteError> {
+        if let Some(id) = self.memo.get(&set) {
+            return Ok(*id);
+        }
+        if self.table.nodes.len() >= self.max_states {
+            return Err(RouteError::TooManyStates {
+                limit: self.max_states,
+            });
+        }
+        let id = self.table.nodes.len() as u32;
+        self.table.nodes.push(Node::default());
+        self.memo.insert(set.clone(), id);
+        self.todo.push((id, set));
+        Ok(id)
+    }
+
+    fn run(&mut self, naive: &Naive, perm_count: usize) -> Result<(), RouteError> {
+        while let Some((id, set)) = self.todo.pop() {
+            let params: BTreeSet<usize> =
+                set.iter().filter_map(|n| naive.nodes[*n].param).collect();
+            let mut keys: Vec<&str> = set
+                .iter()
+                .flat_map(|n| naive.nodes[*n].literals.keys().map(String::as_str))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                let mut child: BTreeSet<usize> = set
+                    .iter()
+                    .filter_map(|n| naive.nodes[*n].literals.get(key).copied())
+                    .collect();
+                child.extend(params.iter().copied());
+                let child_id = self.state(child)?;
+                self.table.nodes[id as usize]
+                    .literals
+                    .insert(key.into(), child_id);
+            }
+            if !params.is_empty() {
+                let child_id = self.state(params)?;
+                self.table.nodes[id as usize].param = Some(child_id);
+            }
+            let mut leaf = BitSet::new(perm_count);
+            let mut any = false;
+            for n in &set {
+                for perm in &naive.nodes[*n].perms {
+                    leaf.insert(*perm);
+                    any = true;
+                }
+            }
+            if any {
+                self.table.nodes[id as usize].leaf = Some(self.table.leaves.len() as u32);
+                self.table.leaves.push(leaf);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -165,7 +221,7 @@ mod tests {
             .iter()
             .map(|(t, p)| (Endpoint::parse(t).expect("valid"), *p))
             .collect();
-        RouteTable::build(&eps, 8)
+        RouteTable::build(&eps, 8).expect("small table")
     }
 
     fn hit(t: &RouteTable, method: Method, path: &str) -> Vec<usize> {
@@ -213,5 +269,61 @@ mod tests {
         assert_eq!(hit(&t, Method::Head, "/v1/ping"), vec![1]);
         assert_eq!(hit(&t, Method::Get, "/v1/ping"), Vec::<usize>::new());
         assert_eq!(hit(&t, Method::Head, "/v1/x"), Vec::<usize>::new());
+    }
+
+    /// n templates, each with its literal at another position among n params.
+    fn staggered(n: usize) -> Vec<(Endpoint, usize)> {
+        (0..n)
+            .map(|i| {
+                let segs: Vec<String> = (0..n)
+                    .map(|j| {
+                        if i == j {
+                            format!("l{i}")
+                        } else {
+                            "{p}".into()
+                        }
+                    })
+                    .collect();
+                (
+                    Endpoint::parse(&format!("GET /{}", segs.join("/"))).expect("valid"),
+                    i,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn staggered_literals_are_refused_at_the_state_bound_quickly() {
+        // 2^n states unbounded: 21 templates took 15 s and 1.8 GB before the bound.
+        for n in [18, 21, 40] {
+            let started = std::time::Instant::now();
+            let got = RouteTable::build(&staggered(n), n);
+            assert_eq!(
+                got.err(),
+                Some(RouteError::TooManyStates {
+                    limit: MAX_ROUTE_STATES
+                }),
+                "{n} templates"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{n}: {:?}",
+                started.elapsed()
+            );
+        }
+        // Small overlaps still compile, and decide as before.
+        let t = RouteTable::build(&staggered(6), 6).expect("64-ish states");
+        assert_eq!(hit(&t, Method::Get, "/l0/x/x/x/x/l5"), vec![0, 5]);
+    }
+
+    #[test]
+    fn a_deep_template_compiles_without_recursion() {
+        let path = format!("GET /{}", vec!["a"; 64].join("/"));
+        let t = RouteTable::build(&[(Endpoint::parse(&path).expect("64 segments"), 0)], 1)
+            .expect("compiles");
+        assert_eq!(
+            hit(&t, Method::Get, &format!("/{}", vec!["a"; 64].join("/"))),
+            vec![0]
+        );
     }
 }

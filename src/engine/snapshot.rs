@@ -26,6 +26,13 @@ impl Snapshot {
         self.revision
     }
 
+    /// The same snapshot at another revision: a policy is compiled before it is committed,
+    /// and the commit assigns the revision.
+    pub fn with_revision(mut self, revision: u64) -> Snapshot {
+        self.revision = revision;
+        self
+    }
+
     /// The name of permission `id` (as found in a decision's `required`).
     pub fn permission_name(&self, id: u32) -> &str {
         &self.catalog.names[id as usize]

@@ -208,6 +208,13 @@ impl Endpoint {
                 "endpoint `{text}`: a template holds literal segments and `{{param}}` only"
             ));
         }
+        let count = path.split('/').filter(|s| !s.is_empty()).count();
+        if count > super::http_path::MAX_PATH_SEGMENTS {
+            return Err(format!(
+                "endpoint has {count} path segments; a template has at most {} (as a Check path)",
+                super::http_path::MAX_PATH_SEGMENTS
+            ));
+        }
         let mut segments = Vec::new();
         for seg in path.split('/').filter(|s| !s.is_empty()) {
             if seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2 {
@@ -247,6 +254,8 @@ mod tests {
             "GET x",
             "GET /a/{b",
             "GET /a/*",
+            &format!("GET /{}", vec!["a"; 65].join("/")),
+            &format!("GET /{}", vec!["a"; 5000].join("/")),
             "GET /a b",
             "GET /a/../b",
             "GET /a/./b",

@@ -56,27 +56,59 @@ impl fmt::Display for PolicyFileError {
     }
 }
 
-/// Reads, validates and normalizes a policy file.
+/// The default bound on a policy file's size: a Kubernetes ConfigMap holds at most 1 MiB.
+pub const DEFAULT_MAX_POLICY_BYTES: u64 = 1024 * 1024;
+
+/// The most subjects one policy file may list (more are managed through the admin API or
+/// fleet mode); a 1 MiB file holds ~31k.
+pub const MAX_FILE_SUBJECTS: usize = 100_000;
+
+/// Reads, validates and normalizes a policy file of at most [`DEFAULT_MAX_POLICY_BYTES`].
 pub fn load_policy_file(path: &Path) -> Result<Policy, PolicyFileError> {
-    let (name, text) = read_policy_text(path)?;
+    load_policy_file_max(path, DEFAULT_MAX_POLICY_BYTES)
+}
+
+/// Reads, validates and normalizes a policy file of at most `max_bytes`.
+pub fn load_policy_file_max(path: &Path, max_bytes: u64) -> Result<Policy, PolicyFileError> {
+    let (name, text) = read_policy_text_max(path, max_bytes)?;
     parse_policy(&name, &text)
 }
 
-/// A policy file's name (as errors print it) and text.
+/// A policy file's name (as errors print it) and text, at most [`DEFAULT_MAX_POLICY_BYTES`].
 pub fn read_policy_text(path: &Path) -> Result<(String, String), PolicyFileError> {
+    read_policy_text_max(path, DEFAULT_MAX_POLICY_BYTES)
+}
+
+/// A policy file's name and text; a file over `max_bytes` is refused unread.
+pub fn read_policy_text_max(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<(String, String), PolicyFileError> {
+    use std::io::Read;
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok((name, text)),
-        Err(e) => Err(PolicyFileError {
-            file: name,
-            problems: vec![Problem {
-                line: None,
-                column: None,
-                field: None,
-                message: format!("cannot read: {e}"),
-            }],
-        }),
+    let fail = |message: String| PolicyFileError {
+        file: name.clone(),
+        problems: vec![Problem {
+            line: None,
+            column: None,
+            field: None,
+            message,
+        }],
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    // Read one byte past the bound: a file growing while read is caught as well.
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(fail(format!(
+            "the file is larger than {max_bytes} bytes (--max-policy-bytes / AUTHZ_MAX_POLICY_BYTES)"
+        )));
     }
+    String::from_utf8(bytes)
+        .map(|text| (name.clone(), text))
+        .map_err(|e| fail(format!("cannot read: not UTF-8 text ({e})")))
 }
 
 /// Parses, validates and normalizes policy text; `file` names it in errors.
@@ -104,6 +136,18 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
             message: e.into_inner().to_string(),
         }])
     })?;
+    if policy.subjects.len() > MAX_FILE_SUBJECTS {
+        let (line, column) = locate(&node, &FieldPath::root().key("subjects"));
+        return Err(fail(vec![Problem {
+            line,
+            column,
+            field: Some("subjects".into()),
+            message: format!(
+                "{} subjects; a policy file lists at most {MAX_FILE_SUBJECTS} (manage more through the admin API)",
+                policy.subjects.len()
+            ),
+        }]));
+    }
     if let Err(errors) = validate(&policy) {
         let mut problems: Vec<Problem> = errors
             .into_iter()

@@ -310,20 +310,86 @@ fn validate_catalog(policy: &Policy, errs: &mut Errors) {
             }
         }
     }
-    // Parent chains must end: a cycle would nest forever in ListRoles.
-    for (i, perm) in policy.catalog.permissions.iter().enumerate() {
-        let mut hops = 0;
-        let mut cursor = perm.parent.as_deref();
-        while let Some(name) = cursor {
-            hops += 1;
-            if hops > policy.catalog.permissions.len() {
-                errs.push(
-                    path.key("permissions").index(i).key("parent"),
-                    format!("parent chain of `{}` loops", perm.name),
-                );
-                break;
+    check_parent_chains(policy, &path, errs);
+    // The same bounded build every start, reload, import and write compiles.
+    if let Err(e) = crate::engine::compile_routes(policy) {
+        errs.push(path.key("permissions"), e.to_string());
+    }
+}
+
+/// The deepest parent chain a catalog may hold (ListRoles nests one level per hop).
+pub const MAX_PARENT_DEPTH: usize = 32;
+
+/// Parent chains must end (a cycle would nest forever in ListRoles) and stay within
+/// [`MAX_PARENT_DEPTH`]. Linear: every permission's depth is computed once.
+fn check_parent_chains(policy: &Policy, path: &FieldPath, errs: &mut Errors) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Seen {
+        New,
+        OnWalk,
+        Depth(usize),
+        Loops,
+    }
+    let perms = &policy.catalog.permissions;
+    let index: HashMap<&str, usize> = perms
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    let parent = |i: usize| {
+        perms[i]
+            .parent
+            .as_deref()
+            .and_then(|name| index.get(name).copied())
+    };
+    let mut seen = vec![Seen::New; perms.len()];
+    let mut walk = Vec::new();
+    for start in 0..perms.len() {
+        // Climb until a permission whose depth is known, a root, or this walk itself.
+        let mut at = Some(start);
+        let mut base = Seen::Depth(0);
+        while let Some(i) = at {
+            match seen[i] {
+                Seen::New => {
+                    seen[i] = Seen::OnWalk;
+                    walk.push(i);
+                    at = parent(i);
+                }
+                Seen::OnWalk => {
+                    base = Seen::Loops;
+                    break;
+                }
+                known => {
+                    base = match known {
+                        Seen::Depth(d) => Seen::Depth(d + 1),
+                        other => other,
+                    };
+                    break;
+                }
             }
-            cursor = policy.permission(name).and_then(|p| p.parent.as_deref());
+        }
+        // `base` is what the last permission of the walk gets; each one below it adds a hop.
+        let mut next = base;
+        while let Some(i) = walk.pop() {
+            seen[i] = next;
+            next = match next {
+                Seen::Depth(d) => Seen::Depth(d + 1),
+                other => other,
+            };
+        }
+    }
+    for (i, perm) in perms.iter().enumerate() {
+        let at = path.key("permissions").index(i).key("parent");
+        match seen[i] {
+            Seen::Loops => errs.push(at, format!("parent chain of `{}` loops", perm.name)),
+            Seen::Depth(d) if d == MAX_PARENT_DEPTH + 1 => errs.push(
+                at,
+                format!(
+                    "parent chain of `{}` is more than {MAX_PARENT_DEPTH} permissions deep",
+                    perm.name
+                ),
+            ),
+            _ => {}
         }
     }
 }

@@ -40,6 +40,8 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
             reloadable: false,
         },
         seed_source: "test".into(),
+        seed_error: None,
+        max_policy_bytes: authz_sidecar::config::DEFAULT_MAX_POLICY_BYTES,
         admin_token: Some(ADMIN_TOKEN.into()),
         log_format: LogFormat::Plain,
         envoy: EnvoyConfig::default(),
