@@ -5,6 +5,7 @@ mod bitset;
 mod compile;
 pub use compile::SnapshotBuilder;
 mod decide;
+mod explain;
 mod routes;
 mod snapshot;
 mod subject_index;
@@ -14,4 +15,5 @@ mod tests;
 
 pub use bitset::BitSet;
 pub use decide::{Action, Decision, Inline, MAX_INLINE_ROLES, Reason, Request, Required};
+pub use explain::{Explanation, Step, StepKind, SubjectTrace};
 pub use snapshot::{CompactedSubjects, Snapshot};
