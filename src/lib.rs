@@ -11,6 +11,7 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod policytest;
 pub mod reload;
 pub mod server;
 pub mod store;
