@@ -90,6 +90,8 @@ pub enum Command {
     },
     /// Print the SHA-256 of a token read from standard input, for `admins[].token_sha256`.
     HashToken,
+    /// A client for a running sidecar: check, roles, subjects, subject get, health.
+    Ctl(Box<crate::ctl::CtlArgs>),
     /// Run policy test files (YAML cases) offline against a policy; exit 1 when a case
     /// fails, 2 when the policy or a test file is malformed.
     Test {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod ctl;
 pub mod decision_log;
 pub mod engine;
 pub mod fleet;

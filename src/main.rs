@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::HashToken) => hash_token(),
+        Some(Command::Ctl(args)) => ctl(&args),
         Some(Command::Test {
             policy,
             tests,
@@ -235,6 +236,30 @@ fn push_indented(out: &mut String, text: &str) {
         out.push_str("    ");
         out.push_str(line);
         out.push('\n');
+    }
+}
+
+/// `authz-sidecar ctl`: one call to a running sidecar.
+fn ctl(args: &authz_sidecar::ctl::CtlArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(authz_sidecar::ctl::run(args)) {
+        Ok(outcome) => {
+            let _ = writeln!(std::io::stdout(), "{}", outcome.text);
+            ExitCode::from(outcome.code)
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 
