@@ -138,6 +138,7 @@ fn bench_batch(c: &mut Criterion) {
                             .map(|id| snap.permission_name(id).to_owned())
                             .collect(),
                         revision: snap.revision(),
+                        explanation: None,
                     });
                 })
                 .expect("valid");

@@ -106,6 +106,25 @@ pub enum Command {
     },
     /// Print the SHA-256 of a token read from standard input, for `admins[].token_sha256`.
     HashToken,
+    /// A client for a running sidecar: check, roles, subjects, subject get, health.
+    Ctl(Box<crate::ctl::CtlArgs>),
+    /// Run policy test files (YAML cases) offline against a policy; exit 1 when a case
+    /// fails, 2 when the policy or a test file is malformed.
+    Test {
+        /// Policy file (YAML or JSON).
+        policy: PathBuf,
+        /// Test files; default: `<policy without .yaml>.tests.yaml` next to the policy.
+        tests: Vec<PathBuf>,
+        /// Also write a JUnit XML report here.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// How HTTP paths are read, as the sidecar's flag: `refuse` or `data`.
+        #[arg(long, env = "AUTHZ_HTTP_ENCODED_SLASHES", default_value = "refuse")]
+        http_encoded_slashes: String,
+        /// Print the explanation of every case, not only of failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
 }
 
 /// How to reach etcd (fleet mode and `import --source etcd`).

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod ctl;
 pub mod decision_log;
 pub mod engine;
 pub mod fleet;
@@ -11,6 +12,7 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod policytest;
 pub mod reload;
 pub mod server;
 pub mod store;

@@ -1,13 +1,16 @@
 //! `authz-sidecar`: flags → Config → Sidecar. Everything else lives in the library.
 
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use authz_sidecar::config::read_seed_max;
 use authz_sidecar::config::{Cli, Command, Config, ENV_ADMIN_TOKEN};
 use authz_sidecar::fleet;
 use authz_sidecar::logging;
-use authz_sidecar::model::file::load_policy_file_max;
+use authz_sidecar::model::file::{load_policy_file, load_policy_file_max};
+use authz_sidecar::model::{EncodedSlashes, PathOptions};
+use authz_sidecar::policytest::{junit, load_test_file, run_file};
 use authz_sidecar::server::Sidecar;
 use authz_sidecar::store::{ImportMode, SledStore, Store};
 use clap::Parser;
@@ -37,6 +40,20 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::HashToken) => hash_token(),
+        Some(Command::Ctl(args)) => ctl(&args),
+        Some(Command::Test {
+            policy,
+            tests,
+            junit,
+            http_encoded_slashes,
+            verbose,
+        }) => policy_test(
+            &policy,
+            &tests,
+            junit.as_deref(),
+            &http_encoded_slashes,
+            verbose,
+        ),
         None => serve(cli.serve.into_config(std::env::var(ENV_ADMIN_TOKEN).ok())),
     }
 }
@@ -133,6 +150,123 @@ fn import_etcd(
         Err(e) => {
             eprintln!("import failed: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `authz-sidecar test`: every case of every test file against the compiled policy.
+fn policy_test(
+    policy_file: &Path,
+    tests: &[PathBuf],
+    junit_file: Option<&Path>,
+    encoded_slashes: &str,
+    verbose: bool,
+) -> ExitCode {
+    let encoded_slashes = match encoded_slashes {
+        "refuse" => EncodedSlashes::Refuse,
+        "data" => EncodedSlashes::Data,
+        other => {
+            eprintln!("error: --http-encoded-slashes: `{other}` is not `refuse` or `data`");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let paths = PathOptions { encoded_slashes };
+    let policy = match load_policy_file(policy_file) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let defaults;
+    let tests = if tests.is_empty() {
+        let stem = policy_file.with_extension("");
+        defaults = [PathBuf::from(format!("{}.tests.yaml", stem.display()))];
+        &defaults[..]
+    } else {
+        tests
+    };
+    let mut results = Vec::new();
+    for file in tests {
+        let outcome = load_test_file(file).and_then(|t| run_file(&policy, &t, paths));
+        match outcome {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    let mut out = String::new();
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for file in &results {
+        for c in &file.cases {
+            if c.passed {
+                passed += 1;
+                if verbose {
+                    out.push_str(&format!(
+                        "{}:{}: ok: {}\n",
+                        file.file, c.case.line, c.case.name
+                    ));
+                    push_indented(&mut out, &c.explanation.to_string());
+                }
+                continue;
+            }
+            failed += 1;
+            let why = c.failure.as_deref().unwrap_or("failed");
+            out.push_str(&format!(
+                "{}:{}: FAIL: {}: {why}\n",
+                file.file, c.case.line, c.case.name
+            ));
+            push_indented(&mut out, &c.explanation.to_string());
+        }
+    }
+    out.push_str(&format!(
+        "{passed} passed, {failed} failed ({} file(s))\n",
+        results.len()
+    ));
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    if let Some(path) = junit_file {
+        if let Err(e) = std::fs::write(path, junit(&results)) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn push_indented(out: &mut String, text: &str) {
+    for line in text.lines() {
+        out.push_str("    ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+/// `authz-sidecar ctl`: one call to a running sidecar.
+fn ctl(args: &authz_sidecar::ctl::CtlArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(authz_sidecar::ctl::run(args)) {
+        Ok(outcome) => {
+            let _ = writeln!(std::io::stdout(), "{}", outcome.text);
+            ExitCode::from(outcome.code)
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

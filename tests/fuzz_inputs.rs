@@ -619,7 +619,10 @@ fn check_request() -> BoxedStrategy<pb::CheckRequest> {
     )
         .prop_map(
             |(subject, action, (scope, resource, min_revision), (roles, subject_type))| {
+                // Every other call also asks for the explanation: it must not panic either.
+                let explain = subject.len() % 2 == 0;
                 pb::CheckRequest {
+                    explain,
                     subject,
                     action,
                     scope,

@@ -410,6 +410,57 @@ fn answer(snapshot: &Snapshot, decision: &Decision<'_>) -> pb::CheckResponse {
             .map(|id| snapshot.permission_name(id).to_owned())
             .collect(),
         revision: snapshot.revision(),
+        explanation: None,
+    }
+}
+
+/// The explanation of a validated Check (`explain = true`): the same canonicalizer and rules
+/// as [`decide_with`], walked by [`Snapshot::explain`], with the approval effects of `roles`.
+fn explain_check(
+    snapshot: &Snapshot,
+    paths: PathOptions,
+    roles: &[crate::model::Role],
+    r: &pb::CheckRequest,
+    asked: Asked<'_>,
+) -> pb::Explanation {
+    let mut explanation = match asked.canonicalize(paths) {
+        Ok(checked) => snapshot.explain(&engine::Request {
+            subject: &r.subject,
+            action: checked.action(),
+            scope: (!r.scope.is_empty()).then_some(r.scope.as_str()),
+            resource: (!r.resource.is_empty()).then_some(r.resource.as_str()),
+            inline: (!r.roles.is_empty()).then_some(Inline {
+                roles: &r.roles,
+                subject_type: &r.subject_type,
+            }),
+        }),
+        Err(rejection) => engine::Explanation::refused_path(&r.subject, rejection),
+    };
+    explanation.note_pending(roles);
+    explanation_to_pb(explanation)
+}
+
+/// The wire form of an explanation.
+pub fn explanation_to_pb(e: engine::Explanation) -> pb::Explanation {
+    pb::Explanation {
+        subject: e.subject.id,
+        subject_source: e.subject.source.to_owned(),
+        subject_type: e.subject.subject_type,
+        roles: e.subject.roles,
+        only: e.subject.only,
+        resources: e.subject.resources,
+        canonical_path: e.canonical_path.unwrap_or_default(),
+        steps: e
+            .steps
+            .into_iter()
+            .map(|s| pb::ExplainStep {
+                kind: s.kind.as_str().to_owned(),
+                role: s.role,
+                rule: s.rule,
+                matched: s.matched,
+                detail: s.detail,
+            })
+            .collect(),
     }
 }
 
@@ -463,13 +514,18 @@ impl pb::authz_server::Authz for AuthzService {
         let asked = asked(r).map_err(|bad| bad.status(None))?;
         let published = self.snapshot_at(r.min_revision).await?;
         let snapshot = &published.snapshot;
-        let response = decide_with(snapshot, self.state.http_paths, r, asked, |decision| {
+        let mut response = decide_with(snapshot, self.state.http_paths, r, asked, |decision| {
             self.state
                 .metrics
                 .decision(asked.kind(), decision.allowed, started);
             self.log_decision(r, asked, &decision, snapshot.revision());
             answer(snapshot, &decision)
         });
+        if r.explain {
+            let paths = self.state.http_paths;
+            let roles = &published.roles;
+            response.explanation = Some(explain_check(snapshot, paths, roles, r, asked));
+        }
         Ok(Response::new(response))
     }
 
@@ -491,7 +547,12 @@ impl pb::authz_server::Authz for AuthzService {
                 .metrics
                 .batch_decision(asked.kind(), decision.allowed);
             self.log_decision(item, asked, &decision, snapshot.revision());
-            results.push(answer(snapshot, &decision));
+            let mut result = answer(snapshot, &decision);
+            if item.explain {
+                let roles = &published.roles;
+                result.explanation = Some(explain_check(snapshot, paths, roles, item, asked));
+            }
+            results.push(result);
         })?;
         Ok(Response::new(pb::CheckBatchResponse {
             results,

@@ -228,22 +228,22 @@ impl fmt::Display for Reason<'_> {
 }
 
 /// The subject as a decision sees it: stored or inline, resolved to ids.
-struct View<'a> {
-    id: &'a str,
-    roles: RoleIds<'a>,
-    type_id: Option<u16>,
-    type_name: &'a str,
-    only: Option<&'a BitSet>,
-    resources: &'a [(Box<str>, u32)],
+pub(super) struct View<'a> {
+    pub(super) id: &'a str,
+    pub(super) roles: RoleIds<'a>,
+    pub(super) type_id: Option<u16>,
+    pub(super) type_name: &'a str,
+    pub(super) only: Option<&'a BitSet>,
+    pub(super) resources: &'a [(Box<str>, u32)],
 }
 
-enum RoleIds<'a> {
+pub(super) enum RoleIds<'a> {
     Stored(&'a [u32]),
     Inline([u32; MAX_INLINE_ROLES], usize),
 }
 
 impl RoleIds<'_> {
-    fn as_slice(&self) -> &[u32] {
+    pub(super) fn as_slice(&self) -> &[u32] {
         match self {
             RoleIds::Stored(ids) => ids,
             RoleIds::Inline(ids, len) => &ids[..*len],
@@ -274,7 +274,7 @@ impl Snapshot {
         }
     }
 
-    fn view<'a>(&'a self, req: &Request<'a>) -> Result<View<'a>, Reason<'a>> {
+    pub(super) fn view<'a>(&'a self, req: &Request<'a>) -> Result<View<'a>, Reason<'a>> {
         if let Some(inline) = req.inline {
             let mut ids = [0u32; MAX_INLINE_ROLES];
             let mut len = 0;
@@ -310,7 +310,7 @@ impl Snapshot {
         })
     }
 
-    fn role(&self, id: u32) -> &CompiledRole {
+    pub(super) fn role(&self, id: u32) -> &CompiledRole {
         &self.roles.roles[id as usize]
     }
 
@@ -490,7 +490,7 @@ impl Snapshot {
     }
 }
 
-fn allow<'a>(reason: Reason<'a>, required: Required<'a>) -> Decision<'a> {
+pub(super) fn allow<'a>(reason: Reason<'a>, required: Required<'a>) -> Decision<'a> {
     Decision {
         allowed: true,
         reason,
@@ -505,7 +505,7 @@ impl Decision<'static> {
     }
 }
 
-fn deny<'a>(reason: Reason<'a>, required: Required<'a>) -> Decision<'a> {
+pub(super) fn deny<'a>(reason: Reason<'a>, required: Required<'a>) -> Decision<'a> {
     Decision {
         allowed: false,
         reason,

@@ -5,6 +5,7 @@ mod bitset;
 mod compile;
 pub use compile::{SnapshotBuilder, compile_routes};
 mod decide;
+mod explain;
 mod routes;
 mod snapshot;
 mod subject_index;
@@ -14,5 +15,6 @@ mod tests;
 
 pub use bitset::BitSet;
 pub use decide::{Action, Decision, Inline, MAX_INLINE_ROLES, Reason, Request, Required};
+pub use explain::{Explanation, Step, StepKind, SubjectTrace};
 pub use routes::{MAX_ROUTE_STATES, RouteError};
 pub use snapshot::{CompactedSubjects, Snapshot};

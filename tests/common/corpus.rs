@@ -1,3 +1,6 @@
+//! Reader of the hostile-path corpus, included by several test binaries (not all use all of it).
+#![allow(dead_code)]
+
 //! The hostile request paths of `tests/fixtures/hostile-paths.txt`, shared by the tests that
 //! replay them (through the engine, the APIs, and a real Envoy).
 

@@ -120,6 +120,7 @@ mod tests {
             reason: "granted by role viewer".into(),
             required: vec!["devices:read".into()],
             revision: 7,
+            explanation: None,
         };
         assert_eq!(
             AuthzView::decode(authz.encode_to_vec().as_slice())
