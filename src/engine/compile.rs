@@ -193,6 +193,7 @@ fn compile_catalog(policy: &Policy) -> CompiledCatalog {
         index,
         info,
         routes: RouteTable::build(&endpoints, n),
+        endpoints: endpoints.into_iter().map(|(e, i)| (e, i as u32)).collect(),
         events,
         types,
     }

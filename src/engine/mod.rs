@@ -5,6 +5,7 @@ mod bitset;
 mod compile;
 pub use compile::SnapshotBuilder;
 mod decide;
+pub mod envoy_rbac;
 mod routes;
 mod snapshot;
 mod subject_index;
