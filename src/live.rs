@@ -330,6 +330,8 @@ pub struct LivePolicy {
     bootstrap_token: Option<String>,
     /// The revision published last (fleet mode waits on it).
     applied: tokio::sync::watch::Sender<u64>,
+    /// Bumped after every publish (any revision), for the xDS pusher.
+    published_seq: tokio::sync::watch::Sender<u64>,
     /// Set in fleet mode.
     fleet: OnceLock<FleetHooks>,
 }
@@ -400,6 +402,7 @@ impl LivePolicy {
             })),
             bootstrap_token: bootstrap_token.map(str::to_owned),
             applied: tokio::sync::watch::Sender::new(revision),
+            published_seq: tokio::sync::watch::Sender::new(0),
             fleet: OnceLock::new(),
         }
     }
@@ -461,6 +464,12 @@ impl LivePolicy {
     /// The local store's mirror origin (fleet mode).
     pub fn mirror_origin(&self) -> Result<Option<MirrorOrigin>, StoreError> {
         self.store.mirror_origin()
+    }
+
+    /// Notified after every publish: a receiver sees `changed()` once something new was
+    /// published (then reads [`LivePolicy::current`]).
+    pub fn subscribe_published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published_seq.subscribe()
     }
 
     /// The revision of the published snapshot.
@@ -596,6 +605,7 @@ impl LivePolicy {
             }
         };
         self.published.store(Arc::new(published));
+        self.published_seq.send_modify(|n| *n += 1);
         if admins_changed {
             self.admins.store(Arc::new(AdminSet::new(
                 &next.admins,
@@ -635,6 +645,7 @@ impl LivePolicy {
         self.store.replace_mirrored(policy, revision, origin)?;
         self.published
             .store(Arc::new(Self::publishable(policy, revision)));
+        self.published_seq.send_modify(|n| *n += 1);
         self.admins.store(Arc::new(AdminSet::new(
             &policy.admins,
             self.bootstrap_token.as_deref(),
@@ -770,6 +781,7 @@ impl LivePolicy {
                 .import_revoking(&merged, "reload", ImportMode::Reload, digest, &revoked)?;
         self.published
             .store(Arc::new(Self::publishable(&merged, revision)));
+        self.published_seq.send_modify(|n| *n += 1);
         self.admins.store(Arc::new(AdminSet::new(
             &merged.admins,
             self.bootstrap_token.as_deref(),
@@ -862,6 +874,7 @@ impl LivePolicy {
             published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
+        self.published_seq.send_modify(|n| *n += 1);
     }
 
     fn save_role(
@@ -1027,6 +1040,7 @@ impl LivePolicy {
             published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
+        self.published_seq.send_modify(|n| *n += 1);
         self.maybe_compact();
         Ok(revision)
     }
@@ -1067,6 +1081,7 @@ impl LivePolicy {
             published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
+        self.published_seq.send_modify(|n| *n += 1);
         self.maybe_compact();
         Ok(revision)
     }

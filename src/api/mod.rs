@@ -7,6 +7,7 @@ mod convert;
 mod envoy;
 mod envoy_wire;
 mod status;
+pub mod xds;
 
 pub use authz::{AppState, AuthzService, MAX_MESSAGE_BYTES};
 pub use envoy::{
