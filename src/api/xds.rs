@@ -202,11 +202,17 @@ pub fn render(plan: &RbacPlan, config: &EnvoyConfig) -> RbacFilter {
         .iter()
         .map(|g| regex_predicate(header_input(":path"), g))
         .collect();
+    // Envoy refuses an empty map: with no subject compiled, the guards lead to `defer` too.
+    let on_match = if subjects.is_empty() {
+        action(DEFER_ACTION, RbacVerdict::Deny)
+    } else {
+        nested(tree(subject_input_config(config), subjects))
+    };
     let root = list(vec![FieldMatcher {
         predicate: Some(Predicate {
             match_type: Some(MatchType::AndMatcher(PredicateList { predicate: guards })),
         }),
-        on_match: Some(nested(tree(subject_input_config(config), subjects))),
+        on_match: Some(on_match),
     }]);
     RbacFilter {
         rules: None,
