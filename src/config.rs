@@ -373,7 +373,7 @@ pub struct ServeArgs {
 }
 
 /// Default of `--envoy-xds-max-subjects`.
-pub const DEFAULT_ENVOY_XDS_MAX_SUBJECTS: usize = 10_000;
+pub const DEFAULT_ENVOY_XDS_MAX_SUBJECTS: usize = 2_000;
 
 /// Where the xDS server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
