@@ -406,6 +406,31 @@ pub struct ServeArgs {
         default_value_t = DEFAULT_ENVOY_MAX_MESSAGE_BYTES
     )]
     pub envoy_max_message_bytes: usize,
+    /// Also serve Envoy's RBAC filter config over xDS (ECDS) here: `HOST:PORT` or
+    /// `unix:PATH`. Envoy then lets through what the policy allows on its own and asks
+    /// ext_authz only about the rest (docs/xds-rbac.md). Off by default.
+    #[arg(long, env = "AUTHZ_ENVOY_XDS_LISTEN")]
+    pub envoy_xds_listen: Option<String>,
+    /// Above this many subjects the xDS config compiles nothing and every request goes to
+    /// ext_authz (Envoy memory and push time grow with subjects; see BENCHMARKS.md).
+    #[arg(
+        long,
+        env = "AUTHZ_ENVOY_XDS_MAX_SUBJECTS",
+        default_value_t = DEFAULT_ENVOY_XDS_MAX_SUBJECTS
+    )]
+    pub envoy_xds_max_subjects: usize,
+}
+
+/// Default of `--envoy-xds-max-subjects`.
+pub const DEFAULT_ENVOY_XDS_MAX_SUBJECTS: usize = 2_000;
+
+/// Where the xDS server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XdsListen {
+    /// TCP.
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
 }
 
 /// The default `--envoy-max-message-bytes`: 1 MiB, as for the API's own messages.
@@ -506,6 +531,10 @@ pub struct EnvoyConfig {
     pub hide_reason: bool,
     /// Largest ext_authz request message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Where the xDS (ECDS) server for Envoy's RBAC filter listens; `None`: not served.
+    pub xds_listen: Option<XdsListen>,
+    /// Most subjects compiled into the RBAC config.
+    pub xds_max_subjects: usize,
 }
 
 impl Default for EnvoyConfig {
@@ -522,6 +551,8 @@ impl Default for EnvoyConfig {
             strip_subject_header: false,
             hide_reason: false,
             max_message_bytes: DEFAULT_ENVOY_MAX_MESSAGE_BYTES,
+            xds_listen: None,
+            xds_max_subjects: DEFAULT_ENVOY_XDS_MAX_SUBJECTS,
         }
     }
 }
@@ -893,6 +924,22 @@ impl ServeArgs {
             strip_subject_header: self.envoy_strip_subject_header,
             hide_reason: self.envoy_hide_reason,
             max_message_bytes: self.envoy_max_message_bytes,
+            xds_listen: match self.envoy_xds_listen.as_deref() {
+                None | Some("") | Some("none") => None,
+                Some(text) => match text.strip_prefix("unix:") {
+                    Some(path) if !path.is_empty() => Some(XdsListen::Unix(path.into())),
+                    _ => match text.parse::<SocketAddr>() {
+                        Ok(addr) => Some(XdsListen::Tcp(addr)),
+                        Err(_) => {
+                            errors.push(format!(
+                                "--envoy-xds-listen / AUTHZ_ENVOY_XDS_LISTEN: `{text}` is not HOST:PORT or unix:PATH"
+                            ));
+                            None
+                        }
+                    },
+                },
+            },
+            xds_max_subjects: self.envoy_xds_max_subjects,
         };
         if !ENVOY_MAX_MESSAGE_BYTES_RANGE.contains(&envoy.max_message_bytes) {
             errors.push(format!(

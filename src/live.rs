@@ -338,6 +338,8 @@ pub struct LivePolicy {
     bootstrap_token: Option<String>,
     /// The revision published last (fleet mode waits on it).
     applied: tokio::sync::watch::Sender<u64>,
+    /// Bumped after every publish (any revision), for the xDS pusher.
+    published_seq: tokio::sync::watch::Sender<u64>,
     /// Set in fleet mode.
     fleet: OnceLock<FleetHooks>,
 }
@@ -435,6 +437,7 @@ impl LivePolicy {
             })),
             bootstrap_token: bootstrap_token.map(str::to_owned),
             applied: tokio::sync::watch::Sender::new(revision),
+            published_seq: tokio::sync::watch::Sender::new(0),
             fleet: OnceLock::new(),
         }
     }
@@ -496,6 +499,12 @@ impl LivePolicy {
     /// The local store's mirror origin (fleet mode).
     pub fn mirror_origin(&self) -> Result<Option<MirrorOrigin>, StoreError> {
         self.store.mirror_origin()
+    }
+
+    /// Notified after every publish: a receiver sees `changed()` once something new was
+    /// published (then reads [`LivePolicy::current`]).
+    pub fn subscribe_published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published_seq.subscribe()
     }
 
     /// The revision of the published snapshot.
@@ -631,6 +640,7 @@ impl LivePolicy {
             }
         };
         self.published.store(Arc::new(published));
+        self.published_seq.send_modify(|n| *n += 1);
         if admins_changed {
             self.admins.store(Arc::new(AdminSet::new(
                 &next.admins,
@@ -670,6 +680,7 @@ impl LivePolicy {
         self.store.replace_mirrored(policy, revision, origin)?;
         self.published
             .store(Arc::new(Self::publishable(policy, revision)));
+        self.published_seq.send_modify(|n| *n += 1);
         self.admins.store(Arc::new(AdminSet::new(
             &policy.admins,
             self.bootstrap_token.as_deref(),
@@ -809,6 +820,7 @@ impl LivePolicy {
             snapshot: compiled.snapshot.with_revision(revision),
             ..compiled
         }));
+        self.published_seq.send_modify(|n| *n += 1);
         self.admins.store(Arc::new(AdminSet::new(
             &merged.admins,
             self.bootstrap_token.as_deref(),
@@ -903,6 +915,7 @@ impl LivePolicy {
             published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
+        self.published_seq.send_modify(|n| *n += 1);
     }
 
     fn save_role(
@@ -1068,6 +1081,7 @@ impl LivePolicy {
             published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
+        self.published_seq.send_modify(|n| *n += 1);
         self.maybe_compact();
         Ok(revision)
     }
@@ -1108,6 +1122,7 @@ impl LivePolicy {
             published_at: std::time::SystemTime::now(),
         };
         self.published.store(Arc::new(next));
+        self.published_seq.send_modify(|n| *n += 1);
         self.maybe_compact();
         Ok(revision)
     }

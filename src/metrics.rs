@@ -77,6 +77,16 @@ pub struct Metrics {
     snapshot_age: Gauge,
     subjects: IntGauge,
     fleet: FleetMetrics,
+    xds: XdsMetrics,
+}
+
+/// The xDS (ECDS) server for Envoy's RBAC filter.
+struct XdsMetrics {
+    pushes: IntCounter,
+    acks: IntCounter,
+    nacks: IntCounter,
+    acked_revision: IntGauge,
+    subjects: IntGauge,
 }
 
 /// Fleet mode: the mirror's lag and cost.
@@ -241,6 +251,33 @@ impl Metrics {
             ),
             apply: fleet_apply,
         };
+        let int_gauge = |name: &str, help: &str| {
+            let g = must(IntGauge::new(name, help));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let xds = XdsMetrics {
+            pushes: counter(
+                "authz_envoy_xds_pushes_total",
+                "RBAC filter configs pushed to Envoy over xDS",
+            ),
+            acks: counter(
+                "authz_envoy_xds_acks_total",
+                "RBAC filter configs Envoy accepted",
+            ),
+            nacks: counter(
+                "authz_envoy_xds_nacks_total",
+                "RBAC filter configs Envoy rejected (it keeps its last good one)",
+            ),
+            acked_revision: int_gauge(
+                "authz_envoy_xds_acked_revision",
+                "Policy revision of the RBAC config Envoy last accepted",
+            ),
+            subjects: int_gauge(
+                "authz_envoy_xds_subjects",
+                "Subjects compiled into the last RBAC config pushed",
+            ),
+        };
         #[cfg(target_os = "linux")]
         must(registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -259,7 +296,25 @@ impl Metrics {
             snapshot_age,
             subjects,
             fleet,
+            xds,
         }
+    }
+
+    /// xDS: one RBAC config pushed with `subjects` subjects compiled.
+    pub fn xds_pushed(&self, subjects: usize) {
+        self.xds.pushes.inc();
+        self.xds.subjects.set(subjects as i64);
+    }
+
+    /// xDS: Envoy accepted the config of `revision`.
+    pub fn xds_acked(&self, revision: u64) {
+        self.xds.acks.inc();
+        self.xds.acked_revision.set(revision as i64);
+    }
+
+    /// xDS: Envoy rejected a config.
+    pub fn xds_nacked(&self) {
+        self.xds.nacks.inc();
     }
 
     /// Fleet mode: one mirrored revision with `changes` entity changes, applied in `took`.

@@ -144,6 +144,7 @@ pub struct Sidecar {
     tcp_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     health_addr: Option<SocketAddr>,
+    xds_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     uds_path: Option<PathBuf>,
@@ -345,6 +346,44 @@ impl Sidecar {
         }
 
         let mut refused_at_open = None;
+        let mut xds_addr = None;
+        if let Some(listen) = &config.envoy.xds_listen {
+            let xds = crate::api::xds::XdsService::new(
+                Arc::clone(&state),
+                config.envoy.clone(),
+                health.clone(),
+            );
+            health
+                .set_service_status(crate::api::xds::HEALTH_SERVICE, ServingStatus::Serving)
+                .await;
+            let routes = Server::builder().add_service(xds.server());
+            match listen {
+                crate::config::XdsListen::Tcp(addr) => {
+                    let listener = bind_tcp(Some(*addr)).await?;
+                    if let Some(listener) = listener {
+                        xds_addr = listener.local_addr().ok();
+                        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                        servers.spawn(
+                            routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())),
+                        );
+                    }
+                }
+                crate::config::XdsListen::Unix(path) => {
+                    // As for --uds: only a stale socket is replaced.
+                    clear_stale_socket(path)?;
+                    let listener =
+                        UnixListener::bind(path).map_err(|source| ServerError::Bind {
+                            what: path.display().to_string(),
+                            source,
+                        })?;
+                    let incoming = UnixListenerStream::new(listener);
+                    servers.spawn(
+                        routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())),
+                    );
+                }
+            }
+        }
+
         let (live, revision) = match &config.fleet {
             None => {
                 let opened = Self::open_embedded(&config, store, &mut refused_at_open).await;
@@ -468,6 +507,7 @@ impl Sidecar {
             tcp_addr,
             admin_addr,
             health_addr,
+            xds_addr,
             metrics_addr,
             metrics,
             uds_path: config.uds,
@@ -535,6 +575,11 @@ impl Sidecar {
     /// The bound admin listener address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The bound xDS (ECDS) address, when `--envoy-xds-listen` names a TCP address.
+    pub fn xds_addr(&self) -> Option<SocketAddr> {
+        self.xds_addr
     }
 
     /// The bound health-only address.

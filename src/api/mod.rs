@@ -7,6 +7,7 @@ mod convert;
 mod envoy;
 mod envoy_wire;
 mod status;
+pub mod xds;
 
 pub use authz::{AppState, AuthzService, MAX_BATCH_ITEMS, MAX_MESSAGE_BYTES, decide_batch};
 pub use envoy::{

@@ -192,6 +192,17 @@ fn compile_catalog(policy: &Policy) -> CompiledCatalog {
         // Validation ran this same build and refused a catalog over the bound; should an
         // unvalidated one get here, no endpoint matches (every HTTP decision is a denial).
         routes: compile_routes(policy).unwrap_or_default(),
+        endpoints: policy
+            .catalog
+            .permissions
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                p.endpoints
+                    .iter()
+                    .filter_map(move |text| Endpoint::parse(text).ok().map(|e| (e, i as u32)))
+            })
+            .collect(),
         events,
         types,
     }

@@ -5,6 +5,7 @@ mod bitset;
 mod compile;
 pub use compile::{SnapshotBuilder, compile_routes};
 mod decide;
+pub mod envoy_rbac;
 mod explain;
 mod routes;
 mod snapshot;

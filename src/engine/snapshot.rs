@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::bitset::BitSet;
 use super::routes::RouteTable;
 use super::subject_index::SubjectIndex;
-use crate::model::{Access, PathPattern};
+use crate::model::{Access, Endpoint, PathPattern};
 
 /// An immutable compiled policy at one revision. Cheap to share; never mutated after build.
 ///
@@ -51,6 +51,8 @@ pub(super) struct CompiledCatalog {
     pub index: HashMap<Box<str>, u32>,
     pub info: Box<[PermInfo]>,
     pub routes: RouteTable,
+    /// The endpoint templates the route table was built from, with their permission ids.
+    pub endpoints: Box<[(Endpoint, u32)]>,
     pub events: HashMap<Box<str>, BitSet>,
     /// Subject types named by some `applies_to`.
     pub types: HashMap<Box<str>, u16>,

@@ -270,12 +270,12 @@ impl Stack {
     }
 }
 
-fn path_str(path: &Path) -> &str {
+pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf8 path")
 }
 
 /// The Envoy to run, if any (see the module documentation).
-fn envoy_binary() -> Option<PathBuf> {
+pub fn envoy_binary() -> Option<PathBuf> {
     let candidates = std::env::var_os("AUTHZ_TEST_ENVOY")
         .map(PathBuf::from)
         .into_iter()
@@ -372,7 +372,7 @@ fn start_sidecars(dir: &Path, policy_yaml: &str) -> (SocketAddr, SocketAddr) {
 
 /// The echo upstream: answers every request with 200, header `x-echo-upstream: 1` and a JSON
 /// body `{"method", "path", "headers": [[name, value], …]}` of what it received.
-fn start_echo_upstream() -> SocketAddr {
+pub fn start_echo_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {

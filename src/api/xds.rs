@@ -1,0 +1,399 @@
+//! The xDS server for Envoy's RBAC filter (ECDS, `envoy.service.extension.v3`): each published
+//! snapshot, compiled by [`Snapshot::rbac_plan`](crate::engine::Snapshot::rbac_plan), rendered
+//! as an `envoy.extensions.filters.http.rbac.v3.RBAC` with a `shadow_matcher` only, and pushed
+//! as the resource [`RESOURCE_NAME`] at `version_info` = the policy revision.
+//! docs/xds-rbac.md has the design.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig as EnvoyTypedExtensionConfig;
+use envoy_types::pb::envoy::config::rbac::v3::{Action as RbacAction, rbac::Action as RbacVerdict};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
+use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3::{
+    DynamicMetadataInput, dynamic_metadata_input,
+};
+use envoy_types::pb::envoy::extensions::matching::common_inputs::ssl::v3::UriSanInput;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_server::{
+    ExtensionConfigDiscoveryService, ExtensionConfigDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::HttpRequestHeaderMatchInput;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
+use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_list::predicate::{
+    MatchType, PredicateList, SinglePredicate, single_predicate,
+};
+use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_list::{FieldMatcher, Predicate};
+use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_tree::{MatchMap, TreeType};
+use envoy_types::pb::xds::r#type::matcher::v3::matcher::{
+    MatcherList, MatcherTree, MatcherType, OnMatch, on_match,
+};
+use envoy_types::pb::xds::r#type::matcher::v3::{
+    Matcher, RegexMatcher, StringMatcher, regex_matcher, string_matcher,
+};
+use prost::{Message, Name};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::authz::AppState;
+use super::envoy::JWT_AUTHN_NAMESPACE;
+use crate::config::{EnvoyConfig, SubjectSource};
+use crate::engine::envoy_rbac::{MethodPaths, RbacOptions, RbacPlan, SubjectInput, path_guards};
+
+/// The ECDS resource name: the listener's RBAC filter names it in `config_discovery`.
+pub const RESOURCE_NAME: &str = "authz.rbac";
+/// The health service that turns NOT_SERVING while Envoy rejects the latest config.
+pub const HEALTH_SERVICE: &str = "authz.envoy.xds";
+/// Name of the RBAC action of a request the plan does not allow (ext_authz decides it).
+pub const DEFER_ACTION: &str = "defer";
+
+const TYPED_EXTENSION_CONFIG: &str =
+    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+
+fn any<M: Message + Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+fn typed<M: Message + Name>(name: &str, message: &M) -> TypedExtensionConfig {
+    TypedExtensionConfig {
+        name: name.into(),
+        typed_config: Some(any(message)),
+    }
+}
+
+fn action(name: &str, verdict: RbacVerdict) -> OnMatch {
+    OnMatch {
+        keep_matching: false,
+        on_match: Some(on_match::OnMatch::Action(typed(
+            name,
+            &RbacAction {
+                name: name.into(),
+                action: verdict as i32,
+            },
+        ))),
+    }
+}
+
+fn nested(matcher: Matcher) -> OnMatch {
+    OnMatch {
+        keep_matching: false,
+        on_match: Some(on_match::OnMatch::Matcher(Box::new(matcher))),
+    }
+}
+
+fn defer() -> Option<Box<OnMatch>> {
+    Some(Box::new(action(DEFER_ACTION, RbacVerdict::Deny)))
+}
+
+fn header_input(name: &str) -> TypedExtensionConfig {
+    typed(
+        "header",
+        &HttpRequestHeaderMatchInput {
+            header_name: name.into(),
+        },
+    )
+}
+
+fn regex_predicate(input: TypedExtensionConfig, regex: &str) -> Predicate {
+    Predicate {
+        match_type: Some(MatchType::SinglePredicate(SinglePredicate {
+            input: Some(input),
+            matcher: Some(single_predicate::Matcher::ValueMatch(StringMatcher {
+                ignore_case: false,
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: regex.into(),
+                    engine_type: Some(regex_matcher::EngineType::GoogleRe2(
+                        regex_matcher::GoogleRe2 {},
+                    )),
+                })),
+            })),
+        })),
+    }
+}
+
+fn tree(input: TypedExtensionConfig, map: HashMap<String, OnMatch>) -> Matcher {
+    Matcher {
+        on_no_match: defer(),
+        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
+            input: Some(input),
+            tree_type: Some(TreeType::ExactMatchMap(MatchMap { map })),
+        })),
+    }
+}
+
+fn list(matchers: Vec<FieldMatcher>) -> Matcher {
+    Matcher {
+        on_no_match: defer(),
+        matcher_type: Some(MatcherType::MatcherList(MatcherList { matchers })),
+    }
+}
+
+/// The subject input ext_authz's subject source corresponds to.
+pub fn subject_input(config: &EnvoyConfig) -> SubjectInput {
+    match config.subject_source {
+        SubjectSource::Header => SubjectInput::Header,
+        SubjectSource::Jwt => SubjectInput::JwtClaim,
+        SubjectSource::Spiffe => SubjectInput::Spiffe,
+    }
+}
+
+fn subject_input_config(config: &EnvoyConfig) -> TypedExtensionConfig {
+    match config.subject_source {
+        SubjectSource::Header => header_input(&config.subject_header),
+        SubjectSource::Jwt => typed(
+            "jwt-claim",
+            &DynamicMetadataInput {
+                filter: JWT_AUTHN_NAMESPACE.into(),
+                path: [&config.jwt_payload_key, &config.jwt_claim]
+                    .into_iter()
+                    .map(|key| dynamic_metadata_input::PathSegment {
+                        segment: Some(dynamic_metadata_input::path_segment::Segment::Key(
+                            key.clone(),
+                        )),
+                    })
+                    .collect(),
+            },
+        ),
+        SubjectSource::Spiffe => typed("uri-san", &UriSanInput {}),
+    }
+}
+
+fn method_matcher(paths: &MethodPaths, allow: &OnMatch) -> Matcher {
+    let map = paths
+        .iter()
+        .map(|(method, regex)| {
+            let check = list(vec![FieldMatcher {
+                predicate: Some(regex_predicate(header_input(":path"), regex)),
+                on_match: Some(allow.clone()),
+            }]);
+            (method.as_str().to_owned(), nested(check))
+        })
+        .collect();
+    tree(header_input(":method"), map)
+}
+
+/// The RBAC filter config of a plan: a classifier (`shadow_matcher` only) whose verdict is
+/// `allowed` exactly for the requests the plan allows. Pure.
+pub fn render(plan: &RbacPlan, config: &EnvoyConfig) -> RbacFilter {
+    let allow = action(&plan.revision.to_string(), RbacVerdict::Allow);
+    // Subjects sharing one compiled entry share one rendered method matcher.
+    let mut rendered: HashMap<*const MethodPaths, Matcher> = HashMap::new();
+    let mut subjects = HashMap::with_capacity(plan.subjects.len());
+    for subject in &plan.subjects {
+        let matcher = rendered
+            .entry(Arc::as_ptr(&subject.allows))
+            .or_insert_with(|| method_matcher(&subject.allows, &allow))
+            .clone();
+        subjects.insert(subject.id.to_string(), nested(matcher));
+    }
+    let guards = path_guards()
+        .iter()
+        .map(|g| regex_predicate(header_input(":path"), g))
+        .collect();
+    // Envoy refuses an empty map: with no subject compiled, the guards lead to `defer` too.
+    let on_match = if subjects.is_empty() {
+        action(DEFER_ACTION, RbacVerdict::Deny)
+    } else {
+        nested(tree(subject_input_config(config), subjects))
+    };
+    let root = list(vec![FieldMatcher {
+        predicate: Some(Predicate {
+            match_type: Some(MatchType::AndMatcher(PredicateList { predicate: guards })),
+        }),
+        on_match: Some(on_match),
+    }]);
+    RbacFilter {
+        rules: None,
+        rules_stat_prefix: String::new(),
+        matcher: None,
+        shadow_rules: None,
+        shadow_matcher: Some(root),
+        shadow_rules_stat_prefix: String::new(),
+        track_per_rule_stats: false,
+    }
+}
+
+/// The ECDS response carrying `filter` at `revision`.
+fn response(filter: &RbacFilter, revision: u64, nonce: u64) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: revision.to_string(),
+        resources: vec![any(&EnvoyTypedExtensionConfig {
+            name: RESOURCE_NAME.into(),
+            typed_config: Some(any(filter)),
+        })],
+        type_url: TYPED_EXTENSION_CONFIG.into(),
+        nonce: nonce.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Serves the RBAC config over ECDS.
+#[derive(Clone)]
+pub struct XdsService {
+    state: Arc<AppState>,
+    config: Arc<EnvoyConfig>,
+    health: HealthReporter,
+}
+
+impl XdsService {
+    /// A service over the sidecar's state.
+    pub fn new(state: Arc<AppState>, config: EnvoyConfig, health: HealthReporter) -> XdsService {
+        XdsService {
+            state,
+            config: Arc::new(config),
+            health,
+        }
+    }
+
+    /// The tonic server for it.
+    pub fn server(self) -> ExtensionConfigDiscoveryServiceServer<XdsService> {
+        ExtensionConfigDiscoveryServiceServer::new(self)
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(4 * 1024 * 1024)
+    }
+
+    /// One stream: pushes the current config, then every new revision; reads ACKs and NACKs.
+    async fn run(
+        self,
+        mut requests: Streaming<DiscoveryRequest>,
+        out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        let live = loop {
+            match self.state.live() {
+                Ok(live) => break Arc::clone(live),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let mut published = live.subscribe_published();
+        let options = RbacOptions {
+            input: subject_input(&self.config),
+            max_subjects: self.config.xds_max_subjects,
+        };
+        let metrics = Arc::clone(&self.state.metrics);
+        let mut nonce = 0u64;
+        // (nonce, revision) of pushes not yet answered.
+        let mut sent: Vec<(u64, u64)> = Vec::new();
+        let mut pushed_revision = None;
+        let mut subscribed = false;
+        loop {
+            let mut push = false;
+            let mut force = false;
+            tokio::select! {
+                request = requests.message() => {
+                    let request = match request {
+                        Ok(Some(r)) => r,
+                        Ok(None) | Err(_) => return,
+                    };
+                    if request.response_nonce.is_empty() {
+                        subscribed = true;
+                        push = true;
+                        force = true;
+                    } else if let Ok(n) = request.response_nonce.parse::<u64>() {
+                        let revision = sent.iter().find(|(s, _)| *s == n).map(|(_, r)| *r);
+                        sent.retain(|(s, _)| *s > n);
+                        match (&request.error_detail, revision) {
+                            (Some(error), Some(revision)) => {
+                                metrics.xds_nacked();
+                                tracing::error!(revision, code = error.code, message = %error.message,
+                                    "Envoy rejected the RBAC config; it keeps its last good one");
+                                self.health
+                                    .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
+                                    .await;
+                            }
+                            (None, Some(revision)) => {
+                                metrics.xds_acked(revision);
+                                tracing::debug!(revision, "Envoy accepted the RBAC config");
+                                self.health
+                                    .set_service_status(HEALTH_SERVICE, ServingStatus::Serving)
+                                    .await;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                changed = published.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    push = subscribed;
+                }
+            }
+            if !push {
+                continue;
+            }
+            let current = live.current();
+            let revision = current.snapshot.revision();
+            if !force && pushed_revision == Some(revision) {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let plan = current.snapshot.rbac_plan(&options);
+            drop(current);
+            let filter = render(&plan, &self.config);
+            nonce += 1;
+            let message = response(&filter, revision, nonce);
+            tracing::info!(
+                revision,
+                subjects = plan.subjects.len(),
+                deferred = plan.deferred.len(),
+                bytes = message.encoded_len(),
+                compile_ms = started.elapsed().as_millis() as u64,
+                "pushing the RBAC config to Envoy"
+            );
+            metrics.xds_pushed(plan.subjects.len());
+            sent.push((nonce, revision));
+            pushed_revision = Some(revision);
+            if out.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExtensionConfigDiscoveryService for XdsService {
+    type StreamExtensionConfigsStream = ResponseStream<DiscoveryResponse>;
+
+    async fn stream_extension_configs(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamExtensionConfigsStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(self.clone().run(request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type DeltaExtensionConfigsStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn delta_extension_configs(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaExtensionConfigsStream>, Status> {
+        Err(Status::unimplemented(
+            "incremental ECDS is not served: use the state-of-the-world stream",
+        ))
+    }
+
+    async fn fetch_extension_configs(
+        &self,
+        _request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        Err(Status::unimplemented(
+            "REST ECDS is not served: use the state-of-the-world stream",
+        ))
+    }
+}
