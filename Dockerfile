@@ -18,7 +18,7 @@ WORKDIR /src
 # No protoc needed: build.rs compiles the .proto files with protox (pure Rust).
 COPY . .
 # The release profile keeps debug info for local profiling; the image does not need it
-# (72 MB -> 11 MB). Symbol names stay, so panics still print readable backtraces.
+# (104 MB -> 17 MB). Symbol names stay, so panics still print readable backtraces.
 ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \

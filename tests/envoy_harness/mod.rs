@@ -47,7 +47,8 @@ use std::time::{Duration, Instant};
 use authz_sidecar::config::{EnvoyMode, SubjectSource};
 use authz_sidecar::server::Sidecar;
 
-/// Which Envoy listener a request goes through.
+/// Which trusted-header listener (a variation of `k8s/overlays/envoy-trusted-header/envoy.yaml`) a
+/// request goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Front {
     /// The shipped `normalize_path: true`, `merge_slashes: true` and
@@ -61,7 +62,7 @@ pub struct Front {
 }
 
 impl Front {
-    /// The shipped configuration, enforce mode.
+    /// The trusted-header listener as shipped (127.0.0.1 trusted), enforce mode.
     pub const SHIPPED: Front = Front {
         normalize: true,
         raw_headers: false,
