@@ -1,5 +1,5 @@
 //! The Kubernetes manifests (`k8s/`), the `Dockerfile` and `docs/deploy.md`, checked without a
-//! cluster: `kubectl kustomize` renders the base and the Envoy overlay, every document is
+//! cluster: `kubectl kustomize` renders the base and every overlay, every document is
 //! parsed, and the wiring is asserted from the sidecar's own flags — probe ports against
 //! `--health-listen`, volume mounts against `--policy`, `--admin-token-file`, `--uds` and
 //! `--data-dir`, Envoy's ext_authz cluster against `--listen` — so that a change on one side
@@ -19,6 +19,10 @@ use serde_json::Value;
 
 const BASE: &str = "k8s/base";
 const ENVOY: &str = "k8s/overlays/envoy";
+/// The opt-in plain-header subject source on top of [`ENVOY`].
+const ENVOY_TRUSTED_HEADER: &str = "k8s/overlays/envoy-trusted-header";
+/// Every overlay with Envoy in front of the app.
+const ENVOY_OVERLAYS: [&str; 2] = [ENVOY, ENVOY_TRUSTED_HEADER];
 /// The image the manifests run and the Dockerfile builds: the crate name and version.
 const IMAGE_NAME: &str = env!("CARGO_PKG_NAME");
 const IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
@@ -352,9 +356,13 @@ fn bytes(quantity: &str) -> u64 {
     quantity.parse().expect("a memory quantity")
 }
 
-/// Both renders: every property of the base must survive the overlay.
-fn both() -> [Rendered; 2] {
-    [Rendered::new(BASE), Rendered::new(ENVOY)]
+/// The base and the Envoy overlays: every property of the base must survive them.
+fn every_pod() -> [Rendered; 3] {
+    [
+        Rendered::new(BASE),
+        Rendered::new(ENVOY),
+        Rendered::new(ENVOY_TRUSTED_HEADER),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -362,7 +370,7 @@ fn both() -> [Rendered; 2] {
 
 #[test]
 fn probes_are_grpc_probes_on_the_health_listener() {
-    for r in both() {
+    for r in every_pod() {
         let sidecar = r.sidecar();
         let health = addr(&r, &sidecar, "health-listen", "AUTHZ_HEALTH_LISTEN");
         assert!(
@@ -436,7 +444,7 @@ fn probes_are_grpc_probes_on_the_health_listener() {
 
 #[test]
 fn the_api_listens_on_loopback_only() {
-    for r in both() {
+    for r in every_pod() {
         let sidecar = r.sidecar();
         let listen = addr(&r, &sidecar, "listen", "AUTHZ_LISTEN");
         assert!(
@@ -462,7 +470,7 @@ fn the_api_listens_on_loopback_only() {
 
 #[test]
 fn the_sidecar_is_a_native_sidecar_running_the_crate_image() {
-    for r in both() {
+    for r in every_pod() {
         let sidecar = r.sidecar();
         assert!(sidecar.init, "{}: the sidecar is an init container", r.dir);
         assert_eq!(
@@ -494,7 +502,7 @@ fn the_sidecar_is_a_native_sidecar_running_the_crate_image() {
 
 #[test]
 fn every_container_is_locked_down() {
-    for r in both() {
+    for r in every_pod() {
         for c in r.containers() {
             let name = text_at(c.spec, "/name").unwrap_or_default();
             let check = |field: &str, expected: &str| {
@@ -550,7 +558,7 @@ fn every_container_is_locked_down() {
 
 #[test]
 fn every_container_has_resources() {
-    for r in both() {
+    for r in every_pod() {
         for c in r.containers() {
             let name = text_at(c.spec, "/name").unwrap_or_default();
             let request = text_at(c.spec, "/resources/requests/memory")
@@ -584,7 +592,7 @@ fn every_container_has_resources() {
 
 #[test]
 fn the_socket_directory_is_an_empty_dir_shared_with_the_app() {
-    for r in both() {
+    for r in every_pod() {
         let sidecar = r.sidecar();
         let uds = required_flag(&r, &sidecar, "uds", "AUTHZ_UDS");
         let dir = parent_dir(&uds);
@@ -624,7 +632,7 @@ fn the_socket_directory_is_an_empty_dir_shared_with_the_app() {
 
 #[test]
 fn the_data_dir_is_a_writable_volume() {
-    for r in both() {
+    for r in every_pod() {
         let sidecar = r.sidecar();
         let data = required_flag(&r, &sidecar, "data-dir", "AUTHZ_DATA_DIR");
         let (volume, mount) = r.mounted_at(&sidecar, &data);
@@ -645,7 +653,7 @@ fn the_data_dir_is_a_writable_volume() {
 #[test]
 fn the_policy_config_map_is_mounted_at_the_policy_directory_and_validates() {
     let example = read("examples/monitoring-apps.yaml");
-    for r in both() {
+    for r in every_pod() {
         let sidecar = r.sidecar();
         let policy = required_flag(&r, &sidecar, "policy", "AUTHZ_POLICY");
         let (volume, mount) = r.mounted_at(&sidecar, &parent_dir(&policy));
@@ -695,7 +703,7 @@ fn the_policy_copy_in_the_base_equals_the_example() {
 
 #[test]
 fn the_admin_token_secret_is_mounted_at_the_token_directory() {
-    for r in both() {
+    for r in every_pod() {
         let sidecar = r.sidecar();
         let token = required_flag(&r, &sidecar, "admin-token-file", "AUTHZ_ADMIN_TOKEN_FILE");
         let (volume, mount) = r.mounted_at(&sidecar, &parent_dir(&token));
@@ -742,7 +750,19 @@ impl EnvoyConfig {
         let key = file_name(&path);
         let content = text_at(r.object("ConfigMap", &name), &format!("/data/{key}"))
             .unwrap_or_else(|| panic!("ConfigMap {name} has no key {key}"));
-        assert_eq!(content, read("k8s/overlays/envoy/envoy.yaml"));
+        // The overlay's own envoy.yaml, or the one of the overlay it builds on.
+        let own = root().join(r.dir).join("envoy.yaml");
+        let file = if own.is_file() {
+            format!("{}/envoy.yaml", r.dir)
+        } else {
+            format!("{ENVOY}/envoy.yaml")
+        };
+        assert_eq!(
+            content,
+            read(&file),
+            "{}: the ConfigMap holds {file}",
+            r.dir
+        );
         (
             EnvoyConfig {
                 bootstrap: parse_yaml("envoy.yaml", &content),
@@ -755,17 +775,24 @@ impl EnvoyConfig {
         array(&self.bootstrap, "/static_resources/listeners")
     }
 
-    fn http_filters(&self) -> Vec<&Value> {
+    /// Every filter chain of every listener.
+    fn chains(&self) -> Vec<&Value> {
         self.listeners()
             .iter()
             .flat_map(|l| array(l, "/filter_chains"))
-            .flat_map(|chain| array(chain, "/filters"))
-            .filter(|f| {
+            .collect()
+    }
+
+    /// The http_connection_manager config of a filter chain.
+    fn hcm(chain: &Value) -> &Value {
+        array(chain, "/filters")
+            .iter()
+            .find(|f| {
                 text_at(f, "/name").as_deref()
                     == Some("envoy.filters.network.http_connection_manager")
             })
-            .flat_map(|hcm| array(hcm, "/typed_config/http_filters"))
-            .collect()
+            .and_then(|f| f.get("typed_config"))
+            .expect("every filter chain is an http_connection_manager")
     }
 
     fn cluster(&self, name: &str) -> &Value {
@@ -792,26 +819,57 @@ impl EnvoyConfig {
 
 #[test]
 fn envoy_ext_authz_calls_the_sidecar_on_loopback_and_fails_closed() {
-    let r = Rendered::new(ENVOY);
-    let (envoy, _) = EnvoyConfig::load(&r);
-    let filters = envoy.http_filters();
-    let names: Vec<String> = filters.iter().filter_map(|f| text_at(f, "/name")).collect();
-    let authz_at = names
-        .iter()
-        .position(|n| n == "envoy.filters.http.ext_authz")
-        .expect("an envoy.filters.http.ext_authz filter");
-    assert_eq!(
-        names.last().map(String::as_str),
-        Some("envoy.filters.http.router"),
-        "the router is the last HTTP filter"
-    );
-    assert!(
-        authz_at < names.len() - 1,
-        "ext_authz runs before the router"
-    );
-    let config = filters[authz_at]
-        .get("typed_config")
-        .expect("ext_authz typed_config");
+    for dir in ENVOY_OVERLAYS {
+        let r = Rendered::new(dir);
+        let (envoy, _) = EnvoyConfig::load(&r);
+        let sidecar = r.sidecar();
+        let chains = envoy.chains();
+        assert!(!chains.is_empty(), "{dir}: a listener with filter chains");
+        for chain in chains {
+            let hcm = EnvoyConfig::hcm(chain);
+            let filters = array(hcm, "/http_filters");
+            let names: Vec<String> = filters.iter().filter_map(|f| text_at(f, "/name")).collect();
+            let authz_at = names
+                .iter()
+                .position(|n| n == "envoy.filters.http.ext_authz")
+                .unwrap_or_else(|| panic!("{dir}: an ext_authz filter on every chain: {names:?}"));
+            assert_eq!(
+                names.last().map(String::as_str),
+                Some("envoy.filters.http.router"),
+                "{dir}: the router is the last HTTP filter"
+            );
+            assert!(
+                authz_at < names.len() - 1,
+                "{dir}: ext_authz runs before the router"
+            );
+            let config = filters[authz_at]
+                .get("typed_config")
+                .expect("ext_authz typed_config");
+            check_ext_authz(&r, &envoy, config);
+            // Headroom for the headers added after the count is first checked.
+            let max_headers: u32 = text_at(hcm, "/common_http_protocol_options/max_headers_count")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{dir}: the listener sets max_headers_count"));
+            assert!(
+                max_headers >= 105,
+                "{dir}: max_headers_count {max_headers} leaves no room above Envoy's default 100 \
+                 for the 5 headers Envoy and the sidecar add"
+            );
+            check_subject_source(&r, &sidecar, chain, &names, config);
+        }
+        let mode =
+            flag(&sidecar, "envoy-mode", "AUTHZ_ENVOY_MODE").unwrap_or_else(|| "enforce".into());
+        assert!(
+            mode == "enforce" || mode == "shadow",
+            "{dir}: the sidecar must serve ext_authz (envoy mode {mode})"
+        );
+    }
+}
+
+/// An ext_authz filter: V3, fails closed with 503, bounded, no body, calls the sidecar's
+/// `--listen` on loopback over HTTP/2.
+fn check_ext_authz(r: &Rendered, envoy: &EnvoyConfig, config: &Value) {
+    let dir = r.dir;
     assert_eq!(
         text_at(config, "/@type").as_deref(),
         Some("type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz")
@@ -823,7 +881,12 @@ fn envoy_ext_authz_calls_the_sidecar_on_loopback_and_fails_closed() {
     assert_eq!(
         text_at(config, "/failure_mode_allow").as_deref(),
         Some("false"),
-        "fail closed: a sidecar that cannot answer denies"
+        "{dir}: fail closed: a sidecar that cannot answer denies"
+    );
+    assert_eq!(
+        text_at(config, "/status_on_error/code").as_deref(),
+        Some("ServiceUnavailable"),
+        "{dir}: a sidecar that cannot answer is a 503, not a 403"
     );
     assert!(
         config.get("with_request_body").is_none(),
@@ -837,13 +900,12 @@ fn envoy_ext_authz_calls_the_sidecar_on_loopback_and_fails_closed() {
     assert!(seconds > 0.0 && seconds <= 1.0, "timeout {timeout}");
     let cluster = text_at(config, "/grpc_service/envoy_grpc/cluster_name")
         .expect("grpc_service.envoy_grpc.cluster_name");
-
     let sidecar = r.sidecar();
-    let listen = addr(&r, &sidecar, "listen", "AUTHZ_LISTEN");
+    let listen = addr(r, &sidecar, "listen", "AUTHZ_LISTEN");
     assert_eq!(
         envoy.endpoints(&cluster),
         vec![("127.0.0.1".to_owned(), listen.port())],
-        "cluster {cluster} points at the sidecar's --listen {listen}"
+        "{dir}: cluster {cluster} points at the sidecar's --listen {listen}"
     );
     assert_eq!(listen.ip().to_string(), "127.0.0.1");
     assert!(
@@ -855,17 +917,181 @@ fn envoy_ext_authz_calls_the_sidecar_on_loopback_and_fails_closed() {
             .is_some(),
         "gRPC needs HTTP/2 to cluster {cluster}"
     );
-    let mode = flag(&sidecar, "envoy-mode", "AUTHZ_ENVOY_MODE").unwrap_or_else(|| "enforce".into());
-    assert!(
-        mode == "enforce" || mode == "shadow",
-        "the sidecar must serve ext_authz (envoy mode {mode})"
+}
+
+/// The sidecar's subject source is backed by what runs in front of ext_authz on `chain`: a
+/// jwt_authn filter that requires a token and forwards its payload; mTLS requiring a client
+/// certificate; or, for the header, a trusted source range or the removal of every caller-sent
+/// copy before ext_authz.
+fn check_subject_source(
+    r: &Rendered,
+    sidecar: &Container<'_>,
+    chain: &Value,
+    names: &[String],
+    ext_authz: &Value,
+) {
+    let dir = r.dir;
+    let source = flag(
+        sidecar,
+        "envoy-subject-source",
+        "AUTHZ_ENVOY_SUBJECT_SOURCE",
+    )
+    .unwrap_or_else(|| "header".into());
+    let authz_at = names
+        .iter()
+        .position(|n| n == "envoy.filters.http.ext_authz")
+        .expect("ext_authz");
+    let filters = array(EnvoyConfig::hcm(chain), "/http_filters");
+    match source.as_str() {
+        "jwt" => {
+            let jwt_at = names
+                .iter()
+                .position(|n| n == "envoy.filters.http.jwt_authn")
+                .unwrap_or_else(|| panic!("{dir}: --envoy-subject-source=jwt without jwt_authn"));
+            assert!(jwt_at < authz_at, "{dir}: jwt_authn runs before ext_authz");
+            let jwt = filters[jwt_at]
+                .get("typed_config")
+                .expect("jwt_authn config");
+            let key = flag(
+                sidecar,
+                "envoy-jwt-payload-key",
+                "AUTHZ_ENVOY_JWT_PAYLOAD_KEY",
+            )
+            .unwrap_or_else(|| "jwt_payload".into());
+            let providers = jwt
+                .get("providers")
+                .and_then(Value::as_object)
+                .expect("jwt_authn providers");
+            assert!(!providers.is_empty());
+            for (name, provider) in providers {
+                assert_eq!(
+                    text_at(provider, "/payload_in_metadata").as_deref(),
+                    Some(key.as_str()),
+                    "{dir}: provider {name} puts its payload where the sidecar reads it"
+                );
+                assert!(
+                    !array(provider, "/audiences").is_empty(),
+                    "{dir}: provider {name} checks the audience"
+                );
+                assert!(text_at(provider, "/issuer").is_some());
+            }
+            let rules = array(jwt, "/rules");
+            assert!(
+                rules.iter().any(|rule| {
+                    text_at(rule, "/match/prefix").as_deref() == Some("/")
+                        && text_at(rule, "/requires/provider_name").is_some()
+                }),
+                "{dir}: jwt_authn requires a token on every path"
+            );
+            let namespaces: Vec<String> = array(ext_authz, "/metadata_context_namespaces")
+                .iter()
+                .filter_map(text)
+                .collect();
+            assert!(
+                namespaces
+                    .iter()
+                    .any(|n| n == "envoy.filters.http.jwt_authn"),
+                "{dir}: ext_authz forwards the jwt_authn metadata"
+            );
+        }
+        "spiffe" => {
+            let tls = chain
+                .pointer("/transport_socket/typed_config")
+                .unwrap_or_else(|| panic!("{dir}: --envoy-subject-source=spiffe without TLS"));
+            assert_eq!(
+                text_at(tls, "/require_client_certificate").as_deref(),
+                Some("true"),
+                "{dir}: a client certificate is required"
+            );
+        }
+        "header" => {
+            let header = flag(
+                sidecar,
+                "envoy-subject-header",
+                "AUTHZ_ENVOY_SUBJECT_HEADER",
+            )
+            .unwrap_or_else(|| "x-subject".into());
+            let trusted = !array(chain, "/filter_chain_match/source_prefix_ranges").is_empty();
+            let removed = filters[..authz_at].iter().any(|f| {
+                text_at(f, "/name").as_deref() == Some("envoy.filters.http.header_mutation")
+                    && array(f, "/typed_config/mutations/request_mutations")
+                        .iter()
+                        .any(|m| text_at(m, "/remove").as_deref() == Some(header.as_str()))
+            });
+            assert!(
+                trusted || removed,
+                "{dir}: a filter chain open to any caller reads the subject from `{header}` \
+                 without removing caller-sent copies first"
+            );
+            assert!(
+                flag(
+                    sidecar,
+                    "envoy-strip-subject-header",
+                    "AUTHZ_ENVOY_STRIP_SUBJECT_HEADER"
+                )
+                .is_some()
+                    || array(sidecar.spec, "/args")
+                        .iter()
+                        .any(|a| text(a).as_deref() == Some("--envoy-strip-subject-header")),
+                "{dir}: the raw subject header does not reach the app"
+            );
+        }
+        other => panic!("{dir}: unknown --envoy-subject-source {other}"),
+    }
+}
+
+/// The shipped default takes the subject from a verified JWT; the header source is an opt-in
+/// overlay with a chain for the trusted hop and one that removes the header for everyone else.
+#[test]
+fn the_envoy_overlay_is_secure_by_default_and_the_header_source_is_opt_in() {
+    let default = Rendered::new(ENVOY);
+    assert_eq!(
+        flag(
+            &default.sidecar(),
+            "envoy-subject-source",
+            "AUTHZ_ENVOY_SUBJECT_SOURCE"
+        )
+        .as_deref(),
+        Some("jwt"),
+        "{ENVOY}: the default overlay must not trust a header"
+    );
+    let opt_in = Rendered::new(ENVOY_TRUSTED_HEADER);
+    assert_eq!(
+        flag(
+            &opt_in.sidecar(),
+            "envoy-subject-source",
+            "AUTHZ_ENVOY_SUBJECT_SOURCE"
+        )
+        .as_deref(),
+        Some("header")
+    );
+    let (envoy, _) = EnvoyConfig::load(&opt_in);
+    let chains = envoy.chains();
+    let open: Vec<&&Value> = chains
+        .iter()
+        .filter(|c| c.get("filter_chain_match").is_none())
+        .collect();
+    assert_eq!(
+        open.len(),
+        1,
+        "{ENVOY_TRUSTED_HEADER}: one chain for every caller but the trusted hop"
+    );
+    assert_eq!(
+        chains.len(),
+        2,
+        "{ENVOY_TRUSTED_HEADER}: trusted and open chains"
     );
 }
 
 #[test]
 fn the_service_reaches_the_app_only_through_envoy() {
-    let r = Rendered::new(ENVOY);
-    let (envoy_config, envoy) = EnvoyConfig::load(&r);
+    for dir in ENVOY_OVERLAYS {
+        service_reaches_the_app_only_through_envoy(&Rendered::new(dir));
+    }
+}
+
+fn service_reaches_the_app_only_through_envoy(r: &Rendered) {
+    let (envoy_config, envoy) = EnvoyConfig::load(r);
     let listener_ports: BTreeSet<u16> = envoy_config
         .listeners()
         .iter()
@@ -1014,6 +1240,7 @@ fn the_deploy_guide_names_the_image_and_the_overlays() {
         format!("{IMAGE_NAME}:{IMAGE_TAG}"),
         format!("kubectl apply -k {BASE}"),
         format!("kubectl apply -k {ENVOY}"),
+        format!("kubectl apply -k {ENVOY_TRUSTED_HEADER}"),
         "VmRSS".to_owned(),
     ] {
         assert!(
@@ -1023,10 +1250,62 @@ fn the_deploy_guide_names_the_image_and_the_overlays() {
     }
 }
 
+/// The app container runs the example app the Dockerfile builds (stage `example-app`), tagged
+/// with the crate version, and the deploy guide's quick path builds and loads both images.
+#[test]
+fn the_example_app_image_is_built_by_the_dockerfile_and_loaded_in_the_quick_path() {
+    let app_image = format!("authz-example-app:{IMAGE_TAG}");
+    for r in every_pod() {
+        assert_eq!(
+            text_at(r.app().spec, "/image").as_deref(),
+            Some(app_image.as_str()),
+            "{}: the app container runs the example app",
+            r.dir
+        );
+    }
+    let stateful = Rendered::new("k8s/overlays/statefulset");
+    let app = array(
+        stateful.object("StatefulSet", "example-app"),
+        "/spec/template/spec/containers",
+    )
+    .iter()
+    .find(|c| text_at(c, "/name").as_deref() == Some("app"))
+    .expect("the StatefulSet's app container");
+    assert_eq!(text_at(app, "/image").as_deref(), Some(app_image.as_str()));
+    let dockerfile = read("Dockerfile").replace("\\\n", " ");
+    let stage = dockerfile
+        .split("\nFROM ")
+        .find(|stage| {
+            stage
+                .lines()
+                .next()
+                .is_some_and(|l| l.ends_with(" AS example-app"))
+        })
+        .expect("the Dockerfile has an example-app stage");
+    assert!(stage.contains(r#"ENTRYPOINT ["/authz-example-app"]"#));
+    assert!(stage.contains("USER 65532:65532"));
+    assert!(
+        dockerfile.contains("--bin authz-example-app"),
+        "the builder builds the example app"
+    );
+    let guide = read("docs/deploy.md");
+    for needle in [
+        format!("docker build -t {IMAGE_NAME}:{IMAGE_TAG} ."),
+        format!("docker build --target example-app -t {app_image} ."),
+        format!("kind load docker-image {IMAGE_NAME}:{IMAGE_TAG} {app_image}"),
+    ] {
+        assert!(
+            guide.contains(&needle),
+            "docs/deploy.md does not say `{needle}`"
+        );
+    }
+}
+
 /// Every kustomization the repository ships: the base and each overlay.
-const KUSTOMIZATIONS: [&str; 4] = [
+const KUSTOMIZATIONS: [&str; 5] = [
     BASE,
     ENVOY,
+    ENVOY_TRUSTED_HEADER,
     "k8s/overlays/fleet",
     "k8s/overlays/statefulset",
 ];
@@ -1123,4 +1402,67 @@ fn the_fleet_seed_job_runs_again_on_every_apply() {
         .and_then(|t| t.parse().ok())
         .expect("authz-seed sets ttlSecondsAfterFinished");
     assert!(ttl <= 300, "authz-seed lingers {ttl} s after it finishes");
+}
+
+/// The quick path's own overlay (docs/deploy.md, "Quick start on kind", step 3), made by running
+/// the guide's commands next to a copy of `k8s/`: it renders, and replaces the placeholder token
+/// with the generated one, which the sidecar then accepts.
+#[test]
+fn the_quick_start_overlay_renders_with_a_real_token() {
+    let guide = read("docs/deploy.md");
+    let quick = guide
+        .split("## Quick start on kind")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|block| block.split("\n```").next())
+        .expect("docs/deploy.md has a quick start shell block");
+    let step: Vec<&str> = quick
+        .lines()
+        .skip_while(|l| !l.starts_with("mkdir -p my-authz"))
+        .take_while(|l| !l.starts_with("kubectl apply"))
+        .collect();
+    assert!(!step.is_empty(), "the quick start makes my-authz");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(root().join("k8s"), dir.path().join("k8s")).expect("symlink");
+    let output = Command::new("sh")
+        .args(["-euc", &step.join("\n")])
+        .current_dir(dir.path())
+        .output()
+        .expect("sh runs");
+    assert!(
+        output.status.success(),
+        "the quick start's commands failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = std::fs::read_to_string(dir.path().join("my-authz/admin-token.txt"))
+        .expect("the token file");
+    let rendered = Command::new(kubectl())
+        .arg("kustomize")
+        .arg(dir.path().join("my-authz"))
+        .output()
+        .expect("kubectl kustomize runs");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let docs: Vec<Value> = String::from_utf8(rendered.stdout)
+        .expect("UTF-8")
+        .split("\n---\n")
+        .map(|doc| parse_yaml("my-authz", doc))
+        .collect();
+    let secret = docs
+        .iter()
+        .find(|d| text_at(d, "/kind").as_deref() == Some("Secret"))
+        .expect("a Secret");
+    let data = text_at(secret, "/data/token").expect("token data");
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(data.split_whitespace().collect::<String>())
+        .expect("base64");
+    assert_eq!(String::from_utf8_lossy(&decoded), token);
+    assert!(
+        !token.contains("REPLACE-ME") && token.trim().len() >= 32,
+        "a real token"
+    );
 }

@@ -1,7 +1,11 @@
-//! Through a real Envoy (the shipped `k8s/overlays/envoy/envoy.yaml`, and the same listener
-//! with path normalization off) to an echo upstream: what the app receives, and what never
-//! reaches it. The harness is `tests/envoy_harness/mod.rs`; without an Envoy binary these tests
-//! print `SKIPPED` (and fail with `CI=true`).
+//! Through a real Envoy to an echo upstream: what the app receives, and what never reaches it.
+//! The listeners are the shipped ones with addresses replaced: `k8s/overlays/envoy/envoy.yaml`
+//! (subject from jwt_authn, tokens signed here), the same with the SPIFFE mTLS snippet of
+//! docs/deploy.md (certificates made here), and the opt-in
+//! `k8s/overlays/envoy-trusted-header/envoy.yaml` (subject header, with and without path
+//! normalization and `encode_raw_headers`, enforce and shadow). One Envoy serves them all. The
+//! harness is `tests/envoy_harness/mod.rs`; without an Envoy binary these tests print `SKIPPED`
+//! (and fail with `CI=true`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -10,7 +14,12 @@ mod common;
 mod envoy_harness;
 
 use authz_sidecar::model::file::EMBEDDED_DEFAULT;
-use envoy_harness::{Front, Stack};
+use envoy_harness::{
+    Connection, EnvoyFile, Front, JWT_AUDIENCE, JWT_ISSUER, Listener, SHIPPED, SPIFFE_DASHBOARD,
+    SPIFFE_STRANGER, Stack, TRUSTED_HEADER, TlsFiles, now,
+};
+use serde_json::json;
+use std::time::{Duration, Instant};
 
 fn stack() -> Option<&'static Stack> {
     Stack::shared(EMBEDDED_DEFAULT)
@@ -296,4 +305,418 @@ fn the_hostile_corpus_never_reaches_the_upstream_when_denied() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shipped Envoy files and the docs' snippets
+
+/// The shipped files, addresses replaced (the CA bundle of the JWKS cluster too: a test machine
+/// may have none), and every Envoy snippet of README.md and docs/*.md, placed where it says it
+/// goes, pass `envoy --mode validate`.
+#[test]
+fn the_shipped_envoy_files_and_every_snippet_of_the_docs_pass_validate() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let tls = TlsFiles::generate(scratch.path());
+    let ca = tls.dir.join("ca.crt").display().to_string();
+    let mut configs = Vec::new();
+    for file in [SHIPPED, TRUSTED_HEADER] {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+                .expect(file);
+        configs.push((
+            file.to_owned(),
+            text.replace("/etc/ssl/certs/ca-certificates.crt", &ca),
+        ));
+    }
+    let shipped = EnvoyFile::read(SHIPPED);
+    let snippets = envoy_harness::envoy_snippets();
+    assert!(
+        snippets
+            .iter()
+            .any(|(_, s)| s.contains("DownstreamTlsContext")),
+        "docs/deploy.md shows the SPIFFE mTLS listener"
+    );
+    for (place, snippet) in snippets {
+        let first = snippet
+            .lines()
+            .find(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+            .unwrap_or_default();
+        let config = if first.starts_with("transport_socket:") {
+            let snippet = snippet.replace("/etc/envoy-tls/", &format!("{}/", tls.dir.display()));
+            format!(
+                "{}{}{}",
+                shipped.head,
+                envoy_harness::with_transport_socket(&shipped.listener, &snippet),
+                shipped.clusters
+            )
+        } else if first.starts_with("admin:") || first.starts_with("static_resources:") {
+            snippet.clone()
+        } else {
+            panic!(
+                "{place}: an Envoy snippet this test cannot place (start it with \
+                 `transport_socket:`, or make it a whole bootstrap)"
+            );
+        };
+        configs.push((
+            place,
+            config.replace("/etc/ssl/certs/ca-certificates.crt", &ca),
+        ));
+    }
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = configs
+            .iter()
+            .map(|(place, config)| scope.spawn(move || (place, envoy_harness::validate(config))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("validate"))
+            .collect()
+    });
+    let mut refused = Vec::new();
+    for (place, result) in results {
+        match result {
+            None => return,
+            Some(Ok(())) => {}
+            Some(Err(output)) => refused.push(format!("{place}:\n{output}")),
+        }
+    }
+    assert!(refused.is_empty(), "{}", refused.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subject from jwt_authn (the shipped default)
+
+fn claims(sub: Option<&str>, aud: &str, exp: u64) -> serde_json::Value {
+    let mut claims = json!({"iss": JWT_ISSUER, "aud": aud, "iat": now() - 60, "exp": exp});
+    if let Some(sub) = sub {
+        claims["sub"] = json!(sub);
+    }
+    claims
+}
+
+#[test]
+fn the_shipped_listener_takes_the_subject_from_a_verified_jwt() {
+    let Some(stack) = stack() else { return };
+    let signer = &stack.extras().jwt;
+    let bearer = |token: &str| format!("Bearer {token}");
+    let valid = signer.sign(&claims(Some("dashboard"), JWT_AUDIENCE, now() + 600));
+
+    // Valid: the subject is the `sub` claim, whatever header the caller adds.
+    let auth = bearer(&valid);
+    let reply = stack.send_to(
+        Listener::Jwt,
+        "GET",
+        "/v1/devices/d1",
+        &[
+            ("authorization", &auth),
+            ("x-subject", "dispatcher"),
+            ("x-authz-subject", "dispatcher"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let up = reply.upstream.expect("reached the upstream");
+    assert_eq!(up.values("x-authz-subject"), ["dashboard"]);
+    assert_eq!(up.values("x-authz-revision"), ["1"]);
+    // Valid token, action not granted: the sidecar's 403.
+    let denied = stack.send_to(
+        Listener::Jwt,
+        "POST",
+        "/v1/alarms/a1/dispatch",
+        &[("authorization", &auth)],
+    );
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(denied.upstream.is_none());
+    assert!(
+        denied.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("alarms:write"),
+        "{}",
+        denied.body
+    );
+
+    // Refused by jwt_authn before ext_authz: none reaches the upstream.
+    let other = envoy_harness::JwtSigner::generate("test-key");
+    let cases = [
+        ("no token", None, 401),
+        (
+            "expired",
+            Some(signer.sign(&claims(Some("dashboard"), JWT_AUDIENCE, now() - 120))),
+            401,
+        ),
+        (
+            "forged (another key, same kid)",
+            Some(other.sign(&claims(Some("dashboard"), JWT_AUDIENCE, now() + 600))),
+            401,
+        ),
+        (
+            "wrong audience",
+            Some(signer.sign(&claims(Some("dashboard"), "another-app", now() + 600))),
+            403,
+        ),
+        ("not a JWT", Some("not.a.jwt".to_owned()), 401),
+    ];
+    for (what, token, status) in cases {
+        let auth = token.as_deref().map(bearer);
+        let mut headers = vec![("x-subject", "dashboard")];
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth));
+        }
+        let reply = stack.send_to(Listener::Jwt, "GET", "/v1/devices/d1", &headers);
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        assert!(reply.upstream.is_none(), "{what}: reached the upstream");
+    }
+
+    // Verified, but without `sub`: the sidecar finds no subject.
+    let no_sub = bearer(&signer.sign(&claims(None, JWT_AUDIENCE, now() + 600)));
+    let reply = stack.send_to(
+        Listener::Jwt,
+        "GET",
+        "/v1/devices/d1",
+        &[("authorization", &no_sub), ("x-subject", "dashboard")],
+    );
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert!(reply.upstream.is_none());
+    let reason = reply.json()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("missing subject") && reason.contains("`sub`"),
+        "{reason}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subject from SPIFFE mTLS
+
+#[test]
+fn the_spiffe_listener_takes_the_subject_from_the_client_certificate() {
+    let Some(stack) = stack() else { return };
+    let reply = stack
+        .send_mtls(
+            Some(SPIFFE_DASHBOARD),
+            "GET",
+            "/v1/devices/d1",
+            &[("x-subject", "dispatcher")],
+        )
+        .expect("an answer");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let up = reply.upstream.expect("reached the upstream");
+    assert_eq!(up.values("x-authz-subject"), [SPIFFE_DASHBOARD]);
+
+    let denied = stack
+        .send_mtls(
+            Some(SPIFFE_DASHBOARD),
+            "POST",
+            "/v1/alarms/a1/dispatch",
+            &[],
+        )
+        .expect("an answer");
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(denied.upstream.is_none());
+
+    let stranger = stack
+        .send_mtls(Some(SPIFFE_STRANGER), "GET", "/v1/devices/d1", &[])
+        .expect("an answer");
+    assert_eq!(stranger.status, 403, "{}", stranger.body);
+    assert!(stranger.upstream.is_none());
+
+    // No client certificate: the handshake fails, no HTTP answer at all.
+    let anonymous = stack.send_mtls(None, "GET", "/v1/devices/d1", &[("x-subject", "dashboard")]);
+    assert!(anonymous.is_err(), "{anonymous:?}");
+    // Nor does plain HTTP get through.
+    let mut plain =
+        std::net::TcpStream::connect(("127.0.0.1", stack.listener_port(Listener::Spiffe)))
+            .expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    use std::io::{Read, Write};
+    let _ =
+        plain.write_all(b"GET /v1/devices/d1 HTTP/1.1\r\nhost: a\r\nx-subject: dashboard\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("x-echo-upstream"),
+        "plain HTTP reached the upstream"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The opt-in header source
+
+/// A caller that is not the trusted hop cannot name the subject: Envoy removes its `x-subject`
+/// before ext_authz runs, so the request has none.
+#[test]
+fn the_trusted_header_listener_removes_the_subject_header_of_other_callers() {
+    let Some(stack) = stack() else { return };
+    for headers in [
+        vec![("x-subject", "dashboard")],
+        vec![("x-subject", "dashboard"), ("X-Subject", "dashboard")],
+    ] {
+        let reply = stack.send_to(Listener::Untrusted, "GET", "/v1/devices/d1", &headers);
+        assert_eq!(reply.status, 401, "{}", reply.body);
+        assert!(reply.upstream.is_none());
+        assert!(
+            reply.json()["reason"]
+                .as_str()
+                .unwrap()
+                .contains("missing subject"),
+            "{}",
+            reply.body
+        );
+    }
+    // From the trusted hop the same request is allowed.
+    let trusted = stack.send(
+        Front::SHIPPED,
+        "GET",
+        "/v1/devices/d1",
+        &[("x-subject", "dashboard")],
+    );
+    assert_eq!(trusted.status, 200, "{}", trusted.body);
+}
+
+/// The shipped `max_headers_count` leaves room for what the sidecar and Envoy add: a request
+/// of up to 100 headers (Envoy's default limit) reaches the app with its subject and revision;
+/// closer to the limit Envoy refuses it (500 once ext_authz added its headers, 431 over the
+/// limit), and never lets it through without the sidecar's headers.
+#[test]
+fn the_header_count_limit_leaves_room_for_the_added_headers() {
+    let Some(stack) = stack() else { return };
+    let limit: usize =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED))
+            .expect("shipped")
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("max_headers_count:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the shipped listener sets max_headers_count");
+    let names: Vec<String> = (0..limit).map(|i| format!("x-filler-{i}")).collect();
+    // `count` request headers in all: `host`, `x-subject`, `connection` and fillers.
+    let send = |front: Front, count: usize| {
+        let mut headers = vec![("x-subject", "dashboard")];
+        headers.extend(names[..count - 3].iter().map(|n| (n.as_str(), "1")));
+        stack.send(front, "GET", "/v1/devices/d1", &headers)
+    };
+    for front in [Front::SHIPPED, Front::SHIPPED.in_shadow()] {
+        let reply = send(front, 100);
+        assert_eq!(reply.status, 200, "{front:?}: {}", reply.body);
+        let up = reply.upstream.expect("reached the upstream");
+        assert_eq!(up.values("x-authz-subject"), ["dashboard"], "{front:?}");
+        assert_eq!(up.values("x-authz-revision"), ["1"], "{front:?}");
+        for count in 101..=limit + 1 {
+            let reply = send(front, count);
+            match reply.upstream {
+                Some(up) => {
+                    assert_eq!(reply.status, 200);
+                    assert_eq!(up.values("x-authz-subject"), ["dashboard"], "{count}");
+                    assert_eq!(up.values("x-authz-revision"), ["1"], "{count}");
+                }
+                None => assert!(
+                    [431, 500].contains(&reply.status),
+                    "{front:?} {count} headers: {} {}",
+                    reply.status,
+                    reply.body
+                ),
+            }
+        }
+        assert_eq!(send(front, limit + 1).status, 431, "{front:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sidecar stopped and restarted, and a policy change, under a running Envoy
+
+/// Polls `listener` until `status` comes back (at most 15 s); returns the last reply.
+fn until_status(
+    stack: &Stack,
+    listener: Listener,
+    subject: &str,
+    status: u16,
+) -> envoy_harness::Reply {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = stack.send_to(listener, "GET", "/v1/devices/d1", &[("x-subject", subject)]);
+        if reply.status == status || Instant::now() > deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_stopped_sidecar_is_503_and_envoy_recovers_when_it_restarts() {
+    let Some(stack) = stack() else { return };
+    let mut lifecycle = stack.lifecycle();
+    let listeners = [Listener::LifecycleTcp, Listener::LifecycleUds];
+    for listener in listeners {
+        let reply = until_status(stack, listener, "dashboard", 200);
+        assert_eq!(reply.status, 200, "{listener:?}: {}", reply.body);
+    }
+    let stopped_at = Instant::now();
+    lifecycle.stop();
+    for listener in listeners {
+        // The shipped status_on_error: ServiceUnavailable, and nothing reaches the app.
+        let reply = stack.send_to(
+            listener,
+            "GET",
+            "/v1/devices/d1",
+            &[("x-subject", "dashboard")],
+        );
+        assert_eq!(reply.status, 503, "{listener:?}: {}", reply.body);
+        assert!(reply.upstream.is_none(), "{listener:?}: failed open");
+    }
+    assert!(stopped_at.elapsed() < Duration::from_secs(10));
+    lifecycle.start();
+    for listener in listeners {
+        let reply = until_status(stack, listener, "dashboard", 200);
+        assert_eq!(
+            reply.status, 200,
+            "{listener:?}: Envoy did not recover: {}",
+            reply.body
+        );
+        let up = reply.upstream.expect("reached the upstream");
+        assert_eq!(up.values("x-authz-subject"), ["dashboard"]);
+    }
+}
+
+/// An admin write reaches the next request of a connection Envoy already holds open (to the
+/// client and to the sidecar), over TCP and over the Unix socket.
+#[test]
+fn a_policy_change_reaches_envoys_open_connections() {
+    use authz_sidecar::api::pb;
+    let Some(stack) = stack() else { return };
+    let lifecycle = stack.lifecycle();
+    let mut connections: Vec<(Listener, Connection)> =
+        [Listener::LifecycleTcp, Listener::LifecycleUds]
+            .into_iter()
+            .map(|l| {
+                until_status(stack, l, "readonly", 200);
+                (l, Connection::open(stack, l))
+            })
+            .collect();
+    let mut revision = 0;
+    for (listener, connection) in &mut connections {
+        let reply = connection.send("GET", "/v1/devices/d1", &[("x-subject", "readonly")]);
+        assert_eq!(reply.status, 200, "{listener:?}: {}", reply.body);
+        let up = reply.upstream.expect("reached the upstream");
+        revision = up.values("x-authz-revision")[0]
+            .parse::<u64>()
+            .expect("revision");
+    }
+    let written = lifecycle.with_client(async |client| {
+        client
+            .delete_subject(common::admin(pb::DeleteSubjectRequest {
+                id: "readonly".into(),
+                expected_revision: 0,
+            }))
+            .await
+            .expect("delete subject")
+            .into_inner()
+            .revision
+    });
+    assert!(written > revision);
+    for (listener, connection) in &mut connections {
+        let reply = connection.send("GET", "/v1/devices/d1", &[("x-subject", "readonly")]);
+        assert_eq!(reply.status, 403, "{listener:?}: {}", reply.body);
+        assert!(reply.upstream.is_none());
+        assert_eq!(reply.json()["revision"], json!(written), "{}", reply.body);
+    }
 }

