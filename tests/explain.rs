@@ -5,8 +5,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
 mod common;
-#[path = "common/corpus.rs"]
-mod corpus;
 
 use std::path::PathBuf;
 
@@ -14,6 +12,7 @@ use authz_sidecar::api::pb;
 use authz_sidecar::engine::{Action, Decision, Explanation, Inline, Request, Snapshot, StepKind};
 use authz_sidecar::model::file::load_policy_file;
 use authz_sidecar::model::{CanonicalPath, PathOptions, Policy};
+use common::corpus;
 use common::*;
 
 const EXAMPLES: &[&str] = &[
