@@ -7,6 +7,11 @@ mod common;
 
 use authz_sidecar::api::{MAX_BATCH_ITEMS, pb};
 use authz_sidecar::model::file::EMBEDDED_DEFAULT;
+
+/// The seed policy without approval: a subject written here is effective at once.
+fn without_approval() -> String {
+    EMBEDDED_DEFAULT.replace("    requires_approval: true\n", "")
+}
 use common::*;
 use tonic::Code;
 
@@ -52,7 +57,7 @@ fn mixed() -> Vec<pb::CheckRequest> {
 
 #[tokio::test]
 async fn items_are_answered_in_order_exactly_as_check_answers_them() {
-    let sc = start(EMBEDDED_DEFAULT).await;
+    let sc = start(&without_approval()).await;
     let mut tcp = sc.client().await;
     let mut uds = pb::authz_client::AuthzClient::new(sc.uds_channel().await);
     let items = mixed();
@@ -84,7 +89,7 @@ async fn items_are_answered_in_order_exactly_as_check_answers_them() {
 
 #[tokio::test]
 async fn one_revision_and_min_revision_once_per_batch() {
-    let sc = start(EMBEDDED_DEFAULT).await;
+    let sc = start(&without_approval()).await;
     let mut client = sc.client().await;
     let put = client
         .put_subject(admin(pb::PutSubjectRequest {
@@ -148,7 +153,7 @@ async fn one_revision_and_min_revision_once_per_batch() {
 
 #[tokio::test]
 async fn bad_items_and_the_item_limit_are_invalid_argument_naming_the_field() {
-    let sc = start(EMBEDDED_DEFAULT).await;
+    let sc = start(&without_approval()).await;
     let mut client = sc.client().await;
     let cases = [
         (batch(Vec::new()), "items:"),

@@ -73,8 +73,9 @@ fn bad_configuration_is_reported_at_once_and_refused() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--listen"), "{err}");
     assert!(err.contains("--log-format"), "{err}");
-    assert!(err.contains("p.yaml:"), "{err}");
-    assert!(err.contains("3 configuration error(s)"), "{err}");
+    // A bad policy file is not a configuration error: the data dir decides (a stored policy
+    // keeps serving; see tests/resilience.rs).
+    assert!(err.contains("2 configuration error(s)"), "{err}");
 }
 
 /// Every flag has its `AUTHZ_*` variable, and a flag given on the command line wins over it.

@@ -2,7 +2,8 @@
 //! every example policy, the same requests (every endpoint and path rule of the policy, for every
 //! subject, an unknown one and none, in several methods and spellings, and the hostile corpus)
 //! go through the xDS/RBAC listener (`k8s/overlays/envoy-xds/envoy.yaml`) and through the
-//! ext_authz-only listener (`k8s/overlays/envoy/envoy.yaml`), each with its own sidecar: every
+//! ext_authz-only listener (`k8s/overlays/envoy-trusted-header/envoy.yaml`, the header source),
+//! each with its own sidecar: every
 //! status must be the same, and RBAC must have decided some of them on its own. Then admin
 //! writes: the time until Envoy applies each new revision is measured and printed (p50, p99).
 
@@ -245,12 +246,15 @@ fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr) -> Pair {
     let authz = start_envoy(
         envoy,
         &authz_dir,
+        // The ext_authz-only overlay that reads the subject from a header as the xDS one does,
+        // with loopback as the trusted hop.
         &overlay(
-            "k8s/overlays/envoy/envoy.yaml",
+            "k8s/overlays/envoy-trusted-header/envoy.yaml",
             authz_sidecar.sidecar.tcp_addr().expect("tcp"),
             upstream,
             &xds_socket,
-        ),
+        )
+        .replace("address_prefix: 192.0.2.0", "address_prefix: 127.0.0.0"),
     );
     // The first push: Envoy serves through ext_authz alone until it lands.
     let deadline = Instant::now() + Duration::from_secs(20);

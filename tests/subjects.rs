@@ -13,11 +13,14 @@ use common::*;
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
-/// The seed policy with a read-only admin (`reader-token`) and an auditor (`auditor-token`).
+/// The seed policy with a read-only admin (`reader-token`) and an auditor (`auditor-token`),
+/// without approval: these tests read back what was written, and a new app made through the
+/// API would otherwise hold nothing until its set is approved.
 fn policy() -> String {
     let digest = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
     format!(
-        "{EMBEDDED_DEFAULT}\nadmins:\n  - name: reader\n    token_sha256: {}\n    permissions: [authz.subjects.read]\n  - name: auditor\n    token_sha256: {}\n    permissions: [authz.audit.read]\n",
+        "{}\nadmins:\n  - name: reader\n    token_sha256: {}\n    permissions: [authz.subjects.read]\n  - name: auditor\n    token_sha256: {}\n    permissions: [authz.audit.read]\n",
+        EMBEDDED_DEFAULT.replace("    requires_approval: true\n", ""),
         digest("reader-token"),
         digest("auditor-token")
     )
