@@ -157,7 +157,8 @@ pub struct Sidecar {
     reload_stats: Arc<ReloadStats>,
 }
 
-const AUTHZ_SERVICE: &str = "authz.v1.Authz";
+/// The health name of `authz.v1.Authz`, as the generated server names it.
+const AUTHZ_SERVICE: &str = <AuthzServer<AuthzService> as tonic::server::NamedService>::NAME;
 
 /// The liveness health service: `SERVING` from the moment the listeners are bound until
 /// shutdown. Staleness and policy-file problems never touch it (they affect readiness, `""`
