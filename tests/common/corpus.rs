@@ -1,8 +1,7 @@
-//! Reader of the hostile-path corpus, included by several test binaries (not all use all of it).
-#![allow(dead_code)]
-
 //! The hostile request paths of `tests/fixtures/hostile-paths.txt`, shared by the tests that
-//! replay them (through the engine, the APIs, and a real Envoy).
+//! replay them (through the engine, the APIs, and a real Envoy); not every one uses all of it.
+
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
