@@ -298,6 +298,11 @@ fn at_least(mut request: pb::CheckRequest, min_revision: u64) -> pb::CheckReques
 }
 
 async fn health(t: &TestSidecar) -> i32 {
+    health_of(t, "").await
+}
+
+/// The status of one health service (`""` is readiness).
+async fn health_of(t: &TestSidecar, service: &str) -> i32 {
     let addr = t.sidecar.health_addr().expect("health listener");
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
@@ -307,7 +312,7 @@ async fn health(t: &TestSidecar) -> i32 {
     let mut client = HealthClient::new(channel);
     client
         .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
+            service: service.into(),
         })
         .await
         .expect("health answers")
@@ -709,6 +714,12 @@ async fn a_compaction_during_an_outage_makes_the_sidecar_reload_the_prefix() {
     )
     .await;
     assert!(b.sidecar.metrics().fleet_staleness_seconds() > 0.5);
+    // Staleness takes B out of the Service (readiness), never restarts it (liveness).
+    assert_eq!(
+        health_of(&b, authz_sidecar::server::LIVENESS_SERVICE).await,
+        ServingStatus::Serving as i32,
+        "liveness stays SERVING while the mirror is stale"
+    );
 
     proxy.heal();
     let r = common::check(

@@ -2,6 +2,7 @@
 //!
 //! [`Store`] is a trait so that a replicated backend (an etcd mirror) can sit beside sled.
 
+mod data_dir;
 mod sled_store;
 
 pub use sled_store::SledStore;
@@ -119,6 +120,33 @@ pub enum StoreError {
     /// Deleting something that is not there.
     #[error("{0} does not exist")]
     Missing(String),
+    /// A file of the data dir could not be read or written.
+    #[error("data dir: {what}: {source}")]
+    Io {
+        /// The file or directory.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data dir holds files and no `authz-store` marker: it is not a sidecar's store.
+    #[error(
+        "data dir {dir} is not empty and has no `authz-store` marker: it holds {} that this sidecar did not write; not opening or changing it: point --data-dir at an empty directory or at a sidecar's data dir",
+        entries.join(", ")
+    )]
+    Foreign {
+        /// The data dir.
+        dir: String,
+        /// What is in it.
+        entries: Vec<String>,
+    },
+    /// Another process holds the data dir's lock.
+    #[error(
+        "cannot open data dir {dir}: it is locked by another process (is another sidecar running on it?)"
+    )]
+    Locked {
+        /// The data dir.
+        dir: String,
+    },
 }
 
 /// How an import treats entities changed through the admin API.

@@ -2,13 +2,16 @@
 //! an `audit` tree keyed by revision. Every write is one multi-tree transaction, flushed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+use super::data_dir::{self, Found, LOCK_WAIT, RevisionRecord};
 use super::{
     AuditRecord, Change, Committed, FORMAT_VERSION, ImportMode, Loaded, Managed, MirrorBatch,
     MirrorOrigin, Mirrored, Revocation, Store, StoreError, Write,
@@ -24,19 +27,33 @@ const SOURCE_DIGEST: &[u8] = b"source_digest";
 const MIRROR_ORIGIN: &[u8] = b"mirror_origin";
 /// Revision of the last import or reload: every subject it wrote changed then.
 const SUBJECTS_BASE: &[u8] = b"subjects_base_revision";
+/// Name of the tree that holds the subjects (absent: [`SUBJECTS_FIRST`]). A whole-policy write
+/// fills a new tree in chunks and names it here in its final transaction.
+const SUBJECTS_TREE: &[u8] = b"subjects_tree";
+const SUBJECTS_FIRST: &str = "subjects";
+/// Subjects per transaction when a whole policy is written. sled keeps every page version a
+/// transaction replaces until the transaction ends: one transaction over the 27k subjects of a
+/// 1 MiB file peaked at ~130 MB, chunks of 1000 at ~20 MB (a standalone sled 0.34 program).
+const SUBJECT_CHUNK: usize = 1000;
 const MARK_PUT: &[u8] = b"put";
 const MARK_DELETED: &[u8] = b"deleted";
 
 /// A [`Store`] in a sled database directory.
 pub struct SledStore {
-    /// `authz-store` beside sled's files: present once a policy has been stored.
-    marker: PathBuf,
+    /// The data dir.
+    dir: PathBuf,
+    /// Write the clean-close note when dropped (not for a trial copy).
+    note_close: bool,
+    /// A policy has been stored (the `authz-store` marker says so).
     marked: AtomicBool,
+    /// The last acknowledged revision, beside the log.
+    record: RevisionRecord,
     db: sled::Db,
     meta: sled::Tree,
     catalog: sled::Tree,
     roles: sled::Tree,
-    subjects: sled::Tree,
+    /// The tree [`SUBJECTS_TREE`] names; swapped when a whole policy is written.
+    subjects: ArcSwap<sled::Tree>,
     admins: sled::Tree,
     audit: sled::Tree,
     /// `role/NAME` / `subject/ID` → `put` | `deleted`: what the admin API last changed.
@@ -77,21 +94,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// Marker file written (and synced) once a policy has been stored in the data dir.
-const MARKER_FILE: &str = "authz-store";
-
-fn write_marker(path: &Path) -> Result<(), StoreError> {
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(path)?;
-        std::io::Write::write_all(
-            &mut file,
-            format!("authz-sidecar data dir, format {FORMAT_VERSION}\n").as_bytes(),
-        )?;
-        file.sync_all()
-    };
-    write().map_err(|e| StoreError::Backend(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Length of a sled 0.34 segment header: crc32 ^ !0 (LE u32), lsn, max stable lsn.
@@ -137,11 +139,6 @@ fn check_log_readable(dir: &Path) -> Result<(), StoreError> {
 /// sled page cache size.
 const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// How long to wait for the data dir's lock: sled releases it from a background thread shortly
-/// after the previous owner in this process closed it (a restart in place). Another live process
-/// keeps it, and is refused after this.
-const LOCK_WAIT: Duration = Duration::from_secs(2);
-
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
@@ -161,10 +158,9 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
                     || e.to_string().contains("could not acquire lock") =>
             {
                 if Instant::now() >= deadline {
-                    return Err(StoreError::Backend(format!(
-                        "cannot open data dir {}: it is locked by another process (is another sidecar running on it?)",
-                        dir.display()
-                    )));
+                    return Err(StoreError::Locked {
+                        dir: dir.display().to_string(),
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -181,24 +177,60 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 impl SledStore {
-    /// Opens (creating if needed) the store in `dir`. Refuses data of another format version.
+    /// Opens (creating if needed) the store in `dir`. Refuses a dir that is someone else's, that
+    /// is locked, damaged or of another format version, and leaves a refused dir as it was: a
+    /// dir that was not closed cleanly is first opened and read in full from a copy
+    /// (see [`data_dir`]).
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let marker = dir.join(MARKER_FILE);
-        let marked = marker.exists();
-        if marked {
-            // sled rewrites a log it cannot read as a new, empty one when it opens. Check first,
-            // so that a damaged data dir is refused while its files are still as they were.
-            check_log_readable(dir)?;
-        }
+        let seeded = match data_dir::inspect(dir)? {
+            Found::Empty => {
+                data_dir::write_marker(dir, false)?;
+                false
+            }
+            Found::Ours {
+                seeded,
+                clean: true,
+            } => seeded,
+            Found::Ours {
+                seeded,
+                clean: false,
+            } => {
+                if seeded {
+                    // Cheap, and names the problem better than a failed trial would.
+                    check_log_readable(dir)?;
+                }
+                data_dir::wait_unlocked(dir)?;
+                data_dir::trial_open(dir, |copy| {
+                    let trial = SledStore::open_at(copy, seeded, false)?;
+                    trial.read_everything()
+                })?;
+                seeded
+            }
+        };
+        let store = SledStore::open_at(dir, seeded, true)?;
+        data_dir::forget_clean_close(dir)?;
+        Ok(store)
+    }
+
+    /// Opens sled in `dir` and checks what it reads: the format version, and a stored policy
+    /// where the marker says one was stored. `note_close`: write the clean-close note on drop.
+    fn open_at(dir: &Path, seeded: bool, note_close: bool) -> Result<SledStore, StoreError> {
         let db = open_db(dir)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let meta = tree("meta")?;
+        let subjects_name = match meta.get(SUBJECTS_TREE).map_err(backend)? {
+            Some(name) => String::from_utf8_lossy(&name).into_owned(),
+            None => SUBJECTS_FIRST.to_owned(),
+        };
         let store = SledStore {
-            marker,
-            marked: AtomicBool::new(marked),
-            meta: tree("meta")?,
+            dir: dir.to_path_buf(),
+            note_close,
+            marked: AtomicBool::new(seeded),
+            record: RevisionRecord::open(dir)?,
+            meta,
             catalog: tree("catalog")?,
             roles: tree("roles")?,
-            subjects: tree("subjects")?,
+            subjects: ArcSwap::from_pointee(tree(&subjects_name)?),
             admins: tree("admins")?,
             audit: tree("audit")?,
             managed: tree("managed")?,
@@ -216,13 +248,45 @@ impl SledStore {
         }
         // sled recovers an unreadable log as an empty database. The marker, written once a
         // policy was first stored, tells that apart from a new data dir: never re-seed it.
-        if marked && store.catalog.get(CATALOG).map_err(backend)?.is_none() {
+        if seeded && store.catalog.get(CATALOG).map_err(backend)?.is_none() {
             return Err(StoreError::Corrupt {
                 what: format!("data dir {}", dir.display()),
                 detail: "it held a policy (see its `authz-store` marker) but sled now reads it as empty: its files are corrupt or were replaced; not starting and not re-seeding it: restore the directory from a backup, or move it away to start empty".into(),
             });
         }
+        // A whole-policy write cut off before (or after) its final transaction leaves a subjects
+        // tree nobody names: drop it.
+        for name in store.db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            if (name == SUBJECTS_FIRST || name.starts_with("subjects@")) && name != subjects_name {
+                store.db.drop_tree(name.as_bytes()).map_err(backend)?;
+            }
+        }
+        let stored = revision_of(store.meta.get(REVISION).map_err(backend)?)?;
+        if let Some(acknowledged) = store.record.read() {
+            if stored < acknowledged {
+                return Err(StoreError::Corrupt {
+                    what: format!("data dir {}", dir.display()),
+                    detail: format!(
+                        "revision {acknowledged} was acknowledged but sled now reads revision {stored}: acknowledged changes are lost (its log was cut or overwritten); not starting and not touching it: restore the directory from a backup, or move it away to start empty"
+                    ),
+                });
+            }
+        }
         Ok(store)
+    }
+
+    /// Reads and decodes every record a start reads: a damaged page or record fails here.
+    fn read_everything(&self) -> Result<(), StoreError> {
+        self.load_head()?;
+        self.visit_subjects(&mut |_| Ok(()))?;
+        self.managed()?;
+        self.source_digest()?;
+        self.mirror_origin()?;
+        for item in self.audit.iter().chain(self.subject_revisions.iter()) {
+            item.map_err(backend)?;
+        }
+        Ok(())
     }
 
     /// Opens the store in `dir` and closes it again. sled replays everything logged since its
@@ -236,10 +300,12 @@ impl SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend)?;
+        self.record
+            .write(revision_of(self.meta.get(REVISION).map_err(backend)?)?)?;
         if !self.marked.load(Ordering::Acquire)
             && self.catalog.get(CATALOG).map_err(backend)?.is_some()
         {
-            write_marker(&self.marker)?;
+            data_dir::write_marker(&self.dir, true)?;
             self.marked.store(true, Ordering::Release);
         }
         Ok(())
@@ -252,6 +318,22 @@ impl SledStore {
                 decode(&format!("{kind}/{}", String::from_utf8_lossy(&k)), &v)
             })
             .collect()
+    }
+}
+
+impl Drop for SledStore {
+    /// A clean close: flush, then note every file's length and CRC-32 so that the next start
+    /// opens the dir directly instead of checking a copy first. Nothing is written when the
+    /// flush fails or the store holds another format (the next start refuses it untouched).
+    fn drop(&mut self) {
+        if !self.note_close || self.db.flush().is_err() {
+            return;
+        }
+        let ours = matches!(self.meta.get(FORMAT), Ok(None))
+            || matches!(self.meta.get(FORMAT), Ok(Some(v)) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes());
+        if ours {
+            data_dir::note_clean_close(&self.dir);
+        }
     }
 }
 
@@ -294,15 +376,45 @@ impl SledStore {
             Some((digest, revoked)) => (Some(digest), revoked),
             None => (None, &[][..]),
         };
+        if let Some((revision, _)) = at {
+            // A mirror reload may go down in revision (another etcd cluster): record the lower
+            // one first, so that the record is never ahead of the log if the write is cut off.
+            if self
+                .record
+                .read()
+                .is_some_and(|acknowledged| revision < acknowledged)
+            {
+                self.record.write(revision)?;
+            }
+        }
         // Keys to remove are read first; the writer lock above the store keeps this consistent.
         let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
             tree.iter().keys().map(|k| k.map_err(backend)).collect()
         };
-        let (old_roles, old_subjects, old_admins) = (
-            keys(&self.roles)?,
-            keys(&self.subjects)?,
-            keys(&self.admins)?,
-        );
+        let (old_roles, old_admins) = (keys(&self.roles)?, keys(&self.admins)?);
+        // The subjects go into a new tree, in chunks, before the final transaction names it.
+        let old_subjects = self.subjects.load_full();
+        let old_name = String::from_utf8_lossy(&old_subjects.name()).into_owned();
+        let generation = old_name
+            .strip_prefix("subjects@")
+            .and_then(|g| g.parse::<u64>().ok())
+            .unwrap_or(0);
+        let new_name = format!("subjects@{}", generation + 1);
+        // Left over from a write cut off at this point before.
+        self.db.drop_tree(new_name.as_bytes()).map_err(backend)?;
+        let new_subjects = self.db.open_tree(new_name.as_bytes()).map_err(backend)?;
+        let filled = policy.subjects.chunks(SUBJECT_CHUNK).try_for_each(|chunk| {
+            unwrap_tx(new_subjects.transaction(|t| {
+                for s in chunk {
+                    t.insert(s.id.as_bytes(), encode(s))?;
+                }
+                Ok(())
+            }))
+        });
+        if let Err(e) = filled {
+            let _ = self.db.drop_tree(new_name.as_bytes());
+            return Err(e);
+        }
         let old_marks = if clear_marks {
             keys(&self.managed)?
         } else {
@@ -322,12 +434,11 @@ impl SledStore {
             &self.meta,
             &self.catalog,
             &self.roles,
-            &self.subjects,
             &self.admins,
             &self.audit,
             &self.managed,
         )
-            .transaction(|(meta, catalog, roles, subjects, admins, audit, managed)| {
+            .transaction(|(meta, catalog, roles, admins, audit, managed)| {
                 for k in &old_marks {
                     managed.remove(k)?;
                 }
@@ -336,9 +447,6 @@ impl SledStore {
                 }
                 for k in &old_roles {
                     roles.remove(k)?;
-                }
-                for k in &old_subjects {
-                    subjects.remove(k)?;
                 }
                 for k in &old_admins {
                     admins.remove(k)?;
@@ -349,9 +457,7 @@ impl SledStore {
                 for r in &policy.roles {
                     roles.insert(r.name.as_bytes(), encode(r))?;
                 }
-                for s in &policy.subjects {
-                    subjects.insert(s.id.as_bytes(), encode(s))?;
-                }
+                meta.insert(SUBJECTS_TREE, new_name.as_bytes())?;
                 for a in &policy.admins {
                     admins.insert(a.name.as_bytes(), encode(a))?;
                 }
@@ -378,8 +484,19 @@ impl SledStore {
                 audit.insert(&revision.to_be_bytes(), encode(&record))?;
                 Ok(revision)
             });
-        let revision = unwrap_tx(result)?;
+        let revision = match unwrap_tx(result) {
+            Ok(revision) => revision,
+            Err(e) => {
+                let _ = self.db.drop_tree(new_name.as_bytes());
+                return Err(e);
+            }
+        };
+        self.subjects.store(Arc::new(new_subjects));
         self.flush()?;
+        // Named by nobody now; a failure here leaves it for the next open to drop.
+        if let Err(e) = self.db.drop_tree(old_name.as_bytes()) {
+            tracing::warn!(tree = %old_name, error = %e, "could not drop the replaced subjects tree; the next start drops it");
+        }
         Ok(revision)
     }
 }
@@ -429,7 +546,7 @@ impl Store for SledStore {
         &self,
         visit: &mut dyn FnMut(Subject) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for item in self.subjects.iter() {
+        for item in self.subjects.load().iter() {
             let (key, value) = item.map_err(backend)?;
             // Decoded without naming the key first: a million subjects stream through here at
             // start-up, and the name is needed only for an error.
@@ -465,17 +582,18 @@ impl Store for SledStore {
     }
 
     fn subject(&self, id: &str) -> Result<Option<Subject>, StoreError> {
-        match self.subjects.get(id.as_bytes()).map_err(backend)? {
+        match self.subjects.load().get(id.as_bytes()).map_err(backend)? {
             Some(bytes) => Ok(Some(decode(&format!("subjects/{id}"), &bytes)?)),
             None => Ok(None),
         }
     }
 
     fn commit(&self, write: &Write) -> Result<Committed, StoreError> {
+        let subjects = self.subjects.load_full();
         let (tree, key, after): (&sled::Tree, &str, Option<Vec<u8>>) = match &write.change {
             Change::PutRole(r) => (&self.roles, &r.name, Some(encode(r))),
-            Change::PutSubject(s) => (&self.subjects, &s.id, Some(encode(s))),
-            Change::DeleteSubject(id) => (&self.subjects, id, None),
+            Change::PutSubject(s) => (&subjects, &s.id, Some(encode(s))),
+            Change::DeleteSubject(id) => (&subjects, id, None),
         };
         let target = write.change.target();
         let mark = if after.is_some() {
@@ -558,12 +676,13 @@ impl Store for SledStore {
         limit: usize,
         keep: &mut dyn FnMut(&Subject) -> bool,
     ) -> Result<(Vec<(Subject, u64)>, bool), StoreError> {
+        let subjects = self.subjects.load_full();
         let range = match after {
-            Some(a) => self.subjects.range::<&[u8], _>((
+            Some(a) => subjects.range::<&[u8], _>((
                 std::ops::Bound::Excluded(a.as_bytes()),
                 std::ops::Bound::Unbounded,
             )),
-            None => self.subjects.iter(),
+            None => subjects.iter(),
         };
         let mut page = Vec::new();
         for item in range {
@@ -602,7 +721,9 @@ impl Store for SledStore {
             } else if let Some(id) = key.strip_prefix("subject/") {
                 if mark.as_ref() == MARK_DELETED {
                     managed.deleted_subjects.push(id.to_owned());
-                } else if let Some(bytes) = self.subjects.get(id.as_bytes()).map_err(backend)? {
+                } else if let Some(bytes) =
+                    self.subjects.load().get(id.as_bytes()).map_err(backend)?
+                {
                     managed.subjects.push(decode(&key, &bytes)?);
                 }
             }
@@ -623,11 +744,12 @@ impl Store for SledStore {
     }
 
     fn apply_mirrored(&self, batch: &MirrorBatch) -> Result<bool, StoreError> {
+        let subjects = self.subjects.load_full();
         let result = (
             &self.meta,
             &self.catalog,
             &self.roles,
-            &self.subjects,
+            &*subjects,
             &self.admins,
             &self.audit,
             &self.subject_revisions,
@@ -732,6 +854,7 @@ impl Store for SledStore {
 mod tests {
     use super::*;
     use crate::model::file::{EMBEDDED_DEFAULT, parse_policy};
+    use crate::store::data_dir::MARKER_FILE;
 
     fn write(change: Change, base: u64) -> Write {
         Write {
@@ -900,6 +1023,66 @@ mod tests {
         }
         let err = SledStore::open(dir.path()).err().expect("refused");
         assert!(err.to_string().contains("not starting"), "{err}");
+    }
+
+    #[test]
+    fn a_whole_policy_write_swaps_the_subjects_tree_and_leaves_no_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut policy = parse_policy("embedded", EMBEDDED_DEFAULT).expect("valid");
+        let first: Vec<String> = policy.subjects.iter().map(|s| s.id.clone()).collect();
+        let subject_trees = |store: &SledStore| -> Vec<String> {
+            let mut names: Vec<String> = store
+                .db
+                .tree_names()
+                .iter()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .filter(|n| n.starts_with("subjects"))
+                .collect();
+            names.sort();
+            names
+        };
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store
+                .import(&policy, "import", ImportMode::Reseed, "d1")
+                .expect("import");
+            // More subjects than one chunk, none of the first import's.
+            let template = policy.subjects[0].clone();
+            policy.subjects = (0..SUBJECT_CHUNK * 2 + 7)
+                .map(|i| {
+                    let mut s = template.clone();
+                    s.id = format!("bulk-{i:05}");
+                    s
+                })
+                .collect();
+            store
+                .import(&policy, "import", ImportMode::Reseed, "d2")
+                .expect("import again");
+            assert_eq!(subject_trees(&store), ["subjects@2"]);
+            // A write cut off after filling its tree: an orphan nobody names.
+            let orphan = store.db.open_tree("subjects@9").expect("tree");
+            orphan.insert("x", "y").expect("insert");
+            store.flush().expect("flush");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            subject_trees(&store),
+            ["subjects@2"],
+            "the orphan is dropped"
+        );
+        let loaded = store.load().expect("load").expect("policy");
+        assert_eq!(loaded.policy.subjects.len(), SUBJECT_CHUNK * 2 + 7);
+        for id in &first {
+            assert!(store.subject(id).expect("read").is_none(), "{id} is gone");
+        }
+        assert!(store.subject("bulk-02006").expect("read").is_some());
+        // Single writes land in the current tree.
+        let mut s = policy.subjects[0].clone();
+        s.id = "single".into();
+        store
+            .commit(&write(Change::PutSubject(s), loaded.revision))
+            .expect("commit");
+        assert!(store.subject("single").expect("read").is_some());
     }
 
     #[test]
