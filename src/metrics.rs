@@ -14,7 +14,6 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::AppState;
@@ -441,21 +440,28 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` flips.
-pub async fn serve_metrics(
-    listener: TcpListener,
+/// Serves `GET /metrics` on the connections of `incoming` until `stop` flips.
+pub async fn serve_metrics<S, IO>(
+    incoming: S,
     metrics: Arc<Metrics>,
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tokio_stream::Stream<Item = std::io::Result<IO>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_stream::StreamExt as _;
+    let mut incoming = std::pin::pin!(incoming);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
+        // The incoming stream handles accept errors itself (back-off, connection limits).
+        let stream = tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "metrics listener accept failed");
                     continue;
                 }
+                None => return,
             },
             _ = stop.wait_for(|s| *s) => return,
         };
