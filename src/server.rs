@@ -96,6 +96,9 @@ async fn bind_tcp(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, Serve
 
 /// Remotely reset streams that may wait to be accepted on one connection before it is closed.
 pub const PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+/// Streams the server may reset on its own (refused, malformed) on one connection before it is
+/// closed; h2's default, which tonic otherwise turns off.
+pub const LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// HTTP/2 PING interval on an otherwise quiet connection.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a PING may go unanswered before the connection is closed.
@@ -358,6 +361,10 @@ impl Sidecar {
                 // ordinary abort storm. A rapid-reset flood (CVE-2023-44487) still passes this
                 // bound within milliseconds and gets its connection closed.
                 .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESET_STREAMS))
+                // Streams the server itself resets (refused over the stream limit, malformed):
+                // tonic turns h2's bound off unless it is set; a client that keeps provoking
+                // them (CVE-2025-8671) gets its connection closed.
+                .http2_max_local_error_reset_streams(Some(LOCAL_ERROR_RESET_STREAMS))
                 // Dead peers are found and their connections closed.
                 .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -426,6 +433,7 @@ impl Sidecar {
             // No request timeout: Envoy's xDS stream stays open. It counts as a request in
             // flight, so the idle timeout and eviction leave it alone.
             let routes = Server::builder()
+                .http2_max_local_error_reset_streams(Some(LOCAL_ERROR_RESET_STREAMS))
                 .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
                 .layer(ActivityLayer)

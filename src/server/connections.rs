@@ -9,9 +9,9 @@
 //! listeners:
 //!
 //! - **At most `max` open.** A connection beyond the limit evicts the connection that has gone
-//!   longest without a request (none in flight), so an idle flood cannot lock out a fresh
-//!   client or a health probe; when every connection has a request in flight the new one is
-//!   closed instead. Accepting and then deciding (rather than leaving connections in the
+//!   longest without a request (none in flight; one stalled in its handshake before any other),
+//!   so an idle flood cannot lock out a fresh client or a health probe; when every connection
+//!   has a request in flight the new one is closed instead. Accepting and then deciding (rather than leaving connections in the
 //!   kernel's backlog) is what lets a newcomer displace an idle squatter.
 //! - **Handshake deadline.** A connection that has not sent the 24-byte HTTP/2 preface and one
 //!   frame header within the handshake timeout is closed (on TLS listeners: the client's first
@@ -50,6 +50,9 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// The HTTP/2 client preface (24 bytes) and the header of the SETTINGS frame that must follow it.
 const H2_PREFACE_AND_FRAME: u64 = 24 + 9;
+/// A connection that has not completed its handshake this long after it was accepted is evicted
+/// before any idle one.
+const STALLED_HANDSHAKE_MS: u64 = 1000;
 /// Accepts handled in one poll before the stream yields to other tasks.
 const ACCEPT_BATCH: usize = 64;
 
@@ -227,13 +230,20 @@ impl Pool {
         }
     }
 
-    /// Closes the idle connection that has gone longest without a request; false when every
-    /// connection has one in flight.
+    /// Closes the idle connection that has gone longest without a request, one stalled in its
+    /// handshake first (a brand-new connection that has not yet been read is not stalled);
+    /// false when every connection has a request in flight.
     fn evict_one(&self, open: &mut HashMap<u64, Arc<Conn>>) -> bool {
+        let now = self.now_ms();
         let victim = open
             .values()
             .filter(|c| c.is_idle())
-            .min_by_key(|c| c.last_activity_ms.load(Ordering::Relaxed))
+            .min_by_key(|c| {
+                // Stalled in its handshake for a second: not a client still connecting.
+                let stalled = !c.handshaken.load(Ordering::Acquire)
+                    && now.saturating_sub(c.accepted_ms) >= STALLED_HANDSHAKE_MS;
+                (!stalled, c.last_activity_ms.load(Ordering::Relaxed))
+            })
             .map(|c| c.id);
         match victim.and_then(|id| open.remove(&id)) {
             Some(conn) => {
@@ -934,6 +944,39 @@ mod tests {
         assert_eq!(pool.stats().refused.load(Ordering::Relaxed), 1);
         assert_eq!(client.read(&mut buf).await.unwrap_or(0), 0, "closed");
         drop((busy, third_busy));
+    }
+
+    #[tokio::test]
+    async fn a_connection_stalled_in_its_handshake_is_evicted_before_an_older_idle_one() {
+        let pool = Pool::new(
+            "test",
+            PoolLimits {
+                handshake_timeout: Duration::from_secs(10),
+                ..limits(2)
+            },
+        );
+        let (older, _c1) = pair(&pool).await;
+        older
+            .registered
+            .conn
+            .handshaken
+            .store(true, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (silent, _c2) = pair(&pool).await;
+        // Still connecting: the older idle connection goes.
+        let (newer, _c3) = pair(&pool).await;
+        assert!(older.registered.conn.is_closed());
+        assert!(!silent.registered.conn.is_closed());
+        // Stalled for a second: it goes before the newer idle one.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        newer
+            .registered
+            .conn
+            .handshaken
+            .store(true, Ordering::Release);
+        let (_newest, _c4) = pair(&pool).await;
+        assert!(silent.registered.conn.is_closed());
+        assert!(!newer.registered.conn.is_closed());
     }
 
     /// A listener whose every accept fails with EMFILE.
