@@ -1,9 +1,10 @@
 //! Hostile load: while each attack runs, a fresh client's Check p99 stays within 10 ms, health
 //! probes answer, and no well-behaved request fails. The attacks: 2000 idle HTTP/2 connections
 //! (more than `--max-connections`), 2000 half-open prefaces, 1000 streams held open on one
-//! connection, a rapid-reset flood (its connection is closed, another client's Checks all
-//! succeed), a storm of aborted requests through a real Envoy (its shared connection survives),
-//! and the real binary under `prlimit --nofile=1024:1024` facing 1100 connections.
+//! connection, a client ignoring the stream limit, a rapid-reset flood (its connection is
+//! closed, another client's Checks all succeed), a storm of aborted requests through a real
+//! Envoy (its shared connection survives), a stalled TLS handshake, and the real binary under
+//! `prlimit --nofile=1024:1024` facing 1100, then 1400, connections.
 //!
 //! One attack at a time (each measures its fresh client alone). Envoy comes from the harness
 //! (`tests/envoy_harness`), `prlimit` from util-linux; without them those tests print
@@ -37,7 +38,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// Requests given up together in one burst of the abort storm (h2's default tolerates 20
 /// reset streams pending accept on a connection).
-const STORM_BURST: usize = 200;
+const STORM_BURST: usize = 100;
 /// Time between bursts.
 const STORM_EVERY: Duration = Duration::from_millis(500);
 
@@ -55,6 +56,15 @@ const PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04
 
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Raises this process's open-files limit (it holds both ends of thousands of connections).
+fn room_for_sockets() {
+    let limit = raise_fd_limit();
+    assert!(
+        limit.soft.is_none_or(|soft| soft >= 8192),
+        "these tests hold ~4500 descriptors; the hard open-files limit is {limit:?}"
+    );
 }
 
 fn p99(mut latencies: Vec<Duration>) -> Duration {
@@ -166,7 +176,7 @@ async fn closed_by_server(sockets: Vec<TcpStream>, within: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_connections_make_room_for_a_fresh_client() {
     let _one = SERIAL.lock().await;
-    raise_fd_limit();
+    room_for_sockets();
     let sc = start(EMBEDDED_DEFAULT).await;
     let api = sc.sidecar.tcp_addr().unwrap();
     let health = sc.sidecar.health_addr().unwrap();
@@ -212,7 +222,7 @@ async fn two_thousand_idle_connections_make_room_for_a_fresh_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_prefaces_are_closed_by_the_handshake_timeout() {
     let _one = SERIAL.lock().await;
-    raise_fd_limit();
+    room_for_sockets();
     // Room for all of them: only the handshake timeout may close them.
     let sc = start_with(EMBEDDED_DEFAULT, |c| {
         c.limits.max_connections = 4096;
@@ -468,8 +478,9 @@ async fn idle_connections_are_closed_and_a_watch_stream_is_not_idle() {
 }
 
 /// Envoy multiplexes every downstream request on its connection to the sidecar and resets the
-/// ext_authz stream of each aborted one. A storm of aborts must not close that connection (h2's
-/// default of 20 reset streams pending accept did, failing every Check on it).
+/// ext_authz stream of each aborted one. A storm of aborts must not close that connection: with
+/// h2's default of 20 reset streams pending accept this test fails (the sidecar sends GOAWAY,
+/// steady requests get 503).
 #[test]
 fn an_abort_storm_through_envoy_fails_no_steady_request() {
     let _one = SERIAL.blocking_lock();
@@ -592,7 +603,7 @@ fn port_in(line: &str, field: &str) -> u16 {
 #[test]
 fn the_binary_at_1024_open_files_survives_1100_connections() {
     let _one = SERIAL.blocking_lock();
-    raise_fd_limit();
+    room_for_sockets();
     let prlimit = Command::new("prlimit").arg("--version").output();
     if !prlimit.is_ok_and(|out| out.status.success()) {
         assert!(!ci(), "CI=true but no prlimit (util-linux)");
@@ -732,4 +743,67 @@ async fn fresh_revision(api: SocketAddr) -> u64 {
         .unwrap()
         .into_inner()
         .revision
+}
+
+/// On a TLS listener the deadline is the client's first encrypted record: a client that
+/// finished its handshake keeps its connection however quiet it is, a stalled handshake does
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_tls_a_stalled_handshake_is_closed_and_a_quiet_client_is_not() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let _one = SERIAL.lock().await;
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let tls = authz_sidecar::config::TlsConfig {
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: key.serialize_pem().into_bytes(),
+        client_ca_pem: None,
+    };
+    let sc = start_with(EMBEDDED_DEFAULT, |c| {
+        c.tls = Some(tls);
+        c.limits.handshake_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let api = sc.sidecar.tcp_addr().unwrap();
+    let pool = sc.sidecar.api_connections().clone();
+    let channel = Endpoint::from_shared(format!("https://{api}"))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca.pem()))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AuthzClient::new(channel);
+    check(&mut client, permission("dashboard", "devices:read")).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    check(&mut client, permission("dashboard", "devices:read")).await;
+    assert_eq!(
+        pool.stats().accepted.load(Ordering::Relaxed),
+        1,
+        "no reconnect"
+    );
+    assert_eq!(pool.stats().handshake_timeouts.load(Ordering::Relaxed), 0);
+    // A ClientHello record header announcing 512 bytes, and then only 10 of them.
+    let mut stalled = TcpStream::connect(api).await.unwrap();
+    stalled
+        .write_all(&[22, 3, 1, 2, 0, 1, 0, 1, 252, 3, 3, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    assert_eq!(
+        closed_by_server(vec![stalled], Duration::from_secs(3)).await,
+        1
+    );
+    assert_eq!(pool.stats().handshake_timeouts.load(Ordering::Relaxed), 1);
+    check(&mut client, permission("dashboard", "devices:read")).await;
 }
