@@ -332,6 +332,7 @@ impl Sidecar {
         let api_pool = Pool::new("api", pool_limits(api_max));
         let health_pool = Pool::new("health", pool_limits(HEALTH_CONNECTIONS));
         let metrics_pool = Pool::new("metrics", pool_limits(METRICS_CONNECTIONS));
+        metrics.follow_connections(&[&api_pool, &health_pool, &metrics_pool]);
         for pool in [&api_pool, &health_pool, &metrics_pool] {
             let reaper = pool.clone().reap_until(signal.clone());
             servers.spawn(async move {

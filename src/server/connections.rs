@@ -187,6 +187,11 @@ impl Pool {
         }))
     }
 
+    /// The pool's name (`api`, `health`, `metrics`).
+    pub fn name(&self) -> &'static str {
+        self.0.name
+    }
+
     /// The pool's limits.
     pub fn limits(&self) -> PoolLimits {
         self.0.limits
