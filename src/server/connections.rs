@@ -11,8 +11,9 @@
 //! - **At most `max` open.** A connection beyond the limit evicts the connection that has gone
 //!   longest without a request (none in flight; one stalled in its handshake before any other),
 //!   so an idle flood cannot lock out a fresh client or a health probe; when every connection
-//!   has a request in flight the new one is closed instead. Accepting and then deciding (rather than leaving connections in the
-//!   kernel's backlog) is what lets a newcomer displace an idle squatter.
+//!   has a request in flight the new one is closed instead. Accepting and then deciding (rather
+//!   than leaving connections in the kernel's backlog) is what lets a newcomer displace an idle
+//!   squatter.
 //! - **Handshake deadline.** A connection that has not sent the 24-byte HTTP/2 preface and one
 //!   frame header within the handshake timeout is closed (on TLS listeners: the client's first
 //!   encrypted record, which follows its side of the handshake).
