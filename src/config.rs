@@ -332,6 +332,22 @@ pub struct ServeArgs {
     /// On SIGTERM, how long (ms) open connections may take to finish before they are closed.
     #[arg(long, env = "AUTHZ_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
+    /// Most connections open at once across the API listeners (TCP, Unix socket, admin, xDS);
+    /// a new one beyond it closes the connection idle the longest. Also capped by the
+    /// open-files limit.
+    #[arg(long, env = "AUTHZ_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// A new connection that has not sent the HTTP/2 preface (or finished its TLS handshake)
+    /// within this many milliseconds is closed.
+    #[arg(
+        long,
+        env = "AUTHZ_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_MS
+    )]
+    pub handshake_timeout_ms: u64,
+    /// A connection with no request for this many seconds is closed; 0 = never.
+    #[arg(long, env = "AUTHZ_IDLE_TIMEOUT", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
+    pub idle_timeout: u64,
     /// Log one decision in N on the `authz::decision` target (0 = no decision log).
     #[arg(long, env = "AUTHZ_DECISION_LOG_EVERY", default_value_t = 0)]
     pub decision_log_every: u64,
@@ -421,6 +437,16 @@ pub struct ServeArgs {
     pub envoy_xds_max_subjects: usize,
 }
 
+/// Default of `--max-connections`: a pod's app and Envoy need tens; idle connections cost
+/// ~15 KB each.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default of `--handshake-timeout-ms`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5000;
+/// Default of `--idle-timeout`, in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
+/// Most `--max-connections` accepted.
+const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+
 /// Default of `--envoy-xds-max-subjects`.
 pub const DEFAULT_ENVOY_XDS_MAX_SUBJECTS: usize = 2_000;
 
@@ -472,6 +498,12 @@ pub struct Limits {
     /// At shutdown, how long connections may take to finish; a stuck client (one that never
     /// answers the HTTP/2 GOAWAY) would otherwise hold the sidecar up until it is killed.
     pub shutdown_grace: Duration,
+    /// Most connections open at once across the API listeners.
+    pub max_connections: usize,
+    /// Time a new connection has to send the HTTP/2 preface (or finish its TLS handshake).
+    pub handshake_timeout: Duration,
+    /// Time a connection may go without a request; `None`: no limit.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -480,6 +512,9 @@ impl Default for Limits {
             max_concurrent_per_connection: 256,
             request_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: Duration::from_millis(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+            idle_timeout: Some(Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS)),
         }
     }
 }
@@ -1050,10 +1085,26 @@ impl ServeArgs {
         if self.request_timeout_ms == 0 {
             errors.push("--request-timeout-ms must be at least 1".into());
         }
+        if !MAX_CONNECTIONS_RANGE.contains(&self.max_connections) {
+            errors.push(format!(
+                "--max-connections / AUTHZ_MAX_CONNECTIONS: {} is not between {} and {}",
+                self.max_connections,
+                MAX_CONNECTIONS_RANGE.start(),
+                MAX_CONNECTIONS_RANGE.end()
+            ));
+        }
+        if self.handshake_timeout_ms == 0 {
+            errors.push(
+                "--handshake-timeout-ms / AUTHZ_HANDSHAKE_TIMEOUT_MS must be at least 1".into(),
+            );
+        }
         let limits = Limits {
             max_concurrent_per_connection: self.max_concurrent_per_connection.max(1),
             request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            max_connections: self.max_connections.max(1),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms.max(1)),
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
         };
         match seed {
             Some(seed) if errors.is_empty() => Ok(Config {
@@ -1193,6 +1244,48 @@ mod tests {
             ),
             "{errs:#?}"
         );
+    }
+
+    #[test]
+    fn connection_limits_have_pod_sized_defaults_and_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("utf8");
+        let config = args(&["--data-dir", data])
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.limits.max_connections, 1024);
+        assert_eq!(config.limits.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(config.limits.idle_timeout, Some(Duration::from_secs(600)));
+        let config = args(&[
+            "--data-dir",
+            data,
+            "--max-connections",
+            "64",
+            "--handshake-timeout-ms",
+            "250",
+            "--idle-timeout",
+            "0",
+        ])
+        .into_config(None)
+        .expect("valid");
+        assert_eq!(config.limits.max_connections, 64);
+        assert_eq!(config.limits.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(config.limits.idle_timeout, None, "0 = never");
+        let errs = args(&[
+            "--data-dir",
+            data,
+            "--max-connections",
+            "0",
+            "--handshake-timeout-ms",
+            "0",
+        ])
+        .into_config(None)
+        .expect_err("invalid");
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].contains("AUTHZ_MAX_CONNECTIONS"), "{errs:#?}");
+        assert!(errs[1].contains("AUTHZ_HANDSHAKE_TIMEOUT_MS"), "{errs:#?}");
     }
 
     #[test]

@@ -11,13 +11,13 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::AppState;
+use crate::server::connections::Pool;
 
 /// Check latency buckets, in seconds: decisions take microseconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -78,7 +78,21 @@ pub struct Metrics {
     subjects: IntGauge,
     fleet: FleetMetrics,
     xds: XdsMetrics,
+    connections: ConnectionMetrics,
 }
+
+/// The connection pools (`server::connections`): read from their counters at each render.
+struct ConnectionMetrics {
+    open: IntGaugeVec,
+    closed: IntCounterVec,
+    accept_errors: IntCounterVec,
+    /// The pools followed, set once at start-up (the lock also keeps two concurrent scrapes
+    /// from adding the same closes twice).
+    pools: Mutex<Vec<Pool>>,
+}
+
+/// Why a connection was closed by the limits, as `authz_connections_closed_total{reason}`.
+const CLOSE_REASONS: [&str; 4] = ["evicted", "refused", "handshake_timeout", "idle"];
 
 /// The xDS (ECDS) server for Envoy's RBAC filter.
 struct XdsMetrics {
@@ -182,6 +196,35 @@ impl Metrics {
             "authz_log_lines_dropped_total",
             "Log lines dropped because stderr was not being read fast enough",
         ));
+        let connections = ConnectionMetrics {
+            open: must(IntGaugeVec::new(
+                Opts::new(
+                    "authz_connections_open",
+                    "Connections open, by listener pool (api, health, metrics)",
+                ),
+                &["listener"],
+            )),
+            closed: must(IntCounterVec::new(
+                Opts::new(
+                    "authz_connections_closed_total",
+                    "Connections the limits closed: evicted (idle longest, to admit a new one or \
+                     free a descriptor), refused (pool full of busy connections), \
+                     handshake_timeout, idle",
+                ),
+                &["listener", "reason"],
+            )),
+            accept_errors: must(IntCounterVec::new(
+                Opts::new(
+                    "authz_accept_errors_total",
+                    "Accept errors that made a listener back off (EMFILE, ENFILE, ...)",
+                ),
+                &["listener"],
+            )),
+            pools: Mutex::new(Vec::new()),
+        };
+        must(registry.register(Box::new(connections.open.clone())));
+        must(registry.register(Box::new(connections.closed.clone())));
+        must(registry.register(Box::new(connections.accept_errors.clone())));
         let revision = must(IntGauge::new(
             "authz_policy_revision",
             "Revision of the snapshot being served",
@@ -297,6 +340,55 @@ impl Metrics {
             subjects,
             fleet,
             xds,
+            connections,
+        }
+    }
+
+    /// Follows the counters of these connection pools at each render.
+    pub fn follow_connections(&self, pools: &[&Pool]) {
+        let mut followed = self
+            .connections
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        followed.extend(pools.iter().map(|p| (*p).clone()));
+    }
+
+    /// Brings the connection gauges and counters up to the pools' own.
+    fn follow_pools(&self) {
+        let pools = self
+            .connections
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let follow = |counter: IntCounter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        for pool in pools.iter() {
+            let name = pool.name();
+            let stats = pool.stats();
+            self.connections
+                .open
+                .with_label_values(&[name])
+                .set(i64::try_from(pool.open()).unwrap_or(i64::MAX));
+            let totals = [
+                &stats.evicted,
+                &stats.refused,
+                &stats.handshake_timeouts,
+                &stats.idle_closed,
+            ];
+            for (reason, total) in CLOSE_REASONS.iter().zip(totals) {
+                follow(
+                    self.connections.closed.with_label_values(&[name, reason]),
+                    total.load(std::sync::atomic::Ordering::Relaxed),
+                );
+            }
+            follow(
+                self.connections.accept_errors.with_label_values(&[name]),
+                stats
+                    .accept_errors
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
         }
     }
 
@@ -429,6 +521,7 @@ impl Metrics {
             self.snapshot_age.set(age.as_secs_f64());
         }
         self.follow_log_drops(crate::logging::dropped_lines());
+        self.follow_pools();
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
@@ -441,21 +534,28 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` flips.
-pub async fn serve_metrics(
-    listener: TcpListener,
+/// Serves `GET /metrics` on the connections of `incoming` until `stop` flips.
+pub async fn serve_metrics<S, IO>(
+    incoming: S,
     metrics: Arc<Metrics>,
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tokio_stream::Stream<Item = std::io::Result<IO>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_stream::StreamExt as _;
+    let mut incoming = std::pin::pin!(incoming);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
+        // The incoming stream handles accept errors itself (back-off, connection limits).
+        let stream = tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "metrics listener accept failed");
                     continue;
                 }
+                None => return,
             },
             _ = stop.wait_for(|s| *s) => return,
         };

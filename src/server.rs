@@ -3,6 +3,12 @@
 //! Start-up: open the store (refusing a locked or foreign data dir), bind the listeners, serve
 //! health as NOT_SERVING, load and compile the policy, then flip to SERVING. Shutdown: report
 //! NOT_SERVING, stop accepting, drain in-flight calls, flush the store.
+//!
+//! Every listener accepts through [`connections::Incoming`]: the API listeners share one pool
+//! of `--max-connections`, the health and metrics listeners have small pools of their own, so
+//! that a flood of API connections never fails a kubelet probe.
+
+pub mod connections;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,9 +18,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -34,6 +38,7 @@ use crate::reload::{
     POLICY_FILE_SERVICE, ReloadStats, WatchOptions, report_refused, watch_policy_file,
 };
 use crate::store::{SledStore, Store, StoreError};
+use connections::{ActivityLayer, FdLimit, Handshake, Incoming, Pool, PoolLimits};
 
 /// Why the sidecar could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +96,33 @@ async fn bind_tcp(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, Serve
 
 /// Remotely reset streams that may wait to be accepted on one connection before it is closed.
 pub const PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+/// Streams the server may reset on its own (refused, malformed) on one connection before it is
+/// closed; h2's default, which tonic otherwise turns off.
+pub const LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// HTTP/2 PING interval on an otherwise quiet connection.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a PING may go unanswered before the connection is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections the health-only listener may hold, apart from the API's pool: probes keep
+/// working while a flood fills that.
+pub const HEALTH_CONNECTIONS: usize = 32;
+/// Connections the metrics endpoint may hold, apart from the API's pool.
+pub const METRICS_CONNECTIONS: usize = 16;
+/// File descriptors kept for everything but connections (the store, policy file reads,
+/// listeners, the runtime) when the open-files limit caps `--max-connections`.
+pub const RESERVED_FDS: u64 = 64;
+
+/// The API pool's size: `--max-connections`, lowered so that the API, health and metrics
+/// pools and [`RESERVED_FDS`] fit in the open-files limit (at least 16).
+pub fn api_connection_cap(max_connections: usize, fds: FdLimit) -> usize {
+    let Some(soft) = fds.soft else {
+        return max_connections;
+    };
+    let others = RESERVED_FDS + (HEALTH_CONNECTIONS + METRICS_CONNECTIONS) as u64;
+    let room = usize::try_from(soft.saturating_sub(others)).unwrap_or(usize::MAX);
+    max_connections.min(room.max(16))
+}
 
 /// Device and inode of the file at `path`.
 fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
@@ -155,7 +183,12 @@ pub struct Sidecar {
     shutdown_grace: Duration,
     health: HealthReporter,
     reload_stats: Arc<ReloadStats>,
+    api_connections: Pool,
+    health_connections: Pool,
 }
+
+/// The server builder with the layers every API listener shares.
+type Layered = Server<tower::layer::util::Stack<ActivityLayer, tower::layer::util::Identity>>;
 
 /// The health name of `authz.v1.Authz`, as the generated server names it.
 const AUTHZ_SERVICE: &str = <AuthzServer<AuthzService> as tonic::server::NamedService>::NAME;
@@ -281,11 +314,47 @@ impl Sidecar {
             None => None,
         };
         let limits = config.limits;
+        let fds = connections::raise_fd_limit();
+        let api_max = api_connection_cap(limits.max_connections, fds);
+        if api_max < limits.max_connections {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                capped = api_max,
+                open_files = ?fds.soft,
+                "--max-connections does not fit in the open-files limit; lowered"
+            );
+        }
+        let pool_limits = |max: usize| PoolLimits {
+            max,
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
+        };
+        let api_pool = Pool::new("api", pool_limits(api_max));
+        let health_pool = Pool::new("health", pool_limits(HEALTH_CONNECTIONS));
+        let metrics_pool = Pool::new("metrics", pool_limits(METRICS_CONNECTIONS));
+        metrics.follow_connections(&[&api_pool, &health_pool, &metrics_pool]);
+        for pool in [&api_pool, &health_pool, &metrics_pool] {
+            let reaper = pool.clone().reap_until(signal.clone());
+            servers.spawn(async move {
+                reaper.await;
+                Ok(())
+            });
+        }
+        let tcp_handshake = if tls.is_some() {
+            Handshake::Tls
+        } else {
+            Handshake::H2
+        };
         // Layers every listener shares: a per-connection concurrency limit and a deadline, so
         // that one slow or greedy client cannot starve the others' Checks.
-        let builder = |tls: Option<&ServerTlsConfig>| -> Result<Server, ServerError> {
+        let builder = |tls: Option<&ServerTlsConfig>| -> Result<Layered, ServerError> {
             let mut builder = Server::builder()
                 .concurrency_limit_per_connection(limits.max_concurrent_per_connection)
+                // Advertised, so that clients queue beyond it instead of the server holding
+                // every stream a client opens (h2 refuses streams over it).
+                .max_concurrent_streams(
+                    u32::try_from(limits.max_concurrent_per_connection).unwrap_or(u32::MAX),
+                )
                 .timeout(limits.request_timeout)
                 // Envoy multiplexes every downstream request on one connection and resets the
                 // ext_authz stream of each aborted one: h2's default of 20 reset streams
@@ -293,9 +362,14 @@ impl Sidecar {
                 // ordinary abort storm. A rapid-reset flood (CVE-2023-44487) still passes this
                 // bound within milliseconds and gets its connection closed.
                 .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESET_STREAMS))
+                // Streams the server itself resets (refused over the stream limit, malformed):
+                // tonic turns h2's bound off unless it is set; a client that keeps provoking
+                // them (CVE-2025-8671) gets its connection closed.
+                .http2_max_local_error_reset_streams(Some(LOCAL_ERROR_RESET_STREAMS))
                 // Dead peers are found and their connections closed.
                 .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .layer(ActivityLayer);
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls.clone())?;
             }
@@ -311,18 +385,18 @@ impl Sidecar {
                     .add_optional_service(envoy.clone()))
             };
         if let Some(listener) = tcp {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = Incoming::new(listener, api_pool.clone(), tcp_handshake);
             let routes = router(tls.as_ref(), admin_on_tcp)?;
             servers.spawn(routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
         if let Some(listener) = admin_tcp {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = Incoming::new(listener, api_pool.clone(), tcp_handshake);
             let routes = router(tls.as_ref(), true)?;
             servers.spawn(routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
         if let Some(listener) = metrics_listener {
             let serve = serve_metrics(
-                listener,
+                Incoming::new(listener, metrics_pool.clone(), Handshake::Http1),
                 Arc::clone(&metrics),
                 Arc::clone(&state),
                 signal.clone(),
@@ -334,14 +408,14 @@ impl Sidecar {
         }
         if let Some(listener) = health_tcp {
             // Health only: kubelet probes reach the pod IP, the API stays on loopback.
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let health_only = Server::builder().add_service(health_service.clone());
+            let incoming = Incoming::new(listener, health_pool.clone(), Handshake::H2);
+            let health_only = builder(None)?.add_service(health_service.clone());
             servers
                 .spawn(health_only.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
         if let Some(listener) = uds {
             // The socket's file permissions are its access control; no TLS on it.
-            let incoming = UnixListenerStream::new(listener);
+            let incoming = Incoming::new(listener, api_pool.clone(), Handshake::H2);
             let routes = router(None, admin_on_uds)?;
             servers.spawn(routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())));
         }
@@ -357,13 +431,20 @@ impl Sidecar {
             health
                 .set_service_status(crate::api::xds::HEALTH_SERVICE, ServingStatus::Serving)
                 .await;
-            let routes = Server::builder().add_service(xds.server());
+            // No request timeout: Envoy's xDS stream stays open. It counts as a request in
+            // flight, so the idle timeout and eviction leave it alone.
+            let routes = Server::builder()
+                .http2_max_local_error_reset_streams(Some(LOCAL_ERROR_RESET_STREAMS))
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .layer(ActivityLayer)
+                .add_service(xds.server());
             match listen {
                 crate::config::XdsListen::Tcp(addr) => {
                     let listener = bind_tcp(Some(*addr)).await?;
                     if let Some(listener) = listener {
                         xds_addr = listener.local_addr().ok();
-                        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                        let incoming = Incoming::new(listener, api_pool.clone(), Handshake::H2);
                         servers.spawn(
                             routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())),
                         );
@@ -377,7 +458,7 @@ impl Sidecar {
                             what: path.display().to_string(),
                             source,
                         })?;
-                    let incoming = UnixListenerStream::new(listener);
+                    let incoming = Incoming::new(listener, api_pool.clone(), Handshake::H2);
                     servers.spawn(
                         routes.serve_with_incoming_shutdown(incoming, stopped(signal.clone())),
                     );
@@ -519,6 +600,8 @@ impl Sidecar {
             shutdown_grace: config.limits.shutdown_grace,
             health,
             reload_stats,
+            api_connections: api_pool,
+            health_connections: health_pool,
         })
     }
 
@@ -601,6 +684,16 @@ impl Sidecar {
     /// The Unix socket path.
     pub fn uds_path(&self) -> Option<&PathBuf> {
         self.uds_path.as_ref()
+    }
+
+    /// The connections of the API listeners (TCP, Unix socket, admin, xDS) and their limits.
+    pub fn api_connections(&self) -> &Pool {
+        &self.api_connections
+    }
+
+    /// The connections of the health-only listener.
+    pub fn health_connections(&self) -> &Pool {
+        &self.health_connections
     }
 
     /// Policy file reload counters.

@@ -201,3 +201,50 @@ async fn embedded_mode_exports_no_fleet_metrics() {
     // `authz_fleet_connected 0` on an embedded sidecar would trip fleet alerts.
     assert!(!text.contains("authz_fleet_"), "{text}");
 }
+
+#[tokio::test]
+async fn connections_closed_by_the_limits_are_counted_by_listener_and_reason() {
+    let sc = start_with(EMBEDDED_DEFAULT, |c| c.limits.max_connections = 2).await;
+    let api = sc.sidecar.tcp_addr().expect("tcp");
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut socket = tokio::net::TcpStream::connect(api).await.expect("connects");
+        socket
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .expect("write");
+        sockets.push(socket);
+    }
+    let pool = sc.sidecar.api_connections().clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pool
+        .stats()
+        .accepted
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "not accepted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let text = scrape(sc.sidecar.metrics_addr().expect("metrics"), "/metrics").await;
+    assert_eq!(
+        value(&text, "authz_connections_open{listener=\"api\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "authz_connections_closed_total{listener=\"api\",reason=\"evicted\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "authz_accept_errors_total{listener=\"api\"}"),
+        0.0
+    );
+    // The scrape's own connection.
+    assert_eq!(
+        value(&text, "authz_connections_open{listener=\"metrics\"}"),
+        1.0
+    );
+}

@@ -166,6 +166,10 @@ impl Reply {
 /// The sidecars, the echo upstream and Envoy, running for the rest of the test binary.
 pub struct Stack {
     ports: HashMap<String, u16>,
+    /// The enforce-mode sidecar behind the [`Front`]s (its TCP address).
+    pub sidecar: SocketAddr,
+    /// Envoy's admin interface (`/stats`).
+    pub admin: SocketAddr,
     /// Writing end of the pipe whose closing (this process's exit) stops Envoy.
     _envoy_guard: Mutex<ChildStdin>,
     _envoy: Mutex<Child>,
@@ -291,7 +295,7 @@ impl Stack {
                     .expect("sidecar starts");
                 (sidecar, config)
             };
-        let mut sidecars = Vec::new();
+        let mut sidecars: Vec<Sidecar> = Vec::new();
         let mut clusters = vec![];
         for (name, mode) in [
             ("authz_sidecar", EnvoyMode::Enforce),
@@ -347,6 +351,7 @@ impl Stack {
                 }),
             }
         });
+        let enforce = sidecars[0].tcp_addr().expect("tcp");
         // The always-on sidecars live as long as the process.
         std::mem::forget(sidecars);
         let upstream = start_echo_upstream();
@@ -377,8 +382,15 @@ impl Stack {
             .expect("starts envoy");
         let guard = child.stdin.take().expect("stdin");
         let ports = wait_for_listeners(&admin_path, &dir, &mut child, &config.listeners);
+        let admin = std::fs::read_to_string(&admin_path)
+            .expect("admin address")
+            .trim()
+            .parse()
+            .expect("admin address");
         Stack {
             ports,
+            sidecar: enforce,
+            admin,
             _envoy_guard: Mutex::new(guard),
             _envoy: Mutex::new(child),
             envoy_log,
@@ -878,6 +890,22 @@ impl TlsFiles {
 }
 
 impl Stack {
+    /// Envoy's counter or gauge `name` (from `/stats`), 0 when it has none.
+    pub fn envoy_stat(&self, name: &str) -> u64 {
+        let stats = send_raw(
+            self.admin.port(),
+            "GET",
+            &format!("/stats?filter=^{name}$"),
+            &[],
+        );
+        stats
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// One request over TLS to the `spiffe` listener, with a client certificate for
     /// `spiffe_id` (or none); `Err` when the connection fails before an HTTP answer.
     pub fn send_mtls(
