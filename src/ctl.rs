@@ -330,6 +330,7 @@ pub async fn run(args: &CtlArgs) -> Result<Outcome, CtlError> {
                             page_token: page_token.clone(),
                             role: role.clone(),
                             r#type: subject_type.clone(),
+                            ..Default::default()
                         },
                         &token,
                     )?)

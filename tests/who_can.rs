@@ -1,0 +1,659 @@
+//! Who-can (`Snapshot::who_can`, ListSubjects with an action) against Check itself: on every
+//! example policy, grown with synthetic subjects (several roles, overrides, per-resource access
+//! roles, pending widenings, types the permissions do and do not apply to) and extra roles
+//! (`all` with exceptions, scoped grants, `{user}` / `*` / anchored path rules), the subjects
+//! who-can lists, paged with tiny pages and a tiny scan budget, are exactly those `decide`
+//! allows, for every permission, event and HTTP request asked with every scope, resource and
+//! filter. Then the same after incremental updates (`with_subject`, `with_roles`, a fold of the
+//! overlay), so the reverse index stays right after admin writes.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use authz_sidecar::engine::{Action, Request, Snapshot, WhoCan};
+use authz_sidecar::model::file::load_policy_file;
+use authz_sidecar::model::{
+    CanonicalPath, Grant, PathOptions, PathRule, PendingSubject, Policy, ResourceRole, Role,
+    Subject,
+};
+use common::corpus;
+
+const EXAMPLES: &[&str] = &[
+    "carbon-credit-apps",
+    "iot-roles",
+    "iot-user-types",
+    "monitoring-apps",
+    "sdk-accounts",
+];
+
+fn example(name: &str) -> Policy {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.yaml"));
+    load_policy_file(&path).expect("example is valid")
+}
+
+/// A small deterministic generator (no seed files to keep in sync).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// The example with extra roles and synthetic subjects.
+fn grown(name: &str, rng: &mut Lcg) -> Policy {
+    let mut policy = example(name);
+    let perms: Vec<String> = policy
+        .catalog
+        .permissions
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let scoped: Vec<String> = policy
+        .catalog
+        .permissions
+        .iter()
+        .filter(|p| p.scoped)
+        .map(|p| p.name.clone())
+        .collect();
+    let kind = policy.roles[0].kind.clone();
+    let mut except = vec![perms[0].clone()];
+    except.extend(scoped.first().cloned());
+    policy.roles.push(Role {
+        name: "wc-all-but".into(),
+        kind: kind.clone(),
+        all: true,
+        except,
+        ..Role::default()
+    });
+    policy.roles.push(Role {
+        name: "wc-scoped".into(),
+        kind: kind.clone(),
+        grants: perms
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 0)
+            .map(|(i, p)| Grant {
+                permission: p.clone(),
+                enabled: i % 2 == 0,
+                projects: vec!["p1".into(), "p2".into()],
+            })
+            .collect(),
+        ..Role::default()
+    });
+    policy.roles.push(Role {
+        name: "wc-paths".into(),
+        kind,
+        paths: [
+            ("/users/{user}", "r"),
+            ("/wc/{user}/items/*", "cru"),
+            ("/wc/open$", "crud"),
+            ("/wc/*/shared", "r"),
+        ]
+        .iter()
+        .map(|(p, a)| PathRule {
+            path: (*p).into(),
+            access: (*a).into(),
+            default: false,
+        })
+        .collect(),
+        ..Role::default()
+    });
+    let roles: Vec<String> = policy.roles.iter().map(|r| r.name.clone()).collect();
+    let mut types: Vec<String> = policy
+        .catalog
+        .permissions
+        .iter()
+        .flat_map(|p| p.applies_to.iter().cloned())
+        .chain(policy.subjects.iter().map(|s| s.subject_type.clone()))
+        .chain(["wc-other".to_owned()])
+        .collect();
+    types.sort();
+    types.dedup();
+    let resources = ["collections/c1", "collections/c2"];
+    for i in 0..70 {
+        let mut held: Vec<String> = (0..1 + rng.below(3))
+            .map(|_| rng.pick(&roles).clone())
+            .collect();
+        held.sort();
+        held.dedup();
+        let only = if rng.below(5) == 0 {
+            (0..1 + rng.below(4))
+                .map(|_| rng.pick(&perms).clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let resources = if rng.below(4) == 0 {
+            vec![ResourceRole {
+                resource: rng.pick(&resources).to_string(),
+                role: rng.pick(&roles).clone(),
+            }]
+        } else {
+            Vec::new()
+        };
+        let pending = (rng.below(6) == 0).then(|| PendingSubject {
+            roles: vec![rng.pick(&roles).clone()],
+            ..PendingSubject::default()
+        });
+        policy.subjects.push(Subject {
+            // `x1` and `wc-7` are also path segments below: `{user}` rules name them.
+            id: if i == 0 {
+                "x1".into()
+            } else {
+                format!("wc-{i}")
+            },
+            subject_type: rng.pick(&types).clone(),
+            roles: held,
+            only,
+            resources,
+            pending,
+        });
+    }
+    policy
+}
+
+/// Concrete paths for an endpoint template or path rule, `{param}`/`*` filled with `fill`.
+fn concrete(pattern: &str, fill: &str) -> String {
+    pattern
+        .trim_end_matches('$')
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with('{') || seg == "*" || seg == "**" {
+                fill.to_owned()
+            } else {
+                seg.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// What is asked, owned (HTTP paths are canonicalized per query).
+enum Asked {
+    Permission(String),
+    Event(String),
+    Http(String, String),
+}
+
+fn questions(policy: &Policy, name: &str) -> Vec<Asked> {
+    let mut asked = Vec::new();
+    for p in &policy.catalog.permissions {
+        asked.push(Asked::Permission(p.name.clone()));
+        asked.extend(p.events.iter().map(|e| Asked::Event(e.clone())));
+    }
+    asked.push(Asked::Permission("no:such-permission".into()));
+    asked.push(Asked::Event("no.such.event".into()));
+    let patterns = policy
+        .catalog
+        .permissions
+        .iter()
+        .flat_map(|p| p.endpoints.iter().cloned())
+        .filter_map(|e| e.split_once(' ').map(|(m, p)| (m.to_owned(), p.to_owned())))
+        .chain(policy.roles.iter().flat_map(|r| {
+            r.paths.iter().flat_map(|rule| {
+                ["GET", "POST", "PUT", "DELETE", "OPTIONS", "BREW"]
+                    .map(|m| (m.to_owned(), rule.path.clone()))
+            })
+        }));
+    let mut http: Vec<(String, String)> = Vec::new();
+    let fills: Vec<&str> = policy
+        .subjects
+        .iter()
+        .take(3)
+        .map(|s| s.id.as_str())
+        .chain(["x1", "wc-7", "nobody"])
+        .collect();
+    for (method, pattern) in patterns {
+        for fill in &fills {
+            http.push((method.clone(), concrete(&pattern, fill)));
+        }
+    }
+    http.push(("GET".into(), "/wc/wc-7/items/x/shared".into()));
+    http.push(("GET".into(), "/wc/x1/shared".into()));
+    for t in corpus::corpus().into_iter().filter(|t| t.example == name) {
+        http.push((t.method, t.path));
+    }
+    http.sort();
+    http.dedup();
+    asked.extend(http.into_iter().map(|(m, p)| Asked::Http(m, p)));
+    asked
+}
+
+struct Filters {
+    scopes: Vec<Option<String>>,
+    resources: Vec<Option<String>>,
+    types: Vec<Option<String>>,
+    roles: Vec<Option<String>>,
+}
+
+fn filters(policy: &Policy) -> Filters {
+    let mut scopes: Vec<Option<String>> = vec![None, Some("not-a-granted-scope".into())];
+    for role in &policy.roles {
+        for grant in role.grants.iter().chain(&role.pending) {
+            scopes.extend(grant.projects.iter().cloned().map(Some));
+        }
+        scopes.extend(role.installed_in.iter().cloned().map(Some));
+    }
+    scopes.sort();
+    scopes.dedup();
+    let mut resources: Vec<Option<String>> = vec![None, Some("collections/none".into())];
+    for s in &policy.subjects {
+        resources.extend(s.resources.iter().map(|r| Some(r.resource.clone())));
+    }
+    resources.sort();
+    resources.dedup();
+    let mut types: Vec<Option<String>> = vec![None];
+    types.extend(
+        policy
+            .subjects
+            .iter()
+            .take(2)
+            .map(|s| Some(s.subject_type.clone())),
+    );
+    let roles = vec![
+        None,
+        Some(policy.roles[0].name.clone()),
+        Some("no-such-role".into()),
+    ];
+    Filters {
+        scopes,
+        resources,
+        types,
+        roles,
+    }
+}
+
+/// Every page of who-can for `q`, checking order, page bounds and termination.
+fn page_all(snapshot: &Snapshot, q: &WhoCan<'_>, limit: usize, budget: usize) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100_000 {
+        let page = snapshot.who_can_within(q, after.as_deref(), limit, budget);
+        assert!(page.subjects.len() <= limit, "page over its limit");
+        assert!(page.examined <= budget + 1, "scan over its budget");
+        all.extend(page.subjects);
+        match page.resume_after {
+            None => {
+                assert!(
+                    all.windows(2).all(|w| w[0] < w[1]),
+                    "ids ascend, each once: {all:?}"
+                );
+                return all;
+            }
+            Some(next) => {
+                assert!(
+                    after.as_deref().is_none_or(|a| next.as_str() > a),
+                    "progress"
+                );
+                after = Some(next);
+            }
+        }
+    }
+    panic!("who-can did not finish paging");
+}
+
+/// Compares who-can with `decide` over `subjects` for every question; returns mismatches.
+fn differential(
+    snapshot: &Snapshot,
+    policy_subjects: &BTreeMap<String, Subject>,
+    asked: &[Asked],
+    f: &Filters,
+    paging: &[(usize, usize)],
+) -> (usize, Vec<String>) {
+    let mut wrong = Vec::new();
+    let mut compared = 0;
+    for a in asked {
+        let path;
+        let action = match a {
+            Asked::Permission(p) => Action::Permission(p),
+            Asked::Event(e) => Action::Event(e),
+            Asked::Http(m, raw) => match CanonicalPath::parse(raw, PathOptions::default()) {
+                Ok(p) => {
+                    path = p;
+                    Action::Http {
+                        method: m,
+                        path: &path,
+                    }
+                }
+                // A refused path is a denial before any rule: the API lists nobody.
+                Err(_) => continue,
+            },
+        };
+        let resources: &[Option<String>] = match a {
+            Asked::Http(..) => &[None],
+            _ => &f.resources,
+        };
+        for scope in &f.scopes {
+            for resource in resources {
+                for (ti, subject_type) in f.types.iter().enumerate() {
+                    for (ri, role) in f.roles.iter().enumerate() {
+                        // Filters combined one at a time keep the run short.
+                        if ti > 0 && ri > 0 {
+                            continue;
+                        }
+                        let q = WhoCan {
+                            action,
+                            scope: scope.as_deref(),
+                            resource: resource.as_deref(),
+                            subject_type: subject_type.as_deref(),
+                            role: role.as_deref(),
+                        };
+                        let want: Vec<String> = policy_subjects
+                            .values()
+                            .filter(|s| subject_type.as_ref().is_none_or(|t| s.subject_type == *t))
+                            .filter(|s| {
+                                role.as_ref().is_none_or(|r| {
+                                    s.roles.contains(r) || s.resources.iter().any(|x| x.role == *r)
+                                })
+                            })
+                            .filter(|s| {
+                                snapshot
+                                    .decide(&Request {
+                                        subject: &s.id,
+                                        action,
+                                        scope: scope.as_deref(),
+                                        resource: resource.as_deref(),
+                                        inline: None,
+                                    })
+                                    .allowed
+                            })
+                            .map(|s| s.id.clone())
+                            .collect();
+                        for &(limit, budget) in paging {
+                            compared += 1;
+                            let got = page_all(snapshot, &q, limit, budget);
+                            if got != want {
+                                wrong.push(format!(
+                                    "{q:?} (page {limit}, budget {budget}): who-can {got:?}, \
+                                     Check allows {want:?}"
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (compared, wrong)
+}
+
+fn subjects_of(policy: &Policy) -> BTreeMap<String, Subject> {
+    policy
+        .subjects
+        .iter()
+        .map(|s| (s.id.clone(), s.clone()))
+        .collect()
+}
+
+#[test]
+fn who_can_lists_exactly_the_subjects_check_allows_on_every_example() {
+    let mut rng = Lcg(0x5eed);
+    let mut total = 0;
+    let mut allowed_somewhere = 0;
+    for name in EXAMPLES {
+        let policy = grown(name, &mut rng);
+        let snapshot = Snapshot::compile(&policy, 1);
+        let subjects = subjects_of(&policy);
+        let asked = questions(&policy, name);
+        let f = filters(&policy);
+        let (compared, wrong) =
+            differential(&snapshot, &subjects, &asked, &f, &[(1000, 100_000), (2, 3)]);
+        assert!(
+            wrong.is_empty(),
+            "{name}: {} mismatches:\n{}",
+            wrong.len(),
+            {
+                let mut w = wrong.clone();
+                w.truncate(20);
+                w.join("\n")
+            }
+        );
+        total += compared;
+        // The comparison is not vacuous: some questions have allowed subjects.
+        allowed_somewhere += asked
+            .iter()
+            .filter(|a| matches!(a, Asked::Permission(_)))
+            .filter(|a| {
+                let Asked::Permission(p) = a else {
+                    return false;
+                };
+                let q = WhoCan {
+                    action: Action::Permission(p),
+                    scope: None,
+                    resource: None,
+                    subject_type: None,
+                    role: None,
+                };
+                !snapshot.who_can(&q, None, 10).subjects.is_empty()
+            })
+            .count();
+    }
+    assert!(total > 5_000, "only {total} questions compared");
+    assert!(allowed_somewhere > 20, "only {allowed_somewhere} allowed");
+}
+
+#[test]
+fn who_can_stays_exact_through_subject_and_role_writes_and_folds() {
+    let mut rng = Lcg(0xfeed);
+    for name in ["iot-roles", "monitoring-apps", "sdk-accounts"] {
+        let mut policy = grown(name, &mut rng);
+        let mut snapshot = Snapshot::compile(&policy, 1);
+        let asked: Vec<Asked> = questions(&policy, name)
+            .into_iter()
+            .filter(|a| !matches!(a, Asked::Http(..)) || rng.below(8) == 0)
+            .collect();
+        let f = Filters {
+            types: vec![None],
+            roles: vec![None],
+            ..filters(&policy)
+        };
+        let roles: Vec<String> = policy.roles.iter().map(|r| r.name.clone()).collect();
+        let mut subjects = subjects_of(&policy);
+        // Build the reverse index first, so the writes below go over an indexed base.
+        let (_, wrong) = differential(&snapshot, &subjects, &asked, &f, &[(3, 5)]);
+        assert!(
+            wrong.is_empty(),
+            "{name} before writes: {}",
+            wrong.join("\n")
+        );
+        for step in 0..30u64 {
+            let revision = step + 2;
+            match rng.below(6) {
+                // A new subject, or one replaced with other roles.
+                0 | 1 => {
+                    let id = if rng.below(2) == 0 {
+                        format!("wc-new-{step}")
+                    } else {
+                        rng.pick(&subjects.keys().cloned().collect::<Vec<_>>())
+                            .clone()
+                    };
+                    let subject = Subject {
+                        id: id.clone(),
+                        subject_type: policy.subjects[rng.below(policy.subjects.len())]
+                            .subject_type
+                            .clone(),
+                        roles: vec![rng.pick(&roles).clone()],
+                        ..Subject::default()
+                    };
+                    snapshot = snapshot.with_subject(&id, Some(&subject), revision);
+                    subjects.insert(id, subject);
+                }
+                // A deletion.
+                2 => {
+                    let id = rng
+                        .pick(&subjects.keys().cloned().collect::<Vec<_>>())
+                        .clone();
+                    snapshot = snapshot.with_subject(&id, None, revision);
+                    subjects.remove(&id);
+                }
+                // A role's grant switched, or all its grants cleared (an approved narrowing).
+                3 | 4 => {
+                    let at = rng.below(policy.roles.len());
+                    let role = &mut policy.roles[at];
+                    if role.grants.is_empty() || rng.below(3) == 0 {
+                        role.all = !role.all;
+                    } else {
+                        let g = rng.below(role.grants.len());
+                        role.grants[g].enabled = !role.grants[g].enabled;
+                    }
+                    policy.subjects = subjects.values().cloned().collect();
+                    snapshot = snapshot.with_roles(&policy, revision);
+                }
+                // The background fold of the overlay into a new base.
+                _ => {
+                    let folded = snapshot.compact_subjects();
+                    snapshot = snapshot.with_compacted(&folded).expect("same lineage");
+                }
+            }
+            let (_, wrong) = differential(&snapshot, &subjects, &asked, &f, &[(3, 5)]);
+            assert!(
+                wrong.is_empty(),
+                "{name} after step {step}: {} mismatches:\n{}",
+                wrong.len(),
+                wrong
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn a_user_rule_offers_only_the_subject_the_path_names() {
+    // A role every subject holds with a `{user}` rule: who-can decides one candidate, not all.
+    let mut policy = example("iot-roles");
+    let kind = policy.roles[0].kind.clone();
+    policy.roles.push(Role {
+        name: "wc-self".into(),
+        kind,
+        paths: vec![PathRule {
+            path: "/wc-self/{user}".into(),
+            access: "r".into(),
+            default: false,
+        }],
+        ..Role::default()
+    });
+    for i in 0..5000 {
+        policy.subjects.push(Subject {
+            id: format!("s-{i:05}"),
+            subject_type: "wc".into(),
+            roles: vec!["wc-self".into()],
+            ..Subject::default()
+        });
+    }
+    let snapshot = Snapshot::compile(&policy, 1);
+    let path = CanonicalPath::parse("/wc-self/s-01234/profile", PathOptions::default()).unwrap();
+    let q = WhoCan {
+        action: Action::Http {
+            method: "GET",
+            path: &path,
+        },
+        scope: None,
+        resource: None,
+        subject_type: None,
+        role: None,
+    };
+    let page = snapshot.who_can(&q, None, 100);
+    assert_eq!(page.subjects, vec!["s-01234".to_owned()]);
+    assert_eq!(page.examined, 1, "one candidate decided");
+    assert_eq!(page.resume_after, None);
+    let post = WhoCan {
+        action: Action::Http {
+            method: "POST",
+            path: &path,
+        },
+        ..q
+    };
+    assert!(
+        snapshot.who_can(&post, None, 100).subjects.is_empty(),
+        "no `c`"
+    );
+}
+
+#[test]
+fn a_short_scan_budget_resumes_where_it_stopped() {
+    let mut policy = example("monitoring-apps");
+    let perm = policy
+        .catalog
+        .permissions
+        .iter()
+        .find(|p| !p.scoped && p.applies_to.is_empty() && p.requires.is_empty())
+        .expect("a plain permission")
+        .name
+        .clone();
+    let role = "wc-b".to_owned();
+    policy.roles.push(Role {
+        name: role.clone(),
+        kind: policy.roles[0].kind.clone(),
+        grants: vec![Grant {
+            permission: perm.clone(),
+            enabled: true,
+            projects: Vec::new(),
+        }],
+        ..Role::default()
+    });
+    for i in 0..50 {
+        policy.subjects.push(Subject {
+            id: format!("b-{i:02}"),
+            subject_type: "app".into(),
+            roles: vec![role.clone()],
+            // Every subject but the last two is narrowed away from the permission.
+            only: if i < 48 {
+                vec!["no:such".into()]
+            } else {
+                Vec::new()
+            },
+            ..Subject::default()
+        });
+    }
+    let snapshot = Snapshot::compile(&policy, 1);
+    let q = WhoCan {
+        action: Action::Permission(&perm),
+        scope: None,
+        resource: None,
+        subject_type: Some("app"),
+        role: Some(&role),
+    };
+    let expected: Vec<String> = policy
+        .subjects
+        .iter()
+        .filter(|s| s.subject_type == "app" && s.roles.contains(&role))
+        .filter(|s| {
+            snapshot
+                .decide(&Request {
+                    subject: &s.id,
+                    action: Action::Permission(&perm),
+                    scope: None,
+                    resource: None,
+                    inline: None,
+                })
+                .allowed
+        })
+        .map(|s| s.id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(expected.iter().any(|id| id == "b-49"), "{expected:?}");
+    let first = snapshot.who_can_within(&q, None, 100, 10);
+    assert_eq!(first.examined, 10);
+    assert!(first.resume_after.is_some(), "stopped at the budget");
+    assert_eq!(page_all(&snapshot, &q, 100, 10), expected);
+}
