@@ -657,3 +657,239 @@ fn a_short_scan_budget_resumes_where_it_stopped() {
     assert!(first.resume_after.is_some(), "stopped at the budget");
     assert_eq!(page_all(&snapshot, &q, 100, 10), expected);
 }
+
+mod over_grpc {
+    use super::common::*;
+    use authz_sidecar::api::pb;
+    use authz_sidecar::model::file::EMBEDDED_DEFAULT;
+    use pb::authz_client::AuthzClient;
+    use pb::list_subjects_request::Action as A;
+    use tonic::Code;
+    use tonic::transport::Channel;
+
+    fn who(action: A, page_size: i32, token: &str) -> pb::ListSubjectsRequest {
+        pb::ListSubjectsRequest {
+            page_size,
+            page_token: token.into(),
+            action: Some(action),
+            ..Default::default()
+        }
+    }
+
+    fn perm(p: &str) -> A {
+        A::Permission(p.into())
+    }
+
+    fn http(method: &str, path: &str) -> A {
+        A::Http(pb::HttpRequest {
+            method: method.into(),
+            path: path.into(),
+        })
+    }
+
+    /// Every page of a who-can question, as ids.
+    async fn ids(client: &mut AuthzClient<Channel>, action: A) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list_subjects(admin(who(action.clone(), 1, &token)))
+                .await
+                .expect("who-can")
+                .into_inner();
+            out.extend(page.subjects.into_iter().map(|s| s.id));
+            if page.next_page_token.is_empty() {
+                return out;
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    #[tokio::test]
+    async fn who_can_follows_check_through_admin_writes_and_approvals() {
+        let sc = start(EMBEDDED_DEFAULT).await;
+        let mut client = sc.client().await;
+        assert_eq!(ids(&mut client, perm("alarms:write")).await, ["dispatcher"]);
+        let dispatch = http("POST", "/v1/alarms/a1/dispatch");
+        assert_eq!(ids(&mut client, dispatch.clone()).await, ["dispatcher"]);
+        assert_eq!(
+            ids(&mut client, A::Event("alarm.created".into())).await,
+            [
+                "ai-verifier",
+                "compliance",
+                "dashboard",
+                "dispatcher",
+                "readonly"
+            ]
+        );
+        assert!(ids(&mut client, perm("no:such")).await.is_empty());
+
+        // A widening waiting for approval allows nobody new; approved, it does.
+        let r = client
+            .update_permission(admin(set("app-dashboard", "alarms:write", true, &[])))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.pending_approval);
+        assert_eq!(ids(&mut client, perm("alarms:write")).await, ["dispatcher"]);
+        client
+            .approve_pending(admin(pb::ApprovePendingRequest {
+                role: "app-dashboard".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&mut client, perm("alarms:write")).await,
+            ["dashboard", "dispatcher"]
+        );
+
+        // A new app subject waits for its approval too; then it is listed; deleted, it is not.
+        let put = client
+            .put_subject(admin(pb::PutSubjectRequest {
+                subject: Some(pb::Subject {
+                    id: "a-new".into(),
+                    r#type: "app".into(),
+                    roles: vec!["app-dispatcher".into()],
+                    ..Default::default()
+                }),
+                expected_revision: 0,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(put.pending_approval);
+        assert_eq!(
+            ids(&mut client, dispatch.clone()).await,
+            ["dashboard", "dispatcher"]
+        );
+        client
+            .approve_pending(admin(pb::ApprovePendingRequest {
+                subject: "a-new".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&mut client, dispatch.clone()).await,
+            ["a-new", "dashboard", "dispatcher"]
+        );
+        client
+            .delete_subject(admin(pb::DeleteSubjectRequest {
+                id: "dispatcher".into(),
+                expected_revision: 0,
+            }))
+            .await
+            .unwrap();
+        let listed = ids(&mut client, dispatch.clone()).await;
+        assert_eq!(listed, ["a-new", "dashboard"]);
+        // Every listed subject is one Check allows, and the others are denied.
+        for id in ["a-new", "dashboard", "dispatcher", "readonly"] {
+            let allowed = check(&mut client, http_req(id, "POST", "/v1/alarms/a1/dispatch"))
+                .await
+                .allowed;
+            assert_eq!(allowed, listed.iter().any(|l| l == id), "{id}");
+        }
+
+        // Subjects come back whole, with the revision of their last change; over the socket too.
+        let mut uds = AuthzClient::new(sc.uds_channel().await);
+        let page = uds
+            .list_subjects(admin(who(dispatch, 10, "")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.subjects[0].id, "a-new");
+        assert_eq!(page.subjects[0].roles, ["app-dispatcher"]);
+        assert!(page.subjects[0].changed_revision > 1);
+        assert!(page.next_page_token.is_empty());
+    }
+
+    fn http_req(subject: &str, method: &str, path: &str) -> pb::CheckRequest {
+        super::common::http(subject, method, path)
+    }
+
+    #[tokio::test]
+    async fn a_refused_path_allows_nobody_and_bad_questions_name_their_field() {
+        let sc = start(EMBEDDED_DEFAULT).await;
+        let mut client = sc.client().await;
+        for path in ["/v1/alarms/a1/../a1/dispatch", "/v1/alarms/a1%2fx/dispatch"] {
+            let check = check(&mut client, http_req("dispatcher", "POST", path)).await;
+            assert!(!check.allowed, "{path}: {}", check.reason);
+            let page = client
+                .list_subjects(admin(who(http("POST", path), 10, "")))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.subjects.is_empty(), "{path}");
+            assert!(page.next_page_token.is_empty());
+        }
+        let bad: Vec<(pb::ListSubjectsRequest, &str)> = vec![
+            (who(perm(""), 1, ""), "permission"),
+            (who(A::Event(String::new()), 1, ""), "event"),
+            (who(http("", "/x"), 1, ""), "http.method"),
+            (who(http("GET", "x"), 1, ""), "http.path"),
+            (
+                pb::ListSubjectsRequest {
+                    scope: "p1".into(),
+                    ..Default::default()
+                },
+                "action",
+            ),
+            (
+                pb::ListSubjectsRequest {
+                    scope: "s".repeat(300),
+                    ..who(perm("devices:read"), 1, "")
+                },
+                "scope",
+            ),
+            (who(perm("devices:read"), 1, "garbage"), "page_token"),
+        ];
+        for (request, field) in bad {
+            let err = client.list_subjects(admin(request)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+            assert!(
+                err.message().starts_with(field),
+                "{field}: {}",
+                err.message()
+            );
+        }
+
+        // A token answers only the question it was issued for.
+        let first = client
+            .list_subjects(admin(who(perm("devices:read"), 1, "")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.subjects.len(), 1);
+        let token = first.next_page_token;
+        assert!(!token.is_empty());
+        for other in [
+            who(perm("events:read"), 1, &token),
+            pb::ListSubjectsRequest {
+                scope: "p1".into(),
+                ..who(perm("devices:read"), 1, &token)
+            },
+            pb::ListSubjectsRequest {
+                page_token: token.clone(),
+                ..Default::default()
+            },
+        ] {
+            let err = client.list_subjects(admin(other)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert!(err.message().starts_with("page_token"), "{}", err.message());
+        }
+        let second = client
+            .list_subjects(admin(who(perm("devices:read"), 1, &token)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(second.subjects[0].id > first.subjects[0].id);
+
+        // Who-can is an admin read like any ListSubjects.
+        let err = client
+            .list_subjects(tonic::Request::new(who(perm("devices:read"), 1, "")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+}
