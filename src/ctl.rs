@@ -62,7 +62,7 @@ pub struct CtlArgs {
     #[arg(long)]
     pub tls_domain: Option<String>,
     /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value = "human")]
+    #[arg(long, short = 'o', value_enum, default_value = "human", global = true)]
     pub output: Output,
     /// The call.
     #[command(subcommand)]

@@ -341,7 +341,7 @@ async fn ctl_batch_who_can_and_admin_writes() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("waits for approval"), "{out}");
     let (_, out, _) = ctl(
-        at(&["-o", "json", "who-can", "--permission", "alarms:write"]),
+        at(&["who-can", "--permission", "alarms:write", "-o", "json"]),
         tok,
     )
     .await;
@@ -442,7 +442,7 @@ async fn ctl_batch_who_can_and_admin_writes() {
     ] {
         assert!(actions.contains(&want), "{want}: {out}");
     }
-    let (_, out, _) = ctl(at(&["-o", "json", "audit", "--limit", "2"]), tok).await;
+    let (_, out, _) = ctl(at(&["audit", "--limit", "2", "--output", "json"]), tok).await;
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["entries"].as_array().unwrap().len(), 2);
 }
