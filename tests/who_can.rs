@@ -893,3 +893,127 @@ mod over_grpc {
         assert_eq!(err.code(), Code::Unauthenticated);
     }
 }
+
+mod every_example_over_grpc {
+    use super::common::*;
+    use super::{EXAMPLES, concrete, example};
+    use authz_sidecar::api::pb;
+    use pb::list_subjects_request::Action as A;
+
+    /// Over the wire (validation, the canonicalizer, the store read-back): for every example,
+    /// every permission, event and HTTP request (endpoint templates filled, path rules, the
+    /// hostile corpus, raw as a client sends them) with and without a scope, who-can lists
+    /// exactly the stored subjects whose Check (as a CheckBatch item) is allowed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn who_can_answers_as_check_on_every_example() {
+        let corpus = super::corpus::corpus();
+        let mut compared = 0;
+        for name in EXAMPLES {
+            let policy = example(name);
+            let sc = start(&super::corpus::example_text(name)).await;
+            let mut client = sc.client().await;
+            let stored: Vec<String> = client
+                .list_subjects(admin(pb::ListSubjectsRequest {
+                    page_size: 1000,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .subjects
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            let mut actions: Vec<A> = Vec::new();
+            for p in &policy.catalog.permissions {
+                actions.push(A::Permission(p.name.clone()));
+                actions.extend(p.events.iter().map(|e| A::Event(e.clone())));
+                for e in &p.endpoints {
+                    if let Some((m, path)) = e.split_once(' ') {
+                        for fill in stored.iter().take(2).map(String::as_str).chain(["x1"]) {
+                            actions.push(A::Http(pb::HttpRequest {
+                                method: m.into(),
+                                path: concrete(path, fill),
+                            }));
+                        }
+                    }
+                }
+            }
+            for r in &policy.roles {
+                for rule in &r.paths {
+                    for fill in stored.iter().take(3) {
+                        for m in ["GET", "POST", "DELETE"] {
+                            actions.push(A::Http(pb::HttpRequest {
+                                method: m.into(),
+                                path: concrete(&rule.path, fill),
+                            }));
+                        }
+                    }
+                }
+            }
+            for t in corpus.iter().filter(|t| t.example == *name) {
+                actions.push(A::Http(pb::HttpRequest {
+                    method: t.method.clone(),
+                    path: t.path.clone(),
+                }));
+            }
+            let mut scopes = vec![String::new()];
+            scopes.extend(
+                policy
+                    .roles
+                    .iter()
+                    .flat_map(|r| r.grants.iter().flat_map(|g| g.projects.iter().cloned()))
+                    .take(1),
+            );
+            for action in &actions {
+                for scope in &scopes {
+                    let listed: Vec<String> = client
+                        .list_subjects(admin(pb::ListSubjectsRequest {
+                            page_size: 1000,
+                            action: Some(action.clone()),
+                            scope: scope.clone(),
+                            ..Default::default()
+                        }))
+                        .await
+                        .unwrap_or_else(|e| panic!("{name} {action:?}: {e}"))
+                        .into_inner()
+                        .subjects
+                        .into_iter()
+                        .map(|s| s.id)
+                        .collect();
+                    let items: Vec<pb::CheckRequest> = stored
+                        .iter()
+                        .map(|id| pb::CheckRequest {
+                            subject: id.clone(),
+                            action: Some(match action.clone() {
+                                A::Permission(p) => pb::check_request::Action::Permission(p),
+                                A::Event(e) => pb::check_request::Action::Event(e),
+                                A::Http(h) => pb::check_request::Action::Http(h),
+                            }),
+                            scope: scope.clone(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    let answers = client
+                        .check_batch(pb::CheckBatchRequest {
+                            items,
+                            min_revision: 0,
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .results;
+                    let allowed: Vec<String> = stored
+                        .iter()
+                        .zip(&answers)
+                        .filter(|(_, a)| a.allowed)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    assert_eq!(listed, allowed, "{name} {action:?} scope `{scope}`");
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 300, "only {compared} questions");
+    }
+}
