@@ -36,6 +36,7 @@ fn list(page_size: i32, role: &str, kind: &str, token: &str) -> pb::ListSubjects
         page_token: token.into(),
         role: role.into(),
         r#type: kind.into(),
+        ..Default::default()
     }
 }
 

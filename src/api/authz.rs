@@ -179,6 +179,165 @@ pub(super) fn decode_subject_token(
     Ok(Some(last.to_owned()))
 }
 
+/// Who-can page tokens: the filters, a digest of the action with its scope and resource, and
+/// the id to resume after, so that a token cannot be replayed against another question.
+pub(super) fn encode_who_can_token(r: &pb::ListSubjectsRequest, last: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        "w1\n{}\n{}\n{}\n{last}",
+        r.role,
+        r.r#type,
+        who_can_digest(r)
+    ))
+}
+
+pub(super) fn decode_who_can_token(
+    token: &str,
+    r: &pb::ListSubjectsRequest,
+) -> Result<Option<String>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid("page_token", "not a token this server issued");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let mut parts = text.splitn(5, '\n');
+    let (Some("w1"), Some(role), Some(kind), Some(digest), Some(last)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(bad());
+    };
+    if role != r.role || kind != r.r#type || digest != who_can_digest(r) {
+        return Err(invalid(
+            "page_token",
+            "was issued for another action, scope, resource, `role` or `type`",
+        ));
+    }
+    Ok(Some(last.to_owned()))
+}
+
+/// SHA-256 of the who-can question, each field length-prefixed (no two questions share one).
+fn who_can_digest(r: &pb::ListSubjectsRequest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut field = |value: &str| {
+        hash.update((value.len() as u64).to_be_bytes());
+        hash.update(value.as_bytes());
+    };
+    match &r.action {
+        Some(pb::list_subjects_request::Action::Permission(p)) => {
+            field("permission");
+            field(p);
+        }
+        Some(pb::list_subjects_request::Action::Event(e)) => {
+            field("event");
+            field(e);
+        }
+        Some(pb::list_subjects_request::Action::Http(h)) => {
+            field("http");
+            field(&h.method);
+            field(&h.path);
+        }
+        None => field("none"),
+    }
+    field(&r.scope);
+    field(&r.resource);
+    hex::encode(&hash.finalize()[..16])
+}
+
+/// Who-can (ListSubjects with an action): validates the action, scope and resource with
+/// Check's field rules (INVALID_ARGUMENT naming the field), canonicalizes an HTTP path with
+/// the one canonicalizer (a refused path allows nobody: an empty last page) and asks
+/// [`Snapshot::who_can`]. `None` when the request names no action.
+pub(super) fn who_can(
+    snapshot: &Snapshot,
+    paths: PathOptions,
+    r: &pb::ListSubjectsRequest,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Option<engine::WhoCanPage>, Status> {
+    let Some(asked) = who_can_asked(r).map_err(|bad| bad.status(None))? else {
+        return Ok(None);
+    };
+    let Ok(checked) = asked.canonicalize(paths) else {
+        return Ok(Some(engine::WhoCanPage::default()));
+    };
+    let q = engine::WhoCan {
+        action: checked.action(),
+        scope: nonempty(&r.scope),
+        resource: nonempty(&r.resource),
+        subject_type: nonempty(&r.r#type),
+        role: nonempty(&r.role),
+    };
+    Ok(Some(snapshot.who_can(&q, after, limit)))
+}
+
+fn nonempty(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
+}
+
+/// The who-can action of a ListSubjects, validated like a Check's.
+fn who_can_asked(r: &pb::ListSubjectsRequest) -> Result<Option<Asked<'_>>, BadField> {
+    use pb::list_subjects_request::Action as A;
+    let asked = match &r.action {
+        None => {
+            if !r.scope.is_empty() || !r.resource.is_empty() {
+                return Err(BadField::new(
+                    "action",
+                    "`scope` and `resource` need one of `permission`, `http`, `event`",
+                ));
+            }
+            return Ok(None);
+        }
+        Some(A::Permission(p)) if p.is_empty() => {
+            return Err(BadField::new("permission", "permission name is empty"));
+        }
+        Some(A::Permission(p)) => Asked::Permission(p),
+        Some(A::Event(e)) if e.is_empty() => {
+            return Err(BadField::new("event", "event type is empty"));
+        }
+        Some(A::Event(e)) => Asked::Event(e),
+        Some(A::Http(h)) => {
+            if h.method.is_empty() {
+                return Err(BadField::new("http.method", "method is empty"));
+            }
+            if !h.path.starts_with('/') {
+                return Err(BadField::new("http.path", "path must start with `/`"));
+            }
+            Asked::Http {
+                method: &h.method,
+                path: &h.path,
+            }
+        }
+    };
+    too_long("scope", &r.scope, MAX_NAME_BYTES)?;
+    too_long("resource", &r.resource, MAX_NAME_BYTES)?;
+    check_action_bounds(asked)?;
+    Ok(Some(asked))
+}
+
+/// Length and segment bounds of an action (Check and who-can share them).
+fn check_action_bounds(asked: Asked<'_>) -> Result<(), BadField> {
+    match asked {
+        Asked::Permission(p) => too_long("permission", p, MAX_NAME_BYTES),
+        Asked::Event(e) => too_long("event", e, MAX_NAME_BYTES),
+        Asked::Http { method, path } => {
+            too_long("http.method", method, 16)?;
+            too_long("http.path", path, MAX_PATH_BYTES)?;
+            if path.split('/').filter(|s| !s.is_empty()).count() > MAX_PATH_SEGMENTS {
+                return Err(BadField::new(
+                    "http.path",
+                    format!("more than {MAX_PATH_SEGMENTS} segments"),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
 /// The action of a Check as the wire gives it, before the path is canonicalized.
 #[derive(Clone, Copy)]
 enum Asked<'r> {
@@ -292,20 +451,7 @@ fn asked(r: &pb::CheckRequest) -> Result<Asked<'_>, BadField> {
     too_long("scope", &r.scope, MAX_NAME_BYTES)?;
     too_long("resource", &r.resource, MAX_NAME_BYTES)?;
     too_long("subject_type", &r.subject_type, MAX_NAME_BYTES)?;
-    match &asked {
-        Asked::Permission(p) => too_long("permission", p, MAX_NAME_BYTES)?,
-        Asked::Event(e) => too_long("event", e, MAX_NAME_BYTES)?,
-        Asked::Http { method, path } => {
-            too_long("http.method", method, 16)?;
-            too_long("http.path", path, MAX_PATH_BYTES)?;
-            if path.split('/').filter(|s| !s.is_empty()).count() > MAX_PATH_SEGMENTS {
-                return Err(BadField::new(
-                    "http.path",
-                    format!("more than {MAX_PATH_SEGMENTS} segments"),
-                ));
-            }
-        }
-    }
+    check_action_bounds(asked)?;
     if let Some(i) = r.roles.iter().position(|v| v.len() > MAX_NAME_BYTES) {
         return Err(BadField::new(
             format!("roles[{i}]"),

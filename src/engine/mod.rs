@@ -10,6 +10,7 @@ mod explain;
 mod routes;
 mod snapshot;
 mod subject_index;
+mod who_can;
 
 #[cfg(test)]
 mod tests;
@@ -19,3 +20,4 @@ pub use decide::{Action, Decision, Inline, MAX_INLINE_ROLES, Reason, Request, Re
 pub use explain::{Explanation, Step, StepKind, SubjectTrace};
 pub use routes::{MAX_ROUTE_STATES, RouteError};
 pub use snapshot::{CompactedSubjects, Snapshot};
+pub use who_can::{WHO_CAN_SCAN_BUDGET, WhoCan, WhoCanPage};

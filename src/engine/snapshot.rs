@@ -198,9 +198,15 @@ impl Snapshot {
 
     /// Folds the overlay into a new base. Expensive and pure: call it on a background thread.
     pub fn compact_subjects(&self) -> CompactedSubjects {
+        let base = self.subjects.merged();
+        if self.subjects.base.has_holders() {
+            // Who-can was used on the base this fold replaces: build its reverse index here,
+            // off the write path, rather than in the next who-can call.
+            base.holders();
+        }
         CompactedSubjects {
             lineage: self.subjects.lineage,
-            base: Arc::new(self.subjects.merged()),
+            base: Arc::new(base),
             folded: Arc::clone(&self.subjects.overlay),
         }
     }

@@ -3,6 +3,7 @@
 //! subject, a quarter of the memory of a map of boxed keys.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 use hashbrown::HashTable;
 
@@ -16,6 +17,37 @@ pub(super) struct SubjectIndex {
     records: Vec<CompiledSubject>,
     table: HashTable<u32>,
     hasher: RandomState,
+    /// Who-can's reverse index, built on first use (see [`RoleHolders`]).
+    holders: OnceLock<Arc<RoleHolders>>,
+}
+
+/// Who-can's reverse index over one base: the subjects in id order and, per role id, the
+/// id-order ranks of the subjects holding it. Built once per base (a base is never edited),
+/// on the first who-can call or by the background fold when the base it replaces had one,
+/// so that neither cold start nor a Check pays for sorting a million ids.
+#[derive(Debug, Default)]
+pub(super) struct RoleHolders {
+    /// Record indices, ordered by subject id.
+    by_rank: Box<[u32]>,
+    /// Per role id, ranks (positions in `by_rank`) ascending.
+    holders: Box<[Box<[u32]>]>,
+}
+
+impl RoleHolders {
+    /// The ranks of the subjects holding role `role` (in `roles`, not as an access role).
+    pub fn of(&self, role: u32) -> &[u32] {
+        self.holders.get(role as usize).map_or(&[], |h| &h[..])
+    }
+
+    /// The first rank whose id is greater than `after`.
+    pub fn rank_after(&self, base: &SubjectIndex, after: &str) -> u32 {
+        self.by_rank.partition_point(|&at| base.id(at) <= after) as u32
+    }
+
+    /// The subject id at `rank`.
+    pub fn id<'b>(&self, base: &'b SubjectIndex, rank: u32) -> &'b str {
+        base.id(self.by_rank[rank as usize])
+    }
 }
 
 impl SubjectIndex {
@@ -27,11 +59,41 @@ impl SubjectIndex {
             records: Vec::with_capacity(n),
             table: HashTable::with_capacity(n),
             hasher: RandomState::new(),
+            holders: OnceLock::new(),
+        }
+    }
+
+    /// Who-can's reverse index, built now if it was not yet. O(n log n) the first time.
+    pub fn holders(&self) -> &RoleHolders {
+        self.holders.get_or_init(|| Arc::new(self.build_holders()))
+    }
+
+    /// True when the reverse index has been built.
+    pub fn has_holders(&self) -> bool {
+        self.holders.get().is_some()
+    }
+
+    fn build_holders(&self) -> RoleHolders {
+        let mut by_rank: Vec<u32> = (0..self.records.len() as u32).collect();
+        by_rank.sort_unstable_by(|&a, &b| self.id(a).cmp(self.id(b)));
+        let mut holders: Vec<Vec<u32>> = Vec::new();
+        for (rank, &at) in by_rank.iter().enumerate() {
+            for &role in self.records[at as usize].roles.as_slice() {
+                let role = role as usize;
+                if holders.len() <= role {
+                    holders.resize_with(role + 1, Vec::new);
+                }
+                holders[role].push(rank as u32);
+            }
+        }
+        RoleHolders {
+            by_rank: by_rank.into_boxed_slice(),
+            holders: holders.into_iter().map(Vec::into_boxed_slice).collect(),
         }
     }
 
     /// The id of record `at`.
-    fn id(&self, at: u32) -> &str {
+    pub(super) fn id(&self, at: u32) -> &str {
         id_at(&self.ids, &self.spans, at)
     }
 
@@ -40,6 +102,7 @@ impl SubjectIndex {
     /// makes the table double some twenty times on the way to a million, re-hashing every id
     /// each time (a sixth of cold start went there). Lookups see only indexed subjects.
     pub fn push_unindexed(&mut self, id: &str, record: CompiledSubject) {
+        self.holders = OnceLock::new();
         self.spans.push((self.ids.len() as u32, id.len() as u32));
         self.ids.push_str(id);
         self.records.push(record);
@@ -76,6 +139,7 @@ impl SubjectIndex {
 
     /// Adds a subject, replacing one with the same id.
     pub fn insert(&mut self, id: &str, record: CompiledSubject) {
+        self.holders = OnceLock::new();
         let hash = self.hasher.hash_one(id);
         let (ids, spans) = (&self.ids, &self.spans);
         let found = self.table.find(hash, |&at| id_at(ids, spans, at) == id);

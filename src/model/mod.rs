@@ -17,7 +17,7 @@ pub use change::{
     apply_subject_approval, apply_update,
 };
 pub use http_path::{CanonicalPath, EncodedSlashes, PathOptions, PathRejection};
-pub use path::{Access, PathPattern, Segment};
+pub use path::{Access, PathPattern, Segment, Whom};
 pub use role::{Grant, PathRule, Role};
 pub use subject::{Admin, AdminPermission, PendingSubject, ResourceRole, Subject};
 pub use validate::{

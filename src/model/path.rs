@@ -97,6 +97,17 @@ pub enum Segment {
     User,
 }
 
+/// For whom a pattern matches one request path ([`PathPattern::matches_whom`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whom<'p> {
+    /// No caller.
+    Nobody,
+    /// Every caller (the pattern has no `{user}`).
+    Everyone,
+    /// Only the caller with this id.
+    Only(&'p str),
+}
+
 /// A parsed path-rule pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathPattern {
@@ -163,6 +174,35 @@ impl PathPattern {
         !self.anchored || parts.next().is_none()
     }
 
+    /// For whom this pattern matches a request path: the reverse of [`Self::matches`], so that
+    /// who-can enumerates only the one caller a `{user}` rule can match instead of every
+    /// holder of the role. A path that names two different users under two `{user}`
+    /// segments matches nobody.
+    pub fn matches_whom<'p>(&self, path: &'p str) -> Whom<'p> {
+        let mut parts = path.split('/').filter(|s| !s.is_empty());
+        let mut user: Option<&'p str> = None;
+        for seg in self.segments.iter() {
+            let Some(part) = parts.next() else {
+                return Whom::Nobody;
+            };
+            let ok = match seg {
+                Segment::Literal(lit) => **lit == *part,
+                Segment::Any => true,
+                Segment::User => *user.get_or_insert(part) == part,
+            };
+            if !ok {
+                return Whom::Nobody;
+            }
+        }
+        if self.anchored && parts.next().is_some() {
+            return Whom::Nobody;
+        }
+        match user {
+            None => Whom::Everyone,
+            Some(id) => Whom::Only(id),
+        }
+    }
+
     /// True when every path this pattern matches is also matched by `self` (for any user).
     pub fn covers(&self, other: &PathPattern) -> bool {
         if self.segments.len() > other.segments.len() {
@@ -212,6 +252,37 @@ mod tests {
                 *want,
                 "{pattern} vs {path}"
             );
+        }
+    }
+
+    #[test]
+    fn matches_whom_names_the_one_user_a_self_rule_can_match() {
+        let cases: &[(&str, &str, Whom<'_>)] = &[
+            ("/access$", "/access", Whom::Everyone),
+            ("/access$", "/access/1", Whom::Nobody),
+            ("/users/{user}", "/users/alice/x", Whom::Only("alice")),
+            ("/users/{user}$", "/users/alice/x", Whom::Nobody),
+            ("/users/{user}", "/users", Whom::Nobody),
+            ("/u/{user}/v/{user}", "/u/a/v/a", Whom::Only("a")),
+            ("/u/{user}/v/{user}", "/u/a/v/b", Whom::Nobody),
+            ("/t/*", "/x/y", Whom::Nobody),
+        ];
+        for (pattern, path, want) in cases {
+            let got = p(pattern).matches_whom(path);
+            assert_eq!(got, *want, "{pattern} vs {path}");
+            // The reverse agrees with `matches` for the users it names and for others.
+            for user in ["alice", "a", "b", "zed"] {
+                let expect = match got {
+                    Whom::Nobody => false,
+                    Whom::Everyone => true,
+                    Whom::Only(id) => id == user,
+                };
+                assert_eq!(
+                    p(pattern).matches(path, user),
+                    expect,
+                    "{pattern} {path} {user}"
+                );
+            }
         }
     }
 
