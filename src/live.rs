@@ -75,6 +75,17 @@ pub struct Seed {
     pub reloadable: bool,
 }
 
+impl Seed {
+    /// No policy: what is left of a seed once it has been handed to [`LivePolicy::open`].
+    pub fn empty() -> Seed {
+        Seed {
+            policy: Policy::default(),
+            digest: String::new(),
+            reloadable: false,
+        }
+    }
+}
+
 /// Why a policy reload was refused; the current snapshot keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -364,7 +375,15 @@ impl LivePolicy {
                 let revision =
                     store.import(&seed.policy, "import", ImportMode::Reseed, &seed.digest)?;
                 (
-                    seed.policy.clone(),
+                    // The writer keeps everything but the subjects (the snapshot has them).
+                    Policy {
+                        version: seed.policy.version,
+                        catalog: seed.policy.catalog.clone(),
+                        presets: seed.policy.presets.clone(),
+                        roles: seed.policy.roles.clone(),
+                        subjects: Vec::new(),
+                        admins: seed.policy.admins.clone(),
+                    },
                     snapshot.with_revision(revision),
                     Opened::Imported { revision },
                 )

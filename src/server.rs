@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::config::{AdminExposure, EnvoyMode};
 use crate::decision_log::{DecisionLog, QUEUE as DECISION_QUEUE, write_decisions};
 use crate::fleet::{self, EtcdClient, FleetError, FleetStatus, Mirror, watch_staleness};
-use crate::live::{LivePolicy, OpenError, Opened};
+use crate::live::{LivePolicy, OpenError, Opened, Seed};
 use crate::metrics::{Metrics, serve_metrics};
 use crate::model::file::{PolicyFileError, read_policy_text_max};
 use crate::reload::{
@@ -201,7 +201,10 @@ pub const LIVENESS_SERVICE: &str = "authz.v1.Liveness";
 
 impl Sidecar {
     /// Starts a sidecar as configured and returns once it serves the loaded policy.
-    pub async fn launch(config: Config) -> Result<Sidecar, ServerError> {
+    pub async fn launch(mut config: Config) -> Result<Sidecar, ServerError> {
+        // Moved out, not cloned: a 1 MiB policy file is ~27k subjects, and seeding within the
+        // pod's memory limit leaves no room for a second copy.
+        let seed = std::mem::replace(&mut config.seed, Seed::empty());
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
             .await
@@ -468,7 +471,7 @@ impl Sidecar {
 
         let (live, revision) = match &config.fleet {
             None => {
-                let opened = Self::open_embedded(&config, store, &mut refused_at_open).await;
+                let opened = Self::open_embedded(&config, seed, store, &mut refused_at_open).await;
                 let (live, revision) = match opened {
                     Ok(ok) => ok,
                     Err(e) => {
@@ -608,10 +611,10 @@ impl Sidecar {
     /// Embedded mode: loads the sled store, or imports the seed into an empty one.
     async fn open_embedded(
         config: &Config,
+        seed: Seed,
         store: Arc<dyn Store>,
         refused: &mut Option<Vec<String>>,
     ) -> Result<(LivePolicy, u64), ServerError> {
-        let seed = config.seed.clone();
         let token = config.admin_token.clone();
         let seed_error = config.seed_error.clone();
         let opened = tokio::task::spawn_blocking(move || {
