@@ -77,7 +77,9 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check a policy file offline; print every problem with file, line and field.
+    /// Check a policy file offline; print every problem in one run (structural and semantic)
+    /// with file, line, field, "did you mean" and the source line. The format's JSON Schema
+    /// for editors is docs/policy.schema.json.
     Validate {
         /// Largest policy file accepted, in bytes.
         #[arg(long, env = ENV_MAX_POLICY_BYTES, default_value_t = DEFAULT_MAX_POLICY_BYTES)]
