@@ -6,7 +6,7 @@ use std::path::Path;
 
 use marked_yaml::{LoaderOptions, Node};
 
-use super::shape::did_you_mean;
+use super::shape::{SUGGESTION_BUDGET, closest};
 use super::{FieldPath, Policy, validate};
 
 /// The policy built into the binary: the monitoring-apps example (seed 000).
@@ -206,6 +206,8 @@ struct Hints<'p> {
     permissions: Vec<&'p str>,
     roles: Vec<&'p str>,
     presets: Vec<&'p str>,
+    /// Shared by every problem of the file (see [`SUGGESTION_BUDGET`]).
+    budget: std::cell::Cell<usize>,
 }
 
 impl<'p> Hints<'p> {
@@ -219,6 +221,7 @@ impl<'p> Hints<'p> {
                 .collect(),
             roles: policy.roles.iter().map(|r| r.name.as_str()).collect(),
             presets: policy.presets.iter().map(|p| p.name.as_str()).collect(),
+            budget: std::cell::Cell::new(SUGGESTION_BUDGET),
         }
     }
 
@@ -236,7 +239,11 @@ impl<'p> Hints<'p> {
             let (name, _) = rest.split_once('`')?;
             Some((name, names))
         });
-        match reference.and_then(|(name, names)| did_you_mean(name, names.iter().copied())) {
+        let mut budget = self.budget.get();
+        let close =
+            reference.and_then(|(name, names)| closest(name, names.iter().copied(), &mut budget));
+        self.budget.set(budget);
+        match close {
             Some(close) => format!("{message}; did you mean `{close}`?"),
             None => message,
         }

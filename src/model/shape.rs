@@ -453,19 +453,42 @@ fn of_type(ty: &Type) -> Value {
     }
 }
 
+/// Edit-distance work (candidates looked at plus cells of the distance tables) that the
+/// suggestions of one policy file may cost: plenty for thousands of typos among thousands of
+/// names, and a bound on what a hostile file of many near-names can make a start or a reload
+/// spend. Past it, problems are still reported, without "did you mean".
+pub const SUGGESTION_BUDGET: usize = 20_000_000;
+
 /// The closest of `candidates` to `word` by edit distance, if it is close enough to be a typo.
 pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).clamp(1, 4);
-    candidates
-        .into_iter()
-        .filter(|c| *c != word)
-        .map(|c| (strsim::damerau_levenshtein(word, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+    closest(word, candidates, &mut SUGGESTION_BUDGET.clone())
+}
+
+/// [`did_you_mean`], spending from `budget`; `None` once it is spent.
+pub fn closest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    budget: &mut usize,
+) -> Option<&'a str> {
+    // Up to a third of the word may be wrong, at least one and at most four edits.
+    let limit = (word.len() / 3).clamp(1, 4);
+    let mut best: Option<(usize, &str)> = None;
+    for candidate in candidates {
+        // Lengths further apart than the limit cannot be within it: skipped for one unit.
+        *budget = budget.checked_sub(1)?;
+        if candidate == word || candidate.len().abs_diff(word.len()) > limit {
+            continue;
+        }
+        *budget = budget.checked_sub(word.len().max(1) * candidate.len().max(1))?;
+        let distance = strsim::damerau_levenshtein(word, candidate);
+        if distance <= limit && best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, candidate));
+        }
+    }
+    best.map(|(_, c)| c)
 }
 
 #[cfg(test)]
@@ -588,5 +611,16 @@ mod tests {
         assert_eq!(did_you_mean("colour", ["name", "kind"]), None);
         assert_eq!(did_you_mean("a", ["b"]), Some("b"));
         assert_eq!(did_you_mean("x", ["xyzzy"]), None);
+        // A spent budget suggests nothing; a long word against many names spends it.
+        let mut budget = 0;
+        assert_eq!(closest("grnats", ["grants"], &mut budget), None);
+        let names: Vec<String> = (0..10_000).map(|i| format!("{i:0>60}")).collect();
+        let mut budget = 1_000_000;
+        let word = "1".repeat(60);
+        assert_eq!(
+            closest(&word, names.iter().map(String::as_str), &mut budget),
+            None
+        );
+        assert!(budget < 60 * 60 + 1, "stopped at the budget, not after every name");
     }
 }
