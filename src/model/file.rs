@@ -335,6 +335,32 @@ mod tests {
     }
 
     #[test]
+    fn structural_problems_are_all_reported_with_the_semantic_ones() {
+        // JSON: a misspelt key, a mistyped value, a grant mapping with an unknown key, an
+        // admin permission misspelt, and a reference to a permission that is not there.
+        let text = r#"{"catalog": {"permissions": [{"name": "devices:read", "scoped": "no", "gruop": "D"}]},
+ "roles": [{"name": "r", "kind": "app", "grants": [{"permission": "devices:read", "enabled": true, "project": []}, "devices:raed"]}],
+ "admins": [{"name": "a", "token_sha256": "00", "permissions": ["authz.roles.wrte"]}]}"#;
+        let got = problems(text);
+        let want = [
+            "p.yaml:1:65: catalog.permissions[0].scoped: expected `true` or `false`, found a scalar",
+            "p.yaml:1:71: catalog.permissions[0].gruop: unknown field `gruop`; did you mean `group`?",
+            "p.yaml:2:100: roles[0].grants[0].project: unknown field `project`; did you mean `projects`?",
+            "p.yaml:2:116: roles[0].grants[1].permission: unknown permission `devices:raed`; did you mean `devices:read`?",
+            "p.yaml:3:43: admins[0].token_sha256: must be the 64-character hex SHA-256 of the admin's token",
+            "p.yaml:3:65: admins[0].permissions[0]: unknown value `authz.roles.wrte`; expected `authz.roles.write`, `authz.roles.approve`, `authz.subjects.write`, `authz.audit.read` or `authz.subjects.read`; did you mean `authz.roles.write`?",
+        ];
+        assert_eq!(got, want);
+        // The source line and a caret come with `{:#}`.
+        let e =
+            parse_policy("p.yaml", "catalog:\n  permissions: []\nrolse: []\n").expect_err("bad");
+        assert_eq!(
+            format!("{e:#}"),
+            "p.yaml:3:1: rolse: unknown field `rolse`; did you mean `roles`?\n  |\n3 | rolse: []\n  | ^"
+        );
+    }
+
+    #[test]
     fn json_is_accepted() {
         let text = r#"{"catalog": {"permissions": [{"name": "a", "kind": "read"}]}, "roles": [{"name": "r", "kind": "app", "grants": [{"permission": "a", "enabled": true}]}]}"#;
         let policy = parse_policy("p.json", text).expect("json policy");
