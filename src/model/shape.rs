@@ -621,6 +621,9 @@ mod tests {
             closest(&word, names.iter().map(String::as_str), &mut budget),
             None
         );
-        assert!(budget < 60 * 60 + 1, "stopped at the budget, not after every name");
+        assert!(
+            budget < 60 * 60 + 1,
+            "stopped at the budget, not after every name"
+        );
     }
 }
