@@ -160,14 +160,16 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
             e.into_inner().to_string(),
         )
     };
-    let (structural, pruned) = super::structure::check(&node);
-    let mut problems: Vec<Problem> = structural
-        .into_iter()
-        .map(|f| problem(f.at, Some(f.path.to_string()), f.message))
+    let checked = super::structure::check(&node);
+    let pruned = &checked.pruned;
+    let mut problems: Vec<Problem> = checked
+        .found
+        .iter()
+        .map(|f| problem(f.at, Some(f.path.to_string()), f.message.clone()))
         .collect();
     // A clean file is read from its own tree; a file with structural problems from the tree
     // without them, for the semantic checks only.
-    let read = if problems.is_empty() { &node } else { &pruned };
+    let read = if problems.is_empty() { &node } else { pruned };
     let mut policy: Policy = match marked_yaml::from_node(read) {
         Ok(policy) => policy,
         // What the structural pass does not know (a value serde refuses) is still reported;
@@ -190,7 +192,9 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
         let hints = Hints::of(&policy);
         problems.extend(errors.into_iter().map(|err| {
             let message = hints.add_to(err.message);
-            problem(locate(read, &err.path), Some(err.path.to_string()), message)
+            // Located in the tree it was found in; named as the file numbers its entries.
+            let field = checked.in_file(&err.path).to_string();
+            problem(locate(read, &err.path), Some(field), message)
         }));
     }
     if !problems.is_empty() {
@@ -351,6 +355,15 @@ mod tests {
             "p.yaml:3:65: admins[0].permissions[0]: unknown value `authz.roles.wrte`; expected `authz.roles.write`, `authz.roles.approve`, `authz.subjects.write`, `authz.audit.read` or `authz.subjects.read`; did you mean `authz.roles.write`?",
         ];
         assert_eq!(got, want);
+        // Entries after a dropped one keep their numbers in the file.
+        let text = "catalog:\n  permissions: [{name: a}]\nroles:\n  - kind: app\n  - name: r\n    kind: app\n    grants: [b]\n";
+        assert_eq!(
+            problems(text),
+            [
+                "p.yaml:4:5: roles[0]: missing field `name` (Role)",
+                "p.yaml:7:14: roles[1].grants[0].permission: unknown permission `b`; did you mean `a`?",
+            ]
+        );
         // The source line and a caret come with `{:#}`.
         let e =
             parse_policy("p.yaml", "catalog:\n  permissions: []\nrolse: []\n").expect_err("bad");

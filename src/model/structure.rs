@@ -5,6 +5,8 @@
 //! the rest: an unknown or mistyped optional field is dropped, and an entry that lacks a
 //! required field (or has one of the wrong type) is dropped from its list.
 
+use std::collections::HashMap;
+
 use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
 
@@ -22,18 +24,57 @@ pub struct Found {
     pub message: String,
 }
 
-/// Checks `root` against the policy's shape. Returns every problem and the tree without the
-/// parts they concern.
-pub fn check(root: &Node) -> (Vec<Found>, Node) {
-    let mut tree = root.clone();
-    let mut found = Vec::new();
+/// What the structural pass found, and the tree without the parts it concerns.
+pub struct Checked {
+    /// Every structural problem.
+    pub found: Vec<Found>,
+    /// The tree without them, for the semantic checks.
+    pub pruned: Node,
+    /// For each list that lost entries (by its path in the file), the file index of each entry
+    /// kept: the semantic checks number the entries of the pruned tree.
+    renumbered: HashMap<String, Vec<usize>>,
+}
+
+impl Checked {
+    /// The path in the file of `path`, a path in the pruned tree.
+    pub fn in_file(&self, path: &FieldPath) -> FieldPath {
+        let mut original = FieldPath::root();
+        for step in path.steps() {
+            original = match step {
+                Ok(key) => original.key(key),
+                Err(index) => {
+                    let kept = self.renumbered.get(&original.to_string());
+                    let index = kept.and_then(|k| k.get(index)).copied().unwrap_or(index);
+                    original.index(index)
+                }
+            };
+        }
+        original
+    }
+}
+
+/// Checks `root` against the policy's shape.
+pub fn check(root: &Node) -> Checked {
+    let mut pruned = root.clone();
+    let mut out = Sink::default();
     let _ = check_value(
-        &mut tree,
+        &mut pruned,
         &Type::Obj(&POLICY),
         &FieldPath::root(),
-        &mut found,
+        &mut out,
     );
-    (found, tree)
+    Checked {
+        found: out.found,
+        pruned,
+        renumbered: out.renumbered,
+    }
+}
+
+/// What the pass collects on its way.
+#[derive(Default)]
+struct Sink {
+    found: Vec<Found>,
+    renumbered: HashMap<String, Vec<usize>>,
 }
 
 fn position(node: &Node) -> (Option<usize>, Option<usize>) {
@@ -61,10 +102,10 @@ fn one_of(words: &[&str]) -> String {
 
 /// Checks `node` as a value of `ty`; `false` when it cannot be used at all (the caller drops
 /// it).
-fn check_value(node: &mut Node, ty: &Type, path: &FieldPath, out: &mut Vec<Found>) -> bool {
+fn check_value(node: &mut Node, ty: &Type, path: &FieldPath, out: &mut Sink) -> bool {
     let here = position(node);
     let mut wrong = |node: &Node, expected: &str| {
-        out.push(Found {
+        out.found.push(Found {
             path: path.clone(),
             at: position(node),
             message: format!("expected {expected}, found {}", what(node)),
@@ -87,7 +128,7 @@ fn check_value(node: &mut Node, ty: &Type, path: &FieldPath, out: &mut Vec<Found
                 Some(close) => format!("; did you mean `{close}`?"),
                 None => String::new(),
             };
-            out.push(Found {
+            out.found.push(Found {
                 path: path.clone(),
                 at: here,
                 message: format!("unknown value `{word}`; expected {}{hint}", one_of(words)),
@@ -96,12 +137,19 @@ fn check_value(node: &mut Node, ty: &Type, path: &FieldPath, out: &mut Vec<Found
         }
         (Type::Enum(words), other) => wrong(other, &one_of(words)),
         (Type::List(item), Node::Sequence(items)) => {
+            let mut kept = Vec::with_capacity(items.len());
             let mut index = 0;
             items.retain_mut(|element| {
                 let keep = check_value(element, item, &path.index(index), out);
+                if keep {
+                    kept.push(index);
+                }
                 index += 1;
                 keep
             });
+            if kept.len() < index {
+                out.renumbered.insert(path.to_string(), kept);
+            }
             true
         }
         (Type::List(_), other) => wrong(other, "a list"),
@@ -118,7 +166,7 @@ fn check_object(
     map: &mut MarkedMappingNode,
     shape: &Shape,
     path: &FieldPath,
-    out: &mut Vec<Found>,
+    out: &mut Sink,
 ) -> bool {
     let mut usable = true;
     let mut dropped = Vec::new();
@@ -135,7 +183,7 @@ fn check_object(
                     format!("unknown field `{name}`; expected {}", one_of(&all))
                 }
             };
-            out.push(Found {
+            out.found.push(Found {
                 path: path.key(name),
                 at,
                 message,
@@ -168,7 +216,7 @@ fn check_object(
                 .next()
                 .and_then(|k| k.span().start())
                 .or(map.span().start());
-            out.push(Found {
+            out.found.push(Found {
                 path: path.clone(),
                 at: (at.map(|m| m.line()), at.map(|m| m.column())),
                 message: format!("missing field `{}` ({})", field.name, shape.name),
