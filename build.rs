@@ -1,5 +1,6 @@
 //! Compiles the gRPC contract with protox (pure Rust: no system `protoc`) and writes the
-//! descriptor set that the reflection service serves. Also compiles the vendored etcd v3 API
+//! descriptor set that the reflection service serves, and the serde impls of the canonical
+//! protobuf JSON mapping (pbjson) for the HTTP/JSON endpoints. Also compiles the vendored etcd v3 API
 //! subset (`proto/etcd/`) into a client-only module for fleet mode, and generates the ext_authz
 //! server over the received bytes of Envoy's request.
 
@@ -16,6 +17,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("authz_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    // The canonical proto3 JSON mapping (lowerCamelCase names, uint64 as strings, defaults
+    // omitted, both name forms accepted, unknown fields refused) for the HTTP/JSON endpoints,
+    // written as `authz.v1.serde.rs` beside the prost types.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors.encode_to_vec())?
+        .build(&[".authz.v1"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

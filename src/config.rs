@@ -77,7 +77,9 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check a policy file offline; print every problem with file, line and field.
+    /// Check a policy file offline; print every problem in one run (structural and semantic)
+    /// with file, line, field, "did you mean" and the source line. The format's JSON Schema
+    /// for editors is docs/policy.schema.json.
     Validate {
         /// Largest policy file accepted, in bytes.
         #[arg(long, env = ENV_MAX_POLICY_BYTES, default_value_t = DEFAULT_MAX_POLICY_BYTES)]
@@ -284,6 +286,12 @@ pub struct ServeArgs {
     /// Address of the Prometheus `/metrics` HTTP endpoint; `none` to disable.
     #[arg(long, env = "AUTHZ_METRICS_ADDR", default_value = "none")]
     pub metrics_addr: String,
+    /// TCP address of the HTTP/JSON endpoints (`POST /v1/check`, `/v1/checkBatch`,
+    /// `/v1/listRoles`, `/v1/getSubject`, `/v1/listSubjects`; proto3 JSON bodies) for callers
+    /// without gRPC; `none` to disable. TLS as `--tls-*`; the admin reads follow `--admin on`
+    /// and need the bearer token.
+    #[arg(long, env = "AUTHZ_HTTP_LISTEN", default_value = "none")]
+    pub http_listen: String,
     /// Unix socket path to serve on as well (shared with the app through a volume).
     #[arg(long, env = ENV_UDS)]
     pub uds: Option<PathBuf>,
@@ -623,6 +631,8 @@ pub struct Config {
     pub health_listen: Option<SocketAddr>,
     /// Prometheus metrics address, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// HTTP/JSON address, if any.
+    pub http_listen: Option<SocketAddr>,
     /// Unix socket path, if serving one.
     pub uds: Option<PathBuf>,
     /// Unix socket file mode.
@@ -789,6 +799,12 @@ impl ServeArgs {
             "--metrics-addr / AUTHZ_METRICS_ADDR",
             &self.metrics_addr,
             "0.0.0.0:9090",
+            &mut errors,
+        );
+        let http_listen = optional_addr(
+            "--http-listen / AUTHZ_HTTP_LISTEN",
+            &self.http_listen,
+            "127.0.0.1:8080",
             &mut errors,
         );
         if self.listen == "none" && self.uds.is_none() {
@@ -1111,6 +1127,7 @@ impl ServeArgs {
                 listen,
                 health_listen,
                 metrics_addr,
+                http_listen,
                 uds: self.uds,
                 uds_mode,
                 data_dir: self.data_dir,

@@ -71,7 +71,8 @@ fn validate(file: &std::path::Path, max_bytes: u64) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{e}");
+            // `{:#}`: each problem with its source line and a caret.
+            eprintln!("{e:#}");
             eprintln!("{}: {} problem(s)", file.display(), e.problems.len());
             ExitCode::from(1)
         }
@@ -82,7 +83,7 @@ fn import(data_dir: &std::path::Path, file: &std::path::Path, max_bytes: u64) ->
     let seed = match read_seed_max(file, max_bytes) {
         Ok(seed) => seed,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{e:#}");
             return ExitCode::from(1);
         }
     };
@@ -174,7 +175,7 @@ fn policy_test(
     let policy = match load_policy_file(policy_file) {
         Ok(policy) => policy,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{e:#}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };

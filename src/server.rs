@@ -65,7 +65,7 @@ pub enum ServerError {
     #[error("fleet: {0}")]
     Fleet(#[from] FleetError),
     /// The data dir is empty and the policy file is refused: there is nothing to serve.
-    #[error("the data dir holds no policy and the policy file is refused:\n{0}")]
+    #[error("the data dir holds no policy and the policy file is refused:\n{0:#}")]
     PolicyFile(PolicyFileError),
     /// Something other than a stale socket is at the `--uds` path.
     #[error("--uds {path}: {reason}; not removing it")]
@@ -78,6 +78,9 @@ pub enum ServerError {
     /// Reflection could not be built from the descriptor sets.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// The HTTP/JSON listener could not be set up.
+    #[error("{0}")]
+    HttpJson(#[from] crate::api::http_json::HttpJsonError),
 }
 
 /// Binds a TCP listener when an address is configured.
@@ -174,6 +177,7 @@ pub struct Sidecar {
     health_addr: Option<SocketAddr>,
     xds_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     uds_path: Option<PathBuf>,
     uds_identity: Option<(u64, u64)>,
@@ -241,6 +245,8 @@ impl Sidecar {
         let metrics = Arc::new(Metrics::for_mode(config.fleet.is_some()));
         let metrics_listener = bind_tcp(config.metrics_addr).await?;
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let http_listener = bind_tcp(config.http_listen).await?;
+        let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut decision_writer = None;
         let mut state = AppState::new(Arc::clone(&metrics)).with_path_options(config.http_paths);
         if let Some(every) = config.decision_log_every {
@@ -402,6 +408,26 @@ impl Sidecar {
                 Incoming::new(listener, metrics_pool.clone(), Handshake::Http1),
                 Arc::clone(&metrics),
                 Arc::clone(&state),
+                signal.clone(),
+            );
+            servers.spawn(async move {
+                serve.await;
+                Ok(())
+            });
+        }
+        if let Some(listener) = http_listener {
+            // HTTP/JSON: the same service as the TCP API listener (admin reads as `--admin on`
+            // allows there), the same TLS, the same request deadline.
+            let tls = config
+                .tls
+                .as_ref()
+                .map(crate::api::http_json::tls_acceptor)
+                .transpose()?;
+            let serve = crate::api::http_json::serve_http_json(
+                listener,
+                AuthzService::new(Arc::clone(&state), admin_on_tcp),
+                tls,
+                limits.request_timeout,
                 signal.clone(),
             );
             servers.spawn(async move {
@@ -585,6 +611,7 @@ impl Sidecar {
             health = %shown(health_addr),
             admin = %shown(admin_addr),
             metrics = %shown(metrics_addr),
+            http = %shown(http_addr),
             revision,
             "serving"
         );
@@ -594,6 +621,7 @@ impl Sidecar {
             health_addr,
             xds_addr,
             metrics_addr,
+            http_addr,
             metrics,
             uds_path: config.uds,
             uds_identity,
@@ -677,6 +705,11 @@ impl Sidecar {
     /// The bound metrics address.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The bound HTTP/JSON address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The sidecar's metrics.

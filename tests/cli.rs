@@ -713,3 +713,70 @@ fn listen_accepts_localhost_and_the_serving_line_names_every_listener_plainly() 
     std::net::TcpStream::connect(("127.0.0.1", api)).expect("the API listens on loopback");
     assert_eq!(terminate(&mut child), Some(0));
 }
+
+#[test]
+fn validate_reports_eight_typos_in_one_run_with_hints_and_snippets() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/eight-typos.yaml"
+    );
+    let (code, _, err) = run(&["validate", file]);
+    assert_eq!(code, 1, "{err}");
+    let expected = [
+        ":6:13: catalog.permissions[0].kind: unknown value `raed`; expected `read` or `write`; did you mean `read`?",
+        ":7:7: catalog.permissions[0].descripton: unknown field `descripton`; did you mean `description`?",
+        ":10:15: catalog.permissions[1].scoped: expected `true` or `false`, found a scalar",
+        ":12:17: catalog.permissions[2].implies[0]: unknown permission `devices:raed`; did you mean `devices:read`?",
+        ":16:5: roles[0].grnats: unknown field `grnats`; did you mean `grants`?",
+        ":19:14: roles[1].grants[0].permission: unknown permission `alarms:wirte`; did you mean `alarms:write`?",
+        ":20:5: roles[2]: missing field `name` (Role)",
+        ":24:13: subjects[0].roles[0]: unknown role `app-dashbaord`; did you mean `app-dashboard`?",
+    ];
+    let headlines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with(file) && !l.ends_with("problem(s)"))
+        .collect();
+    assert_eq!(headlines.len(), expected.len(), "{err}");
+    for (line, want) in headlines.iter().zip(expected) {
+        assert_eq!(&line[file.len()..], want, "{err}");
+    }
+    assert!(err.contains("8 problem(s)"), "{err}");
+    // Each problem shows its line and a caret under the column.
+    assert!(
+        err.contains("\n   |\n16 |     grnats: [devices:read]\n   |     ^\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("\n24 |     roles: [app-dashbaord]\n   |             ^"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_refused_policy_at_start_shows_the_same_problems() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/eight-typos.yaml"
+    );
+    let (code, _, err) = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data").to_str().expect("utf8"),
+        "--policy",
+        file,
+    ]);
+    assert_ne!(code, 0, "{err}");
+    let (_, _, validate) = run(&["validate", file]);
+    let problems = validate
+        .lines()
+        .filter(|l| l.starts_with(file) && !l.ends_with("problem(s)"));
+    for line in problems {
+        assert!(
+            err.contains(line),
+            "start-up does not show `{line}`:\n{err}"
+        );
+    }
+    assert!(err.contains("16 |     grnats: [devices:read]"), "{err}");
+}

@@ -87,7 +87,7 @@ async fn a_changed_file_is_reloaded_and_a_bad_one_is_refused() {
     publish(
         &config_dir,
         3,
-        "catalog:\n  permissions:\n    - name: a\n      implies: [ghost]\n",
+        "catalog:\n  permissions:\n    - name: a\n      implies: [ghost]\n      scopd: true\n",
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while sc.sidecar.reload_stats().errors() == 0 {
@@ -97,6 +97,11 @@ async fn a_changed_file_is_reloaded_and_a_bad_one_is_refused() {
     let error = sc.sidecar.reload_stats().last_error().expect("last error");
     assert!(error.contains("policy.yaml:4:"), "{error}");
     assert!(error.contains("unknown permission `ghost`"), "{error}");
+    // The structural problem is reported in the same run, as `validate` reports it.
+    assert!(
+        error.contains("policy.yaml:5:7: catalog.permissions[0].scopd: unknown field `scopd`; did you mean `scoped`?"),
+        "{error}"
+    );
     let still = check(&mut client, write()).await;
     assert!(still.allowed);
     assert_eq!(still.revision, 2);

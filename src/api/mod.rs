@@ -6,6 +6,7 @@ mod authz;
 mod convert;
 mod envoy;
 mod envoy_wire;
+pub mod http_json;
 mod status;
 pub mod xds;
 
@@ -18,6 +19,7 @@ pub use envoy::{
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("authz.v1");
+    include!(concat!(env!("OUT_DIR"), "/authz.v1.serde.rs"));
 
     /// Encoded descriptor set of `authz.v1`, for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

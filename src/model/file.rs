@@ -6,6 +6,7 @@ use std::path::Path;
 
 use marked_yaml::{LoaderOptions, Node};
 
+use super::shape::{SUGGESTION_BUDGET, closest};
 use super::{FieldPath, Policy, validate};
 
 /// The policy built into the binary: the monitoring-apps example (seed 000).
@@ -22,6 +23,8 @@ pub struct Problem {
     pub field: Option<String>,
     /// What is wrong.
     pub message: String,
+    /// The source line it points at, shown under the message with a caret by `{:#}`.
+    pub source_line: Option<String>,
 }
 
 /// Every problem found in one policy file.
@@ -51,6 +54,13 @@ impl fmt::Display for PolicyFileError {
                 write!(f, "{field}: ")?;
             }
             write!(f, "{}", p.message)?;
+            // `{:#}`: the line itself and a caret under the column, as compilers show it.
+            if let (true, Some(line), Some(text)) = (f.alternate(), p.line, &p.source_line) {
+                let number = line.to_string();
+                let pad = " ".repeat(number.len());
+                let caret = " ".repeat(p.column.unwrap_or(1).saturating_sub(1));
+                write!(f, "\n{pad} |\n{number} | {text}\n{pad} | {caret}^")?;
+            }
         }
         Ok(())
     }
@@ -93,6 +103,7 @@ pub fn read_policy_text_max(
             column: None,
             field: None,
             message,
+            source_line: None,
         }],
     };
     let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
@@ -112,60 +123,135 @@ pub fn read_policy_text_max(
 }
 
 /// Parses, validates and normalizes policy text; `file` names it in errors.
+///
+/// Every problem is reported in one run: the structural pass ([`super::structure`]) finds
+/// every unknown, missing or mistyped field, and the semantic checks then run on what is left,
+/// so that a file with many typos needs one fix-up round, not one per typo.
 pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let problem = |(line, column): (Option<usize>, Option<usize>),
+                   field: Option<String>,
+                   message: String| Problem {
+        source_line: line
+            .and_then(|l| lines.get(l.wrapping_sub(1)))
+            .map(|t| (*t).to_owned()),
+        line,
+        column,
+        field,
+        message,
+    };
     let fail = |problems: Vec<Problem>| PolicyFileError {
         file: file.to_owned(),
         problems,
     };
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     let node = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
-        let (line, column) = load_error_position(&e);
-        fail(vec![Problem {
-            line,
-            column,
-            field: None,
-            message: strip_position(&e.to_string()),
-        }])
+        fail(vec![problem(
+            load_error_position(&e),
+            None,
+            strip_position(&e.to_string()),
+        )])
     })?;
-    let mut policy: Policy = marked_yaml::from_node(&node).map_err(|e| {
+    let serde_problem = |e: marked_yaml::FromNodeError| {
         let mark = e.start_mark();
-        fail(vec![Problem {
-            line: mark.map(|m| m.line()),
-            column: mark.map(|m| m.column()),
-            field: e.path().map(str::to_owned),
-            message: e.into_inner().to_string(),
-        }])
-    })?;
+        problem(
+            (mark.map(|m| m.line()), mark.map(|m| m.column())),
+            e.path().map(str::to_owned),
+            e.into_inner().to_string(),
+        )
+    };
+    let checked = super::structure::check(&node);
+    let pruned = &checked.pruned;
+    let mut problems: Vec<Problem> = checked
+        .found
+        .iter()
+        .map(|f| problem(f.at, Some(f.path.to_string()), f.message.clone()))
+        .collect();
+    // A clean file is read from its own tree; a file with structural problems from the tree
+    // without them, for the semantic checks only.
+    let read = if problems.is_empty() { &node } else { pruned };
+    let mut policy: Policy = match marked_yaml::from_node(read) {
+        Ok(policy) => policy,
+        // What the structural pass does not know (a value serde refuses) is still reported;
+        // after structural problems the tree may be unreadable because of them: those stand.
+        Err(e) if problems.is_empty() => return Err(fail(vec![serde_problem(e)])),
+        Err(_) => return Err(fail(problems)),
+    };
     if policy.subjects.len() > MAX_FILE_SUBJECTS {
-        let (line, column) = locate(&node, &FieldPath::root().key("subjects"));
-        return Err(fail(vec![Problem {
-            line,
-            column,
-            field: Some("subjects".into()),
-            message: format!(
+        problems.push(problem(
+            locate(&node, &FieldPath::root().key("subjects")),
+            Some("subjects".into()),
+            format!(
                 "{} subjects; a policy file lists at most {MAX_FILE_SUBJECTS} (manage more through the admin API)",
                 policy.subjects.len()
             ),
-        }]));
+        ));
+        return Err(fail(problems));
     }
     if let Err(errors) = validate(&policy) {
-        let mut problems: Vec<Problem> = errors
-            .into_iter()
-            .map(|err| {
-                let (line, column) = locate(&node, &err.path);
-                Problem {
-                    line,
-                    column,
-                    field: Some(err.path.to_string()),
-                    message: err.message,
-                }
-            })
-            .collect();
-        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        let hints = Hints::of(&policy);
+        problems.extend(errors.into_iter().map(|err| {
+            let message = hints.add_to(err.message);
+            // Located in the tree it was found in; named as the file numbers its entries.
+            let field = checked.in_file(&err.path).to_string();
+            problem(locate(read, &err.path), Some(field), message)
+        }));
+    }
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
         return Err(fail(problems));
     }
     policy.normalize();
     Ok(policy)
+}
+
+/// The names a misspelt reference may have meant.
+struct Hints<'p> {
+    permissions: Vec<&'p str>,
+    roles: Vec<&'p str>,
+    presets: Vec<&'p str>,
+    /// Shared by every problem of the file (see [`SUGGESTION_BUDGET`]).
+    budget: std::cell::Cell<usize>,
+}
+
+impl<'p> Hints<'p> {
+    fn of(policy: &'p Policy) -> Hints<'p> {
+        Hints {
+            permissions: policy
+                .catalog
+                .permissions
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect(),
+            roles: policy.roles.iter().map(|r| r.name.as_str()).collect(),
+            presets: policy.presets.iter().map(|p| p.name.as_str()).collect(),
+            budget: std::cell::Cell::new(SUGGESTION_BUDGET),
+        }
+    }
+
+    /// `message` with "did you mean" appended when it names an unknown permission, role or
+    /// preset that is close to a known one.
+    fn add_to(&self, message: String) -> String {
+        let reference = [
+            ("unknown permission `", &self.permissions),
+            ("unknown role `", &self.roles),
+            ("unknown preset `", &self.presets),
+        ]
+        .into_iter()
+        .find_map(|(prefix, names)| {
+            let rest = message.strip_prefix(prefix)?;
+            let (name, _) = rest.split_once('`')?;
+            Some((name, names))
+        });
+        let mut budget = self.budget.get();
+        let close =
+            reference.and_then(|(name, names)| closest(name, names.iter().copied(), &mut budget));
+        self.budget.set(budget);
+        match close {
+            Some(close) => format!("{message}; did you mean `{close}`?"),
+            None => message,
+        }
+    }
 }
 
 /// The line and column of the deepest node the path reaches.
@@ -250,6 +336,41 @@ mod tests {
         assert!(unknown[0].contains("colour"), "{unknown:?}");
         let not_bool = problems("catalog:\n  permissions:\n    - name: a\n      scoped: maybe\n");
         assert!(not_bool[0].starts_with("p.yaml:4:"), "{not_bool:?}");
+    }
+
+    #[test]
+    fn structural_problems_are_all_reported_with_the_semantic_ones() {
+        // JSON: a misspelt key, a mistyped value, a grant mapping with an unknown key, an
+        // admin permission misspelt, and a reference to a permission that is not there.
+        let text = r#"{"catalog": {"permissions": [{"name": "devices:read", "scoped": "no", "gruop": "D"}]},
+ "roles": [{"name": "r", "kind": "app", "grants": [{"permission": "devices:read", "enabled": true, "project": []}, "devices:raed"]}],
+ "admins": [{"name": "a", "token_sha256": "00", "permissions": ["authz.roles.wrte"]}]}"#;
+        let got = problems(text);
+        let want = [
+            "p.yaml:1:65: catalog.permissions[0].scoped: expected `true` or `false`, found a scalar",
+            "p.yaml:1:71: catalog.permissions[0].gruop: unknown field `gruop`; did you mean `group`?",
+            "p.yaml:2:100: roles[0].grants[0].project: unknown field `project`; did you mean `projects`?",
+            "p.yaml:2:116: roles[0].grants[1].permission: unknown permission `devices:raed`; did you mean `devices:read`?",
+            "p.yaml:3:43: admins[0].token_sha256: must be the 64-character hex SHA-256 of the admin's token",
+            "p.yaml:3:65: admins[0].permissions[0]: unknown value `authz.roles.wrte`; expected `authz.roles.write`, `authz.roles.approve`, `authz.subjects.write`, `authz.audit.read` or `authz.subjects.read`; did you mean `authz.roles.write`?",
+        ];
+        assert_eq!(got, want);
+        // Entries after a dropped one keep their numbers in the file.
+        let text = "catalog:\n  permissions: [{name: a}]\nroles:\n  - kind: app\n  - name: r\n    kind: app\n    grants: [b]\n";
+        assert_eq!(
+            problems(text),
+            [
+                "p.yaml:4:5: roles[0]: missing field `name` (Role)",
+                "p.yaml:7:14: roles[1].grants[0].permission: unknown permission `b`; did you mean `a`?",
+            ]
+        );
+        // The source line and a caret come with `{:#}`.
+        let e =
+            parse_policy("p.yaml", "catalog:\n  permissions: []\nrolse: []\n").expect_err("bad");
+        assert_eq!(
+            format!("{e:#}"),
+            "p.yaml:3:1: rolse: unknown field `rolse`; did you mean `roles`?\n  |\n3 | rolse: []\n  | ^"
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod file;
 pub mod http_path;
 mod path;
 mod role;
+pub mod shape;
+mod structure;
 mod subject;
 mod validate;
 

@@ -31,6 +31,7 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         health_listen: Some("127.0.0.1:0".parse().expect("addr")),
         metrics_addr: Some("127.0.0.1:0".parse().expect("addr")),
+        http_listen: Some("127.0.0.1:0".parse().expect("addr")),
         uds: Some(dir.join("authz.sock")),
         uds_mode: 0o660,
         data_dir: dir.join("data"),
