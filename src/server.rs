@@ -423,8 +423,9 @@ impl Sidecar {
                 .as_ref()
                 .map(crate::api::http_json::tls_acceptor)
                 .transpose()?;
+            // Its connections count against --max-connections with the other API listeners.
             let serve = crate::api::http_json::serve_http_json(
-                listener,
+                Incoming::new(listener, api_pool.clone(), Handshake::Http1),
                 AuthzService::new(Arc::clone(&state), admin_on_tcp),
                 tls,
                 limits.request_timeout,

@@ -23,7 +23,6 @@ use serde::de::{self, DeserializeOwned, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tonic::{Code, Status};
@@ -378,29 +377,35 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, HttpJsonError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves the HTTP/JSON endpoints on `listener` (over TLS when `tls` is set) until `stop`
-/// flips; connections then finish their request in flight.
-pub async fn serve_http_json(
-    listener: TcpListener,
+/// Serves the HTTP/JSON endpoints on the connections of `incoming` (over TLS when `tls` is set)
+/// until `stop` flips; connections then finish their request in flight. `incoming` is the
+/// server's connection pool: it bounds connections and backs off on accept errors.
+pub async fn serve_http_json<S, IO>(
+    incoming: S,
     service: AuthzService,
     tls: Option<TlsAcceptor>,
     deadline: Duration,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tokio_stream::Stream<Item = std::io::Result<IO>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_stream::StreamExt as _;
+    let mut incoming = std::pin::pin!(incoming);
     let service = Arc::new(service);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
+        let stream = tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "HTTP/JSON listener accept failed");
                     continue;
                 }
+                None => break,
             },
             _ = stop.wait_for(|s| *s) => break,
         };
-        let _ = stream.set_nodelay(true);
         let service = Arc::clone(&service);
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -421,7 +426,6 @@ pub async fn serve_http_json(
             }
         });
     }
-    drop(listener);
     graceful.shutdown().await;
 }
 

@@ -144,8 +144,8 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
         file: file.to_owned(),
         problems,
     };
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
-    let node = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
+    let options = || LoaderOptions::default().error_on_duplicate_keys(true);
+    let node = marked_yaml::parse_yaml_with_options(0, text, options()).map_err(|e| {
         fail(vec![problem(
             load_error_position(&e),
             None,
@@ -160,17 +160,15 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
             e.into_inner().to_string(),
         )
     };
-    let checked = super::structure::check(&node);
-    let pruned = &checked.pruned;
+    let (checked, tree) = super::structure::check(node);
     let mut problems: Vec<Problem> = checked
         .found
         .iter()
         .map(|f| problem(f.at, Some(f.path.to_string()), f.message.clone()))
         .collect();
-    // A clean file is read from its own tree; a file with structural problems from the tree
-    // without them, for the semantic checks only.
-    let read = if problems.is_empty() { &node } else { pruned };
-    let mut policy: Policy = match marked_yaml::from_node(read) {
+    // A clean file's tree is the file's; after structural problems it lacks them, for the
+    // semantic checks only.
+    let mut policy: Policy = match marked_yaml::from_node(&tree) {
         Ok(policy) => policy,
         // What the structural pass does not know (a value serde refuses) is still reported;
         // after structural problems the tree may be unreadable because of them: those stand.
@@ -179,7 +177,7 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
     };
     if policy.subjects.len() > MAX_FILE_SUBJECTS {
         problems.push(problem(
-            locate(&node, &FieldPath::root().key("subjects")),
+            locate(&tree, &FieldPath::root().key("subjects")),
             Some("subjects".into()),
             format!(
                 "{} subjects; a policy file lists at most {MAX_FILE_SUBJECTS} (manage more through the admin API)",
@@ -188,13 +186,27 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
         ));
         return Err(fail(problems));
     }
+    // The tree is needed again only to place a semantic error; with structural problems it is
+    // the pruned tree, whose entries the semantic checks number. A clean file's is dropped
+    // before validation (the peak memory of a start) and parsed again if an error needs it.
+    let kept = if problems.is_empty() {
+        drop(tree);
+        None
+    } else {
+        Some(tree)
+    };
     if let Err(errors) = validate(&policy) {
+        let tree = match kept {
+            Some(tree) => tree,
+            None => marked_yaml::parse_yaml_with_options(0, text, options())
+                .map_err(|e| fail(vec![problem(load_error_position(&e), None, e.to_string())]))?,
+        };
         let hints = Hints::of(&policy);
         problems.extend(errors.into_iter().map(|err| {
             let message = hints.add_to(err.message);
             // Located in the tree it was found in; named as the file numbers its entries.
             let field = checked.in_file(&err.path).to_string();
-            problem(locate(read, &err.path), Some(field), message)
+            problem(locate(&tree, &err.path), Some(field), message)
         }));
     }
     if !problems.is_empty() {
