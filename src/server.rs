@@ -646,7 +646,7 @@ impl Sidecar {
     ) -> Result<(LivePolicy, u64), ServerError> {
         let token = config.admin_token.clone();
         let seed_error = config.seed_error.clone();
-        let opened = tokio::task::spawn_blocking(move || {
+        let open = move || {
             if let Some(e) = seed_error {
                 // A refused file with nothing stored: nothing to serve.
                 if store.load_head()?.is_none() {
@@ -654,9 +654,17 @@ impl Sidecar {
                 }
             }
             LivePolicy::open(store, &seed, token.as_deref()).map_err(ServerError::from)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        };
+        // On the multi-thread runtime `launch` runs in `block_on` on the thread that parsed the
+        // policy file: seeding there reuses the memory the parse freed in that thread's malloc
+        // arena (a blocking-pool thread would take a new arena: ~5 MiB more peak RSS seeding a
+        // 1 MiB file). The listeners run on the workers meanwhile.
+        let opened = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(open)?,
+            _ => tokio::task::spawn_blocking(open)
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))??,
+        };
         let (live, opened) = opened;
         let revision = match opened {
             Opened::Imported { revision } => {
