@@ -292,26 +292,9 @@ fn who_can_asked(r: &pb::ListSubjectsRequest) -> Result<Option<Asked<'_>>, BadFi
             }
             return Ok(None);
         }
-        Some(A::Permission(p)) if p.is_empty() => {
-            return Err(BadField::new("permission", "permission name is empty"));
-        }
-        Some(A::Permission(p)) => Asked::Permission(p),
-        Some(A::Event(e)) if e.is_empty() => {
-            return Err(BadField::new("event", "event type is empty"));
-        }
-        Some(A::Event(e)) => Asked::Event(e),
-        Some(A::Http(h)) => {
-            if h.method.is_empty() {
-                return Err(BadField::new("http.method", "method is empty"));
-            }
-            if !h.path.starts_with('/') {
-                return Err(BadField::new("http.path", "path must start with `/`"));
-            }
-            Asked::Http {
-                method: &h.method,
-                path: &h.path,
-            }
-        }
+        Some(A::Permission(p)) => asked_permission(p)?,
+        Some(A::Event(e)) => asked_event(e)?,
+        Some(A::Http(h)) => asked_http(h)?,
     };
     too_long("scope", &r.scope, MAX_NAME_BYTES)?;
     too_long("resource", &r.resource, MAX_NAME_BYTES)?;
@@ -413,6 +396,36 @@ fn too_long(field: &'static str, value: &str, max: usize) -> Result<(), BadField
     Ok(())
 }
 
+/// A permission action, as Check and who-can take it.
+fn asked_permission(p: &str) -> Result<Asked<'_>, BadField> {
+    if p.is_empty() {
+        return Err(BadField::new("permission", "permission name is empty"));
+    }
+    Ok(Asked::Permission(p))
+}
+
+/// An event action, as Check and who-can take it.
+fn asked_event(e: &str) -> Result<Asked<'_>, BadField> {
+    if e.is_empty() {
+        return Err(BadField::new("event", "event type is empty"));
+    }
+    Ok(Asked::Event(e))
+}
+
+/// An HTTP action, as Check and who-can take it (the path is canonicalized later).
+fn asked_http(h: &pb::HttpRequest) -> Result<Asked<'_>, BadField> {
+    if h.method.is_empty() {
+        return Err(BadField::new("http.method", "method is empty"));
+    }
+    if !h.path.starts_with('/') {
+        return Err(BadField::new("http.path", "path must start with `/`"));
+    }
+    Ok(Asked::Http {
+        method: &h.method,
+        path: &h.path,
+    })
+}
+
 /// Validates a Check's fields and returns its action as asked. Allocates nothing unless a
 /// field is malformed.
 fn asked(r: &pb::CheckRequest) -> Result<Asked<'_>, BadField> {
@@ -420,26 +433,9 @@ fn asked(r: &pb::CheckRequest) -> Result<Asked<'_>, BadField> {
         return Err(BadField::new("subject", "subject id is empty"));
     }
     let asked = match &r.action {
-        Some(pb::check_request::Action::Permission(p)) if p.is_empty() => {
-            return Err(BadField::new("permission", "permission name is empty"));
-        }
-        Some(pb::check_request::Action::Permission(p)) => Asked::Permission(p),
-        Some(pb::check_request::Action::Event(e)) if e.is_empty() => {
-            return Err(BadField::new("event", "event type is empty"));
-        }
-        Some(pb::check_request::Action::Event(e)) => Asked::Event(e),
-        Some(pb::check_request::Action::Http(h)) => {
-            if h.method.is_empty() {
-                return Err(BadField::new("http.method", "method is empty"));
-            }
-            if !h.path.starts_with('/') {
-                return Err(BadField::new("http.path", "path must start with `/`"));
-            }
-            Asked::Http {
-                method: &h.method,
-                path: &h.path,
-            }
-        }
+        Some(pb::check_request::Action::Permission(p)) => asked_permission(p)?,
+        Some(pb::check_request::Action::Event(e)) => asked_event(e)?,
+        Some(pb::check_request::Action::Http(h)) => asked_http(h)?,
         None => {
             return Err(BadField::new(
                 "action",

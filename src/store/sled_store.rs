@@ -330,8 +330,11 @@ impl Drop for SledStore {
         if !self.note_close || self.db.flush().is_err() {
             return;
         }
-        let ours = matches!(self.meta.get(FORMAT), Ok(None))
-            || matches!(self.meta.get(FORMAT), Ok(Some(v)) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes());
+        let ours = match self.meta.get(FORMAT) {
+            Ok(None) => true,
+            Ok(Some(v)) => v.as_ref() == FORMAT_VERSION.to_string().as_bytes(),
+            Err(_) => false,
+        };
         if ours {
             data_dir::note_clean_close(&self.dir);
         }
