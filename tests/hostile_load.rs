@@ -7,13 +7,14 @@
 //! `prlimit --nofile=1024:1024` facing 1100, then 1400, connections.
 //!
 //! One attack at a time (each measures its fresh client alone). Envoy comes from the harness
-//! (`tests/envoy_harness`), `prlimit` from util-linux; without them those tests print
+//! (`tests/it/envoy_harness`), `prlimit` from util-linux; without them those tests print
 //! `SKIPPED`, and with `CI=true` they fail instead.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
+#[path = "it/common/mod.rs"]
 mod common;
-#[path = "envoy_harness/mod.rs"]
+#[path = "it/envoy_harness/mod.rs"]
 mod envoy_harness;
 
 use std::io::{BufRead, BufReader, Write};
