@@ -112,7 +112,7 @@ mod tests {
         assert_eq!(rx.try_recv().expect("first").revision, 0);
         assert_eq!(rx.try_recv().expect("second").revision, 1);
         assert!(rx.try_recv().is_err(), "the rest were dropped");
-        let text = metrics.render(&crate::api::AppState::new(Arc::clone(&metrics)));
+        let text = metrics.render(None);
         assert!(
             text.contains("authz_decision_log_dropped_total 3"),
             "{text}"

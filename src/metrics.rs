@@ -2,6 +2,10 @@
 //!
 //! Every handle the request paths touch is resolved once at start-up (no label lookups, no
 //! registry locks while serving): recording a decision is a few atomic adds.
+//!
+//! What a scrape reads from elsewhere is handed in by the server, not looked up here: the
+//! served snapshot as a [`Served`] value (through a closure) and the connection pools as
+//! [`ConnectionSource`]s. So this module sits below the services and listeners it reports on.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,8 +20,42 @@ use prometheus::{
 };
 use tokio::sync::watch;
 
-use crate::api::AppState;
-use crate::server::connections::Pool;
+/// The served snapshot, as the `authz_policy_revision`, `authz_subjects` and
+/// `authz_snapshot_age_seconds` gauges show it.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    /// Revision of the snapshot.
+    pub revision: u64,
+    /// Subjects in it.
+    pub subjects: usize,
+    /// When it was published.
+    pub published_at: SystemTime,
+}
+
+/// A listener pool's connection counts: open now, and the totals closed or refused so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionCounts {
+    /// Connections open.
+    pub open: usize,
+    /// Closed as the longest idle, to admit a new one or free a descriptor.
+    pub evicted: u64,
+    /// Refused: the pool was full of busy connections.
+    pub refused: u64,
+    /// Closed for not finishing the handshake in time.
+    pub handshake_timeouts: u64,
+    /// Closed after the idle timeout.
+    pub idle_closed: u64,
+    /// Accept errors that made the listener back off.
+    pub accept_errors: u64,
+}
+
+/// Connections the metrics follow at each scrape (a listener's pool).
+pub trait ConnectionSource: Send + Sync {
+    /// The `listener` label.
+    fn name(&self) -> &'static str;
+    /// The counts now.
+    fn counts(&self) -> ConnectionCounts;
+}
 
 /// Check latency buckets, in seconds: decisions take microseconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -88,7 +126,7 @@ struct ConnectionMetrics {
     accept_errors: IntCounterVec,
     /// The pools followed, set once at start-up (the lock also keeps two concurrent scrapes
     /// from adding the same closes twice).
-    pools: Mutex<Vec<Pool>>,
+    pools: Mutex<Vec<Box<dyn ConnectionSource>>>,
 }
 
 /// Why a connection was closed by the limits, as `authz_connections_closed_total{reason}`.
@@ -345,13 +383,13 @@ impl Metrics {
     }
 
     /// Follows the counters of these connection pools at each render.
-    pub fn follow_connections(&self, pools: &[&Pool]) {
+    pub fn follow_connections(&self, pools: impl IntoIterator<Item = Box<dyn ConnectionSource>>) {
         let mut followed = self
             .connections
             .pools
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        followed.extend(pools.iter().map(|p| (*p).clone()));
+        followed.extend(pools);
     }
 
     /// Brings the connection gauges and counters up to the pools' own.
@@ -366,28 +404,26 @@ impl Metrics {
         };
         for pool in pools.iter() {
             let name = pool.name();
-            let stats = pool.stats();
+            let counts = pool.counts();
             self.connections
                 .open
                 .with_label_values(&[name])
-                .set(i64::try_from(pool.open()).unwrap_or(i64::MAX));
+                .set(i64::try_from(counts.open).unwrap_or(i64::MAX));
             let totals = [
-                &stats.evicted,
-                &stats.refused,
-                &stats.handshake_timeouts,
-                &stats.idle_closed,
+                counts.evicted,
+                counts.refused,
+                counts.handshake_timeouts,
+                counts.idle_closed,
             ];
             for (reason, total) in CLOSE_REASONS.iter().zip(totals) {
                 follow(
                     self.connections.closed.with_label_values(&[name, reason]),
-                    total.load(std::sync::atomic::Ordering::Relaxed),
+                    total,
                 );
             }
             follow(
                 self.connections.accept_errors.with_label_values(&[name]),
-                stats
-                    .accept_errors
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                counts.accept_errors,
             );
         }
     }
@@ -485,6 +521,11 @@ impl Metrics {
         self.admin_refused.inc();
     }
 
+    /// Admin calls refused so far (tests).
+    pub fn admin_refused_count(&self) -> u64 {
+        self.admin_refused.get()
+    }
+
     /// Records a would-be denial let through in shadow mode.
     pub fn shadow_denial(&self) {
         self.shadow_denials.inc();
@@ -509,14 +550,14 @@ impl Metrics {
         counter.inc_by(total.saturating_sub(counter.get()));
     }
 
-    /// The text exposition, with the snapshot gauges brought up to date first.
-    pub fn render(&self, state: &AppState) -> String {
-        if let Ok(live) = state.live() {
-            let published = live.current();
-            self.revision.set(published.snapshot.revision() as i64);
-            self.subjects.set(published.snapshot.subject_count() as i64);
+    /// The text exposition, with the snapshot gauges brought up to `served` first (`None`
+    /// while the policy is still loading: the gauges stay as they are).
+    pub fn render(&self, served: Option<Served>) -> String {
+        if let Some(served) = served {
+            self.revision.set(served.revision as i64);
+            self.subjects.set(served.subjects as i64);
             let age = SystemTime::now()
-                .duration_since(published.published_at)
+                .duration_since(served.published_at)
                 .unwrap_or(Duration::ZERO);
             self.snapshot_age.set(age.as_secs_f64());
         }
@@ -534,11 +575,15 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` on the connections of `incoming` until `stop` flips.
+/// Reads the served snapshot at each scrape (`None` while the policy is still loading).
+pub type ServedSource = Arc<dyn Fn() -> Option<Served> + Send + Sync>;
+
+/// Serves `GET /metrics` on the connections of `incoming` until `stop` flips; each scrape
+/// reads the snapshot gauges from `served`.
 pub async fn serve_metrics<S, IO>(
     incoming: S,
     metrics: Arc<Metrics>,
-    state: Arc<AppState>,
+    served: ServedSource,
     mut stop: watch::Receiver<bool>,
 ) where
     S: tokio_stream::Stream<Item = std::io::Result<IO>>,
@@ -560,12 +605,12 @@ pub async fn serve_metrics<S, IO>(
             _ = stop.wait_for(|s| *s) => return,
         };
         let metrics = Arc::clone(&metrics);
-        let state = Arc::clone(&state);
+        let served = Arc::clone(&served);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = Arc::clone(&metrics);
-                let state = Arc::clone(&state);
-                async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics, &state)) }
+                let served = Arc::clone(&served);
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics, &*served)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -574,9 +619,13 @@ pub async fn serve_metrics<S, IO>(
     }
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics, state: &AppState) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    served: &(dyn Fn() -> Option<Served> + Send + Sync),
+) -> Response<Full<Bytes>> {
     let mut response = if req.method() == Method::GET && req.uri().path() == "/metrics" {
-        let mut r = Response::new(Full::new(Bytes::from(metrics.render(state))));
+        let mut r = Response::new(Full::new(Bytes::from(metrics.render(served()))));
         if let Ok(v) = "text/plain; version=0.0.4".parse() {
             r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
         }
@@ -595,7 +644,7 @@ mod tests {
     use super::*;
 
     fn dropped_lines_in(metrics: &Metrics) -> String {
-        let text = metrics.render(&AppState::new(Arc::new(Metrics::new())));
+        let text = metrics.render(None);
         text.lines()
             .find(|l| l.starts_with("authz_log_lines_dropped_total "))
             .unwrap_or_default()

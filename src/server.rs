@@ -9,6 +9,7 @@
 //! that a flood of API connections never fails a kubelet probe.
 
 pub mod connections;
+pub mod health;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,22 +24,25 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::api::http_json::GatedService;
 use crate::api::pb::authz_server::AuthzServer;
 use crate::api::{
-    AppState, AuthorizationServer, AuthzService, EnvoyAuthzService, MAX_MESSAGE_BYTES, pb,
+    AdminGate, AppState, AuthorizationServer, AuthzService, EnvoyAuthzService, MAX_MESSAGE_BYTES,
+    pb,
 };
 use crate::config::Config;
 use crate::config::{AdminExposure, EnvoyMode};
 use crate::decision_log::{DecisionLog, QUEUE as DECISION_QUEUE, write_decisions};
 use crate::fleet::{self, EtcdClient, FleetError, FleetStatus, Mirror, watch_staleness};
 use crate::live::{LivePolicy, OpenError, Opened, Seed};
-use crate::metrics::{Metrics, serve_metrics};
+use crate::metrics::{ConnectionSource, Metrics, serve_metrics};
 use crate::model::file::{PolicyFileError, read_policy_text_max};
 use crate::reload::{
     POLICY_FILE_SERVICE, ReloadStats, WatchOptions, report_refused, watch_policy_file,
 };
 use crate::store::{SledStore, Store, StoreError};
 use connections::{ActivityLayer, FdLimit, Handshake, Incoming, Pool, PoolLimits};
+pub use health::LIVENESS_SERVICE;
 
 /// Why the sidecar could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -194,15 +198,6 @@ pub struct Sidecar {
 /// The server builder with the layers every API listener shares.
 type Layered = Server<tower::layer::util::Stack<ActivityLayer, tower::layer::util::Identity>>;
 
-/// The health name of `authz.v1.Authz`, as the generated server names it.
-const AUTHZ_SERVICE: &str = <AuthzServer<AuthzService> as tonic::server::NamedService>::NAME;
-
-/// The liveness health service: `SERVING` from the moment the listeners are bound until
-/// shutdown. Staleness and policy-file problems never touch it (they affect readiness, `""`
-/// and `authz.v1.Authz`, and [`POLICY_FILE_SERVICE`]); a liveness probe on it fails only when
-/// the process cannot answer at all.
-pub const LIVENESS_SERVICE: &str = "authz.v1.Liveness";
-
 impl Sidecar {
     /// Starts a sidecar as configured and returns once it serves the loaded policy.
     pub async fn launch(mut config: Config) -> Result<Sidecar, ServerError> {
@@ -256,18 +251,7 @@ impl Sidecar {
         }
         let state = Arc::new(state);
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-            .await;
-        health
-            .set_service_status(POLICY_FILE_SERVICE, ServingStatus::NotServing)
-            .await;
+        health::starting(&health).await;
         // Reflection in both versions: grpcurl and grpcui speak v1; Postman, evans, older
         // grpcurl and the Python reflection client speak v1alpha. It lists ext_authz too when
         // that service is on.
@@ -288,9 +272,13 @@ impl Sidecar {
         let reflection_v1alpha = reflection_builder()
             .build_v1alpha()
             .map_err(|e| ServerError::Reflection(e.to_string()))?;
-        let authz_service = |admin_enabled: bool| {
-            AuthzServer::new(AuthzService::new(Arc::clone(&state), admin_enabled))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        // Admin RPCs are admitted (or refused) in front of the service, by the gate of each
+        // listener: `--admin` decides which listeners accept them.
+        let authz_service = |accepts_admin: bool| {
+            AdminGate::new(Arc::clone(&state), accepts_admin).wrap(
+                AuthzServer::new(AuthzService::new(Arc::clone(&state)))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
         };
         let admin_on_tcp = config.admin == AdminExposure::On;
         let admin_on_uds = config.admin != AdminExposure::Off;
@@ -341,7 +329,10 @@ impl Sidecar {
         let api_pool = Pool::new("api", pool_limits(api_max));
         let health_pool = Pool::new("health", pool_limits(HEALTH_CONNECTIONS));
         let metrics_pool = Pool::new("metrics", pool_limits(METRICS_CONNECTIONS));
-        metrics.follow_connections(&[&api_pool, &health_pool, &metrics_pool]);
+        metrics.follow_connections(
+            [&api_pool, &health_pool, &metrics_pool]
+                .map(|pool| Box::new(pool.clone()) as Box<dyn ConnectionSource>),
+        );
         for pool in [&api_pool, &health_pool, &metrics_pool] {
             let reaper = pool.clone().reap_until(signal.clone());
             servers.spawn(async move {
@@ -407,7 +398,10 @@ impl Sidecar {
             let serve = serve_metrics(
                 Incoming::new(listener, metrics_pool.clone(), Handshake::Http1),
                 Arc::clone(&metrics),
-                Arc::clone(&state),
+                {
+                    let state = Arc::clone(&state);
+                    Arc::new(move || state.served())
+                },
                 signal.clone(),
             );
             servers.spawn(async move {
@@ -426,7 +420,10 @@ impl Sidecar {
             // Its connections count against --max-connections with the other API listeners.
             let serve = crate::api::http_json::serve_http_json(
                 Incoming::new(listener, api_pool.clone(), Handshake::Http1),
-                AuthzService::new(Arc::clone(&state), admin_on_tcp),
+                GatedService {
+                    service: AuthzService::new(Arc::clone(&state)),
+                    gate: AdminGate::new(Arc::clone(&state), admin_on_tcp),
+                },
                 tls,
                 limits.request_timeout,
                 signal.clone(),
@@ -541,7 +538,7 @@ impl Sidecar {
                     status,
                     Arc::clone(&metrics),
                     health.clone(),
-                    &["", AUTHZ_SERVICE],
+                    health::READY_SERVICES,
                     fleet_config.max_staleness,
                     signal.clone(),
                 );
@@ -600,10 +597,7 @@ impl Sidecar {
                 }
             });
         }
-        health.set_service_status("", ServingStatus::Serving).await;
-        health
-            .set_service_status(AUTHZ_SERVICE, ServingStatus::Serving)
-            .await;
+        health::ready(&health).await;
         let shown =
             |addr: Option<SocketAddr>| addr.map_or_else(|| "none".to_owned(), |a| a.to_string());
         tracing::info!(
@@ -770,15 +764,7 @@ impl Sidecar {
     /// shutdown grace at most: connections still open then are left to the runtime's end
     /// (the process exits), not waited for.
     pub async fn stop(mut self) -> Result<(), ServerError> {
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        self.health
-            .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
-            .await;
-        self.health
-            .set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing)
-            .await;
+        health::stopping(&self.health).await;
         let _ = self.shutdown.send(true);
         let mut first_error = None;
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;

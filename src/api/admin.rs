@@ -1,57 +1,27 @@
-//! The admin RPCs: authenticate, translate, run the blocking write off the async runtime.
+//! The admin RPCs: translate, run the blocking write off the async runtime. Who may call them
+//! was decided in front of the service (`admin_gate.rs`); each handler takes the admission.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::authz::{AuthzService, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::admin_gate::Admitted;
+use super::authz::AuthzService;
 use super::convert::{
     audit_to_pb, grant_from_pb, paths_from_pb, role_to_pb, subject_from_pb, subject_to_pb,
 };
+use super::limits::{MAX_NAME_BYTES, bounded, page_size};
 use super::pb;
-use super::status::{from_auth, from_write, invalid};
-use crate::auth::AdminEntry;
+use super::status::{from_write, invalid};
 use crate::live::{LivePolicy, WriteError};
-use crate::model::{AdminPermission, PermissionChange};
+use crate::model::PermissionChange;
 
 impl AuthzService {
-    /// The live policy and the admin making this call, if they hold `permission`.
-    fn admin<T>(
-        &self,
-        request: &Request<T>,
-        permission: AdminPermission,
-        rpc: &str,
-    ) -> Result<(Arc<LivePolicy>, AdminEntry), Status> {
-        if !self.admin_enabled {
-            self.state.metrics.admin_refused();
-            tracing::warn!(rpc, "admin call refused: not accepted on this listener");
-            return Err(Status::permission_denied(
-                "admin calls are not accepted on this listener (see --admin / --admin-listen)",
-            ));
-        }
-        let live = Arc::clone(self.state.live()?);
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::auth::AdminSet::bearer);
-        match live.authorize(token, permission) {
-            Ok(admin) => Ok((live, admin)),
-            Err(e) => {
-                self.state.metrics.admin_refused();
-                // Never log the token itself.
-                tracing::warn!(rpc, reason = %e, "admin call refused");
-                Err(from_auth(e))
-            }
-        }
-    }
-
     pub(super) async fn admin_update_permission(
         &self,
-        request: Request<pb::UpdatePermissionRequest>,
+        mut request: Request<pb::UpdatePermissionRequest>,
     ) -> Result<Response<pb::UpdatePermissionResponse>, Status> {
-        let (live, admin) =
-            self.admin(&request, AdminPermission::RolesWrite, "UpdatePermission")?;
+        let Admitted { live, admin } = Admitted::take(&mut request)?;
         let r = request.into_inner();
         if r.role.is_empty() {
             return Err(invalid("role", "role name is empty"));
@@ -91,10 +61,9 @@ impl AuthzService {
 
     pub(super) async fn admin_approve_pending(
         &self,
-        request: Request<pb::ApprovePendingRequest>,
+        mut request: Request<pb::ApprovePendingRequest>,
     ) -> Result<Response<pb::ApprovePendingResponse>, Status> {
-        let (live, admin) =
-            self.admin(&request, AdminPermission::RolesApprove, "ApprovePending")?;
+        let Admitted { live, admin } = Admitted::take(&mut request)?;
         let r = request.into_inner();
         match (r.role.is_empty(), r.subject.is_empty()) {
             (true, true) => return Err(invalid("role", "one of `role`, `subject` is required")),
@@ -104,7 +73,7 @@ impl AuthzService {
             _ => {}
         }
         if !r.subject.is_empty() {
-            super::authz::bounded("subject", &r.subject, super::authz::MAX_NAME_BYTES)?;
+            bounded("subject", &r.subject, MAX_NAME_BYTES)?;
             let id = r.subject.clone();
             let (approved, revision) =
                 blocking(move || live.approve_subject(&admin.name, &id, r.expected_revision))
@@ -133,9 +102,9 @@ impl AuthzService {
 
     pub(super) async fn admin_put_subject(
         &self,
-        request: Request<pb::PutSubjectRequest>,
+        mut request: Request<pb::PutSubjectRequest>,
     ) -> Result<Response<pb::PutSubjectResponse>, Status> {
-        let (live, admin) = self.admin(&request, AdminPermission::SubjectsWrite, "PutSubject")?;
+        let Admitted { live, admin } = Admitted::take(&mut request)?;
         let r = request.into_inner();
         let subject = subject_from_pb(r.subject)?;
         let (outcome, revision) =
@@ -156,10 +125,9 @@ impl AuthzService {
 
     pub(super) async fn admin_delete_subject(
         &self,
-        request: Request<pb::DeleteSubjectRequest>,
+        mut request: Request<pb::DeleteSubjectRequest>,
     ) -> Result<Response<pb::DeleteSubjectResponse>, Status> {
-        let (live, admin) =
-            self.admin(&request, AdminPermission::SubjectsWrite, "DeleteSubject")?;
+        let Admitted { live, admin } = Admitted::take(&mut request)?;
         let r = request.into_inner();
         if r.id.is_empty() {
             return Err(invalid("id", "subject id is empty"));
@@ -174,15 +142,11 @@ impl AuthzService {
 
     pub(super) async fn admin_list_audit(
         &self,
-        request: Request<pb::ListAuditRequest>,
+        mut request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let (live, _admin) = self.admin(&request, AdminPermission::AuditRead, "ListAudit")?;
+        let Admitted { live, admin: _ } = Admitted::take(&mut request)?;
         let r = request.into_inner();
-        let size = match r.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(invalid("page_size", "must not be negative")),
-            n => (n as usize).min(MAX_PAGE_SIZE),
-        };
+        let size = page_size(r.page_size, "page_size")?;
         let records = blocking(move || live.audit(r.after_revision, size)).await?;
         let next_after_revision = if records.len() == size {
             records.last().map_or(0, |r| r.revision)
@@ -199,14 +163,14 @@ impl AuthzService {
 impl AuthzService {
     pub(super) async fn admin_get_subject(
         &self,
-        request: Request<pb::GetSubjectRequest>,
+        mut request: Request<pb::GetSubjectRequest>,
     ) -> Result<Response<pb::GetSubjectResponse>, Status> {
-        let (live, _admin) = self.admin(&request, AdminPermission::SubjectsRead, "GetSubject")?;
+        let Admitted { live, admin: _ } = Admitted::take(&mut request)?;
         let r = request.into_inner();
         if r.id.is_empty() {
             return Err(invalid("id", "subject id is empty"));
         }
-        super::authz::bounded("id", &r.id, super::authz::MAX_NAME_BYTES)?;
+        bounded("id", &r.id, MAX_NAME_BYTES)?;
         let reader = Arc::clone(&live);
         let (subject, changed) = blocking(move || reader.subject(&r.id)).await?;
         let mut subject = subject_to_pb(&subject);
@@ -219,17 +183,13 @@ impl AuthzService {
 
     pub(super) async fn admin_list_subjects(
         &self,
-        request: Request<pb::ListSubjectsRequest>,
+        mut request: Request<pb::ListSubjectsRequest>,
     ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
-        let (live, _admin) = self.admin(&request, AdminPermission::SubjectsRead, "ListSubjects")?;
+        let Admitted { live, admin: _ } = Admitted::take(&mut request)?;
         let r = request.into_inner();
-        let size = match r.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(invalid("page_size", "must not be negative")),
-            n => (n as usize).min(MAX_PAGE_SIZE),
-        };
-        super::authz::bounded("role", &r.role, super::authz::MAX_NAME_BYTES)?;
-        super::authz::bounded("type", &r.r#type, super::authz::MAX_NAME_BYTES)?;
+        let size = page_size(r.page_size, "page_size")?;
+        bounded("role", &r.role, MAX_NAME_BYTES)?;
+        bounded("type", &r.r#type, MAX_NAME_BYTES)?;
         if r.action.is_some() || !r.scope.is_empty() || !r.resource.is_empty() {
             return self.who_can(live, r, size).await;
         }

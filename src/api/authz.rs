@@ -10,18 +10,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::{Request, Response, Status};
 
 use super::convert::role_to_pb;
+use super::limits::{
+    MAX_BATCH_ITEMS, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_PATH_SEGMENTS, page_size,
+};
 use super::pb;
 use super::status::invalid;
 use crate::decision_log::{DecisionEntry, DecisionLog};
 use crate::engine::{self, Action, Decision, Inline, MAX_INLINE_ROLES, Snapshot};
 use crate::live::{LivePolicy, Published};
-use crate::metrics::{ActionKind, Metrics};
+use crate::metrics::{ActionKind, Metrics, Served};
 use crate::model::{CanonicalPath, PathOptions, PathRejection};
-
-/// Default ListRoles / ListAudit page size.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// Largest page served; larger requests are served this many.
-pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// State shared by every service: the live policy once it is loaded (a readiness latch), and
 /// the metrics.
@@ -70,54 +68,29 @@ impl AppState {
             .get()
             .ok_or_else(|| Status::unavailable("the policy is still loading; retry shortly"))
     }
+
+    /// The published snapshot as the metrics show it; `None` while the policy is loading.
+    pub fn served(&self) -> Option<Served> {
+        let published = self.live.get()?.current();
+        Some(Served {
+            revision: published.snapshot.revision(),
+            subjects: published.snapshot.subject_count(),
+            published_at: published.published_at,
+        })
+    }
 }
 
-/// Implements `authz.v1.Authz`.
+/// Implements `authz.v1.Authz`. Its admin RPCs answer only calls admitted by an
+/// [`AdminGate`](super::AdminGate) in front of it.
 #[derive(Clone)]
 pub struct AuthzService {
     pub(super) state: Arc<AppState>,
-    /// Whether this listener accepts admin RPCs (see `--admin`).
-    pub(super) admin_enabled: bool,
 }
-
-/// Largest request message accepted (the default 4 MiB is far above any real call).
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
-/// Longest id, name, scope or resource accepted.
-pub const MAX_NAME_BYTES: usize = 256;
-pub use crate::model::http_path::{MAX_PATH_BYTES, MAX_PATH_SEGMENTS};
 
 impl AuthzService {
-    /// A service over shared state; `admin_enabled` says whether admin RPCs are accepted here.
-    pub fn new(state: Arc<AppState>, admin_enabled: bool) -> AuthzService {
-        AuthzService {
-            state,
-            admin_enabled,
-        }
-    }
-}
-
-/// Refuses a field longer than `max` bytes.
-pub(super) fn bounded(field: &str, value: &str, max: usize) -> Result<(), Status> {
-    if value.len() > max {
-        return Err(invalid(field, format!("longer than {max} bytes")));
-    }
-    Ok(())
-}
-
-/// Refuses a list entry longer than `max` bytes, naming it `field[i]`. The name is built only
-/// for the error: a Check with inline roles allocates nothing for this.
-pub(super) fn bounded_each(field: &str, values: &[String], max: usize) -> Result<(), Status> {
-    match values.iter().position(|v| v.len() > max) {
-        Some(i) => bounded(&format!("{field}[{i}]"), &values[i], max),
-        None => Ok(()),
-    }
-}
-
-fn page_size(requested: i32, field: &str) -> Result<usize, Status> {
-    match requested {
-        0 => Ok(DEFAULT_PAGE_SIZE),
-        n if n < 0 => Err(invalid(field, "must not be negative")),
-        n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+    /// A service over shared state.
+    pub fn new(state: Arc<AppState>) -> AuthzService {
+        AuthzService { state }
     }
 }
 
@@ -361,9 +334,6 @@ impl Canonical<'_> {
         }
     }
 }
-
-/// Most items one CheckBatch may carry; more is INVALID_ARGUMENT (`items`).
-pub const MAX_BATCH_ITEMS: usize = 1000;
 
 /// A malformed field of a Check: named, and turned into INVALID_ARGUMENT only on error (a
 /// well-formed Check builds none of this).
@@ -796,8 +766,5 @@ mod tests {
         assert!(decode_token("garbage!", "").is_err());
         assert!(decode_token(&URL_SAFE_NO_PAD.encode("x\ny"), "").is_err());
         assert_eq!(decode_token("", "x").expect("empty"), None);
-        assert_eq!(page_size(0, "p").expect("default"), DEFAULT_PAGE_SIZE);
-        assert_eq!(page_size(5000, "p").expect("clamped"), MAX_PAGE_SIZE);
-        assert!(page_size(-1, "p").is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use tonic::Status;
 
-use super::authz::{MAX_NAME_BYTES, MAX_PATH_BYTES, bounded, bounded_each};
+use super::limits::{MAX_NAME_BYTES, MAX_PATH_BYTES, bounded, bounded_each};
 use super::pb;
 use super::status::invalid;
 

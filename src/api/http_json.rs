@@ -27,7 +27,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tonic::{Code, Status};
 
-use super::authz::{AuthzService, MAX_MESSAGE_BYTES};
+use super::admin_gate::AdminGate;
+use super::authz::AuthzService;
+use super::limits::MAX_MESSAGE_BYTES;
 use super::pb::authz_server::Authz;
 use crate::config::TlsConfig;
 
@@ -39,6 +41,17 @@ pub const ENDPOINTS: [(&str, &str); 5] = [
     ("/v1/getSubject", "GetSubject"),
     ("/v1/listSubjects", "ListSubjects"),
 ];
+
+/// What the endpoints call: the service, behind the admin gate of the listener whose exposure
+/// HTTP/JSON shares (the TCP API listener's), so that admin reads are admitted or refused
+/// exactly as over gRPC.
+#[derive(Clone)]
+pub struct GatedService {
+    /// The `authz.v1.Authz` service.
+    pub service: AuthzService,
+    /// The admin gate asked before an admin RPC is called.
+    pub gate: AdminGate,
+}
 
 /// Why the HTTP/JSON listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +84,17 @@ impl Endpoint {
             "/v1/listSubjects" => Endpoint::ListSubjects,
             _ => return None,
         })
+    }
+
+    /// The RPC the endpoint calls, as the proto names it.
+    fn rpc(self) -> &'static str {
+        match self {
+            Endpoint::Check => "Check",
+            Endpoint::CheckBatch => "CheckBatch",
+            Endpoint::ListRoles => "ListRoles",
+            Endpoint::GetSubject => "GetSubject",
+            Endpoint::ListSubjects => "ListSubjects",
+        }
     }
 }
 
@@ -140,7 +164,7 @@ fn is_json(request: &Request<Incoming>) -> bool {
 /// Answers one HTTP request through `service`, within `deadline` (the gRPC request timeout:
 /// a slow body counts against it too).
 pub async fn respond(
-    service: &AuthzService,
+    api: &GatedService,
     deadline: Duration,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -170,7 +194,7 @@ pub async fn respond(
             "content-type must be application/json",
         );
     }
-    match tokio::time::timeout(deadline, call(service, endpoint, request)).await {
+    match tokio::time::timeout(deadline, call(api, endpoint, request)).await {
         Ok(response) => response,
         Err(_) => from_status(&Status::deadline_exceeded(format!(
             "no answer within the request timeout of {} ms",
@@ -181,7 +205,7 @@ pub async fn respond(
 
 /// Reads the body, decodes it and calls the RPC.
 async fn call(
-    service: &AuthzService,
+    api: &GatedService,
     endpoint: Endpoint,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -218,20 +242,22 @@ async fn call(
         }
     };
     let auth = authorization.as_ref();
+    let (service, admit) = (&api.service, (&api.gate, endpoint.rpc()));
     match endpoint {
-        Endpoint::Check => run(&body, auth, |r| service.check(r)).await,
-        Endpoint::CheckBatch => run(&body, auth, |r| service.check_batch(r)).await,
-        Endpoint::ListRoles => run(&body, auth, |r| service.list_roles(r)).await,
-        Endpoint::GetSubject => run(&body, auth, |r| service.get_subject(r)).await,
-        Endpoint::ListSubjects => run(&body, auth, |r| service.list_subjects(r)).await,
+        Endpoint::Check => run(&body, auth, admit, |r| service.check(r)).await,
+        Endpoint::CheckBatch => run(&body, auth, admit, |r| service.check_batch(r)).await,
+        Endpoint::ListRoles => run(&body, auth, admit, |r| service.list_roles(r)).await,
+        Endpoint::GetSubject => run(&body, auth, admit, |r| service.get_subject(r)).await,
+        Endpoint::ListSubjects => run(&body, auth, admit, |r| service.list_subjects(r)).await,
     }
 }
 
-/// Decodes `body` as `Req`, hands it to `rpc` as a tonic request carrying `authorization`,
-/// and encodes the answer or the status.
+/// Decodes `body` as `Req`, hands it to `rpc` as a tonic request carrying `authorization`
+/// once the admin gate let a call of `method` through, and encodes the answer or the status.
 async fn run<Req, Resp, F, Fut>(
     body: &[u8],
     authorization: Option<&header::HeaderValue>,
+    (gate, method): (&AdminGate, &str),
     rpc: F,
 ) -> Response<Full<Bytes>>
 where
@@ -256,6 +282,9 @@ where
         if let Ok(value) = tonic::metadata::MetadataValue::try_from(value.as_bytes()) {
             request.metadata_mut().insert("authorization", value);
         }
+    }
+    if let Err(status) = gate.admit_request(method, &mut request) {
+        return from_status(&status);
     }
     match rpc(request).await {
         Ok(response) => match serde_json::to_vec(response.get_ref()) {
@@ -382,7 +411,7 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, HttpJsonError> {
 /// server's connection pool: it bounds connections and backs off on accept errors.
 pub async fn serve_http_json<S, IO>(
     incoming: S,
-    service: AuthzService,
+    service: GatedService,
     tls: Option<TlsAcceptor>,
     deadline: Duration,
     mut stop: watch::Receiver<bool>,
@@ -431,7 +460,7 @@ pub async fn serve_http_json<S, IO>(
 
 async fn serve_connection<S>(
     stream: S,
-    service: Arc<AuthzService>,
+    service: Arc<GatedService>,
     deadline: Duration,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -454,6 +483,15 @@ async fn serve_connection<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_endpoint_calls_the_rpc_it_lists() {
+        // The admin gate is asked with this name: an endpoint naming the wrong RPC would be
+        // admitted under another RPC's rule.
+        for (path, rpc) in ENDPOINTS {
+            assert_eq!(Endpoint::at(path).map(Endpoint::rpc), Some(rpc), "{path}");
+        }
+    }
 
     #[test]
     fn codes_map_as_grpc_gateway_does() {

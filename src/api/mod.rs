@@ -2,18 +2,22 @@
 //! module sees generated code.
 
 mod admin;
+mod admin_gate;
 mod authz;
 mod convert;
 mod envoy;
 mod envoy_wire;
 pub mod http_json;
+mod limits;
 mod status;
 pub mod xds;
 
-pub use authz::{AppState, AuthzService, MAX_BATCH_ITEMS, MAX_MESSAGE_BYTES, decide_batch};
+pub use admin_gate::{ADMIN_RPCS, AdminGate, Gated};
+pub use authz::{AppState, AuthzService, decide_batch};
 pub use envoy::{
     AuthorizationServer, EnvoyAuthzService, JWT_AUTHN_NAMESPACE, ROUTING_OVERRIDE_HEADERS,
 };
+pub use limits::{MAX_BATCH_ITEMS, MAX_MESSAGE_BYTES};
 
 /// Generated types and services of `authz.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

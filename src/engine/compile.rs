@@ -7,9 +7,10 @@ use std::sync::Arc;
 use super::bitset::BitSet;
 use super::routes::{RouteError, RouteTable};
 use super::snapshot::{
-    CompiledCatalog, CompiledRole, CompiledRule, CompiledSubject, PermInfo, RoleList, RoleTable,
-    Scopes, Snapshot, SubjectExtras, SubjectTable,
+    CompiledCatalog, CompiledRole, CompiledRule, PermInfo, RoleTable, Scopes, Snapshot,
+    SubjectTable,
 };
+use super::subject::{CompiledSubject, RoleList, SubjectExtras};
 use super::subject_index::SubjectIndex;
 use crate::model::{Access, Endpoint, PathPattern, Policy, Role, Subject};
 
@@ -127,16 +128,10 @@ fn compile_catalog(policy: &Policy) -> CompiledCatalog {
         .collect();
     let id = |name: &str| index.get(name).map(|i| *i as usize);
 
-    // Validation bounds the distinct types by `MAX_SUBJECT_TYPES` (u16::MAX), so every id
-    // fits; a type past it would get no id and so apply to nobody (fail closed), never alias.
-    let mut types: HashMap<Box<str>, u16> = HashMap::new();
-    for p in perms {
-        for t in &p.applies_to {
-            if let Ok(next) = u16::try_from(types.len()) {
-                types.entry(t.as_str().into()).or_insert(next);
-            }
-        }
-    }
+    // Validation bounds the distinct types by `MAX_SUBJECT_TYPES`, so every id fits. Should an
+    // unvalidated policy name more, no type gets an id: every permission with `applies_to`
+    // then applies to nobody (fail closed), and no type can alias another's id.
+    let types = subject_type_ids(policy).unwrap_or_default();
 
     let edges = |pick: fn(&crate::model::Permission) -> &Vec<String>| -> Vec<Vec<usize>> {
         perms
@@ -206,6 +201,54 @@ fn compile_catalog(policy: &Policy) -> CompiledCatalog {
         events,
         types,
     }
+}
+
+/// Why a policy cannot be compiled as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// `applies_to` names more distinct subject types than a 16-bit id can number.
+    #[error(
+        "`applies_to` names {count} distinct subject types; the engine numbers them in 16 bits, \
+         so at most {limit} fit"
+    )]
+    TooManySubjectTypes {
+        /// Distinct types named.
+        count: usize,
+        /// Most that fit.
+        limit: usize,
+    },
+}
+
+/// The subject types named by some `applies_to`, numbered in the order first named. The
+/// number is a checked 16-bit conversion: a policy naming more types than fit is an error,
+/// never an id that wraps onto another type's.
+pub fn subject_type_ids(policy: &Policy) -> Result<HashMap<Box<str>, u16>, CompileError> {
+    let mut types: HashMap<Box<str>, u16> = HashMap::new();
+    let named = || {
+        let all = policy
+            .catalog
+            .permissions
+            .iter()
+            .flat_map(|p| &p.applies_to);
+        all.map(String::as_str).collect::<BTreeSet<_>>().len()
+    };
+    for t in policy
+        .catalog
+        .permissions
+        .iter()
+        .flat_map(|p| &p.applies_to)
+    {
+        if types.contains_key(t.as_str()) {
+            continue;
+        }
+        let id = u16::try_from(types.len()).map_err(|_| CompileError::TooManySubjectTypes {
+            count: named(),
+            limit: usize::from(u16::MAX) + 1,
+        })?;
+        types.insert(t.as_str().into(), id);
+    }
+    Ok(types)
 }
 
 /// The route table of a policy's endpoint templates, bounded (see

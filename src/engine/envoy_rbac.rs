@@ -17,7 +17,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::decide::{Action, Request};
-use super::snapshot::{CompiledSubject, Snapshot};
+use super::snapshot::Snapshot;
+use super::subject::CompiledSubject;
 use crate::model::http_path::{MAX_PATH_BYTES, MAX_PATH_SEGMENTS, is_literal_char};
 use crate::model::{Method, Segment};
 

@@ -3,12 +3,13 @@
 
 mod bitset;
 mod compile;
-pub use compile::{SnapshotBuilder, compile_routes};
+pub use compile::{CompileError, SnapshotBuilder, compile_routes, subject_type_ids};
 mod decide;
 pub mod envoy_rbac;
 mod explain;
 mod routes;
 mod snapshot;
+mod subject;
 mod subject_index;
 mod who_can;
 

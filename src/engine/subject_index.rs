@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use hashbrown::HashTable;
 
-use super::snapshot::CompiledSubject;
+use super::subject::CompiledSubject;
 
 /// Subjects by id, densely stored. Built once; replaced, not edited, after that.
 #[derive(Debug, Clone, Default)]
@@ -199,7 +199,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::snapshot::RoleList;
+    use crate::engine::subject::RoleList;
 
     fn subject(role: u32) -> CompiledSubject {
         CompiledSubject {

@@ -573,3 +573,84 @@ fn subject_overlay_compaction_keeps_every_decision() {
     let fresh = Snapshot::compile(&policy, 5);
     assert!(fresh.with_compacted(&compacted).is_none());
 }
+
+/// A policy whose `applies_to` names `extra + 1` types: `zero` applies to `t0` only, `all` to
+/// `t0` … `t{extra}`, and one subject of the last type holds a role granting both.
+fn with_subject_types(extra: usize) -> crate::model::Policy {
+    use crate::model::{Catalog, Grant, Permission, Policy, Role, Subject};
+    let last = format!("t{extra}");
+    Policy {
+        version: 1,
+        catalog: Catalog {
+            permissions: vec![
+                Permission {
+                    name: "zero".into(),
+                    applies_to: vec!["t0".into()],
+                    ..Permission::default()
+                },
+                Permission {
+                    name: "all".into(),
+                    applies_to: (0..=extra).map(|i| format!("t{i}")).collect(),
+                    ..Permission::default()
+                },
+            ],
+            ..Catalog::default()
+        },
+        roles: vec![Role {
+            name: "both".into(),
+            kind: "app".into(),
+            grants: vec![Grant::enabled("zero"), Grant::enabled("all")],
+            ..Role::default()
+        }],
+        subjects: vec![
+            Subject {
+                id: "first".into(),
+                subject_type: "t0".into(),
+                roles: vec!["both".into()],
+                ..Subject::default()
+            },
+            Subject {
+                id: "last".into(),
+                subject_type: last,
+                roles: vec!["both".into()],
+                ..Subject::default()
+            },
+        ],
+        ..Policy::default()
+    }
+}
+
+#[test]
+fn subject_type_ids_never_wrap() {
+    // 65,536 types fit in 16 bits exactly; the last one is not an alias of `t0`.
+    let fits = with_subject_types(usize::from(u16::MAX));
+    let ids = subject_type_ids(&fits).expect("fits");
+    assert_eq!(ids.len(), usize::from(u16::MAX) + 1);
+    assert_eq!(ids.get("t65535"), Some(&u16::MAX));
+    let s = Snapshot::compile(&fits, 1);
+    check(&s, "last", A::P("zero"), "", "", false, "does not apply");
+    check(&s, "last", A::P("all"), "", "", true, "granted");
+
+    // One more: refused by validation with a clear message, and by the checked numbering
+    // with a typed error, never numbered `t65536` → 0 (which would hand it `t0`'s `zero`).
+    let over = with_subject_types(usize::from(u16::MAX) + 1);
+    let errs = crate::model::validate(&over).expect_err("too many types");
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("distinct subject types")),
+        "{errs:?}"
+    );
+    let refused = subject_type_ids(&over).expect_err("too many types");
+    assert_eq!(
+        refused,
+        CompileError::TooManySubjectTypes {
+            count: usize::from(u16::MAX) + 2,
+            limit: usize::from(u16::MAX) + 1,
+        }
+    );
+    assert!(refused.to_string().contains("65537 distinct subject types"));
+    // Compiled anyway (unvalidated): no type gets an id, so both permissions apply to nobody.
+    let s = Snapshot::compile(&over, 1);
+    check(&s, "last", A::P("zero"), "", "", false, "");
+    check(&s, "first", A::P("zero"), "", "", false, "");
+}

@@ -15,7 +15,8 @@
 use std::cmp::Ordering;
 
 use super::decide::{Action, Request};
-use super::snapshot::{CompiledSubject, Snapshot};
+use super::snapshot::Snapshot;
+use super::subject::CompiledSubject;
 use super::subject_index::RoleHolders;
 use crate::model::{Method, Whom};
 

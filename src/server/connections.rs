@@ -171,6 +171,26 @@ impl Conn {
     }
 }
 
+/// The metrics read a pool through its counts (`metrics` sits below the listeners).
+impl crate::metrics::ConnectionSource for Pool {
+    fn name(&self) -> &'static str {
+        Pool::name(self)
+    }
+
+    fn counts(&self) -> crate::metrics::ConnectionCounts {
+        let stats = self.stats();
+        let total = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        crate::metrics::ConnectionCounts {
+            open: self.open(),
+            evicted: total(&stats.evicted),
+            refused: total(&stats.refused),
+            handshake_timeouts: total(&stats.handshake_timeouts),
+            idle_closed: total(&stats.idle_closed),
+            accept_errors: total(&stats.accept_errors),
+        }
+    }
+}
+
 impl Pool {
     /// An empty pool; `name` appears in its log lines.
     pub fn new(name: &'static str, limits: PoolLimits) -> Pool {

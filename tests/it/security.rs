@@ -70,17 +70,73 @@ async fn admin_calls_can_be_kept_to_the_unix_socket_or_a_separate_listener() {
 async fn admin_off_refuses_every_admin_call_everywhere() {
     let sc = start_with(EMBEDDED_DEFAULT, |c| c.admin = AdminExposure::Off).await;
     for mut client in [sc.client().await, AuthzClient::new(sc.uds_channel().await)] {
-        let status = client
-            .update_permission(admin(narrow()))
-            .await
-            .expect_err("off");
-        assert_eq!(status.code(), Code::PermissionDenied);
-        let status = client
-            .list_audit(admin(pb::ListAuditRequest::default()))
-            .await
-            .expect_err("off");
-        assert_eq!(status.code(), Code::PermissionDenied);
+        // Every admin RPC, each with the bootstrap token (which holds every permission).
+        let refused = [
+            client.update_permission(admin(narrow())).await.err(),
+            client
+                .approve_pending(admin(pb::ApprovePendingRequest {
+                    role: "app-dispatcher".into(),
+                    ..Default::default()
+                }))
+                .await
+                .err(),
+            client
+                .put_subject(admin(pb::PutSubjectRequest {
+                    subject: Some(pb::Subject {
+                        id: "intruder".into(),
+                        roles: vec!["app-dashboard".into()],
+                        ..Default::default()
+                    }),
+                    expected_revision: 0,
+                }))
+                .await
+                .err(),
+            client
+                .delete_subject(admin(pb::DeleteSubjectRequest {
+                    id: "dashboard".into(),
+                    expected_revision: 0,
+                }))
+                .await
+                .err(),
+            client
+                .list_audit(admin(pb::ListAuditRequest::default()))
+                .await
+                .err(),
+            client
+                .get_subject(admin(pb::GetSubjectRequest {
+                    id: "dashboard".into(),
+                }))
+                .await
+                .err(),
+            client
+                .list_subjects(admin(pb::ListSubjectsRequest::default()))
+                .await
+                .err(),
+        ];
+        for status in refused {
+            let status = status.expect("refused");
+            assert_eq!(status.code(), Code::PermissionDenied);
+            assert!(
+                status.message().contains("not accepted on this listener"),
+                "{}",
+                status.message()
+            );
+        }
     }
+    assert_eq!(sc.sidecar.metrics().admin_refused_count(), 14);
+    // Nothing was written; Check and ListRoles are not admin calls.
+    let mut client = sc.client().await;
+    assert!(
+        check(&mut client, permission("dashboard", "devices:read"))
+            .await
+            .allowed
+    );
+    let roles = client
+        .list_roles(pb::ListRolesRequest::default())
+        .await
+        .expect("ListRoles is open")
+        .into_inner();
+    assert_eq!(roles.revision, 1);
 }
 
 #[tokio::test]
