@@ -27,7 +27,6 @@ use crate::api::pb::authz_server::AuthzServer;
 use crate::api::{
     AppState, AuthorizationServer, AuthzService, EnvoyAuthzService, MAX_MESSAGE_BYTES, pb,
 };
-use crate::config::Config;
 use crate::config::{AdminExposure, EnvoyMode};
 use crate::decision_log::{DecisionLog, QUEUE as DECISION_QUEUE, write_decisions};
 use crate::fleet::{self, EtcdClient, FleetError, FleetStatus, Mirror, watch_staleness};
@@ -37,6 +36,7 @@ use crate::model::file::{PolicyFileError, read_policy_text_max};
 use crate::reload::{
     POLICY_FILE_SERVICE, ReloadStats, WatchOptions, report_refused, watch_policy_file,
 };
+use crate::startup::Config;
 use crate::store::{SledStore, Store, StoreError};
 use connections::{ActivityLayer, FdLimit, Handshake, Incoming, Pool, PoolLimits};
 
