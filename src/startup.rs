@@ -92,6 +92,8 @@ pub fn load(settings: Settings, errors: &mut Vec<String>) -> Option<Config> {
         http_paths,
         envoy,
     } = settings;
+    // In section order, as parsing reports its problems.
+    let fleet = fleet.and_then(|fleet| fleet_config(fleet, errors));
     if let Some(uds) = &listeners.uds {
         let parent = uds
             .parent()
@@ -112,7 +114,6 @@ pub fn load(settings: Settings, errors: &mut Vec<String>) -> Option<Config> {
     }
     let admin_token = admin_token(admin.token_file.as_deref(), admin.env_token, errors);
     let tls = tls.and_then(|files| read_tls(&files, errors));
-    let fleet = fleet.and_then(|fleet| fleet_config(fleet, errors));
     if !errors.is_empty() {
         return None;
     }

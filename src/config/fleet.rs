@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::one_of;
-use crate::fleet::DEFAULT_PREFIX;
 
+/// Default of `--etcd-prefix`: the key prefix holding a fleet's policy.
+pub const DEFAULT_ETCD_PREFIX: &str = "/authz/";
 /// Default of `--source`.
 pub const SOURCE_DEFAULT: &str = "embedded";
 /// Default of `--min-revision-wait-ms`.
@@ -37,7 +38,7 @@ pub struct EtcdArgs {
     #[arg(long, env = "AUTHZ_ETCD_ENDPOINTS")]
     pub etcd_endpoints: Option<String>,
     /// Key prefix holding the policy and every admin change.
-    #[arg(long, env = "AUTHZ_ETCD_PREFIX", default_value = DEFAULT_PREFIX)]
+    #[arg(long, env = "AUTHZ_ETCD_PREFIX", default_value = DEFAULT_ETCD_PREFIX)]
     pub etcd_prefix: String,
     /// etcd user (etcd auth); needs --etcd-password-file.
     #[arg(long, env = "AUTHZ_ETCD_USERNAME")]
@@ -136,7 +137,7 @@ impl EtcdArgs {
         }
         if self.etcd_prefix.is_empty() || !self.etcd_prefix.ends_with('/') {
             errors.push(format!(
-                "--etcd-prefix / AUTHZ_ETCD_PREFIX: `{}` must be non-empty and end with `/` (e.g. {DEFAULT_PREFIX})",
+                "--etcd-prefix / AUTHZ_ETCD_PREFIX: `{}` must be non-empty and end with `/` (e.g. {DEFAULT_ETCD_PREFIX})",
                 self.etcd_prefix
             ));
         }

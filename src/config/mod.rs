@@ -36,7 +36,9 @@ pub use envoy::{
     DEFAULT_ENVOY_MAX_MESSAGE_BYTES, DEFAULT_ENVOY_XDS_MAX_SUBJECTS, EnvoyArgs, EnvoyConfig,
     EnvoyMode, SubjectSource, XdsListen,
 };
-pub use fleet::{EtcdArgs, EtcdSettings, FleetArgs, FleetSettings, Source, source};
+pub use fleet::{
+    DEFAULT_ETCD_PREFIX, EtcdArgs, EtcdSettings, FleetArgs, FleetSettings, Source, source,
+};
 pub use http_paths::{HttpPathArgs, encoded_slashes};
 pub use limits::{
     DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS, Limits,

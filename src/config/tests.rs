@@ -441,3 +441,55 @@ fn the_admin_token_comes_from_one_place_and_is_not_the_placeholder() {
     let config = load(&["--data-dir", data], &[(ENV_ADMIN_TOKEN, "  ")]).expect("valid");
     assert_eq!(config.admin_token, None);
 }
+
+/// A variable is a value, never more command line: one that looks like a flag stays text.
+#[test]
+fn a_variable_cannot_smuggle_in_a_flag() {
+    let (settings, errs) = settings(
+        &[],
+        &[
+            (ENV_DATA_DIR, "--admin-listen=0.0.0.0:1"),
+            ("AUTHZ_ETCD_USERNAME", "u --source etcd"),
+        ],
+    );
+    assert!(errs.is_empty(), "{errs:#?}");
+    assert_eq!(
+        settings.store.data_dir,
+        std::path::Path::new("--admin-listen=0.0.0.0:1")
+    );
+    assert_eq!(settings.admin.listen, None);
+    assert!(settings.fleet.is_none());
+}
+
+#[test]
+fn etcd_files_are_read_at_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf8");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").expect("write");
+    let password = password.to_str().expect("utf8");
+    let args = [
+        "--data-dir",
+        data,
+        "--source",
+        "etcd",
+        "--etcd-endpoints",
+        "http://127.0.0.1:2379",
+        "--etcd-username",
+        "sidecar",
+        "--etcd-password-file",
+        password,
+    ];
+    let config = load(&args, &[]).expect("valid");
+    let fleet = config.fleet.expect("fleet mode");
+    assert_eq!(
+        fleet.etcd.credentials,
+        Some(("sidecar".to_owned(), "s3cret".to_owned()))
+    );
+    std::fs::write(password, [0xff, 0xfe]).expect("write");
+    assert_eq!(
+        load(&args, &[]).expect_err("not UTF-8"),
+        ["--etcd-password-file / AUTHZ_ETCD_PASSWORD_FILE: not UTF-8"]
+    );
+}
