@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 pub mod api;
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod ctl;
 pub mod decision_log;
@@ -15,4 +16,5 @@ pub mod model;
 pub mod policytest;
 pub mod reload;
 pub mod server;
+pub mod startup;
 pub mod store;

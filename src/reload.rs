@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::auth::token_sha256_hex;
-use crate::config::seed_from_text;
 use crate::live::LivePolicy;
 use crate::metrics::Metrics;
 use crate::model::file::read_policy_text_max;
+use crate::startup::seed_from_text;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 

@@ -30,7 +30,6 @@ use crate::api::{
     AdminGate, AppState, AuthorizationServer, AuthzService, EnvoyAuthzService, MAX_MESSAGE_BYTES,
     pb,
 };
-use crate::config::Config;
 use crate::config::{AdminExposure, EnvoyMode};
 use crate::decision_log::{DecisionLog, QUEUE as DECISION_QUEUE, write_decisions};
 use crate::fleet::{self, EtcdClient, FleetError, FleetStatus, Mirror, watch_staleness};
@@ -40,6 +39,7 @@ use crate::model::file::{PolicyFileError, read_policy_text_max};
 use crate::reload::{
     POLICY_FILE_SERVICE, ReloadStats, WatchOptions, report_refused, watch_policy_file,
 };
+use crate::startup::Config;
 use crate::store::{SledStore, Store, StoreError};
 use connections::{ActivityLayer, FdLimit, Handshake, Incoming, Pool, PoolLimits};
 pub use health::LIVENESS_SERVICE;

@@ -40,8 +40,8 @@ use etcd::pb::etcdserverpb::{
 };
 use etcd::pb::mvccpb::KeyValue;
 
-/// Default key prefix.
-pub const DEFAULT_PREFIX: &str = "/authz/";
+/// Default key prefix (the default of `--etcd-prefix`).
+pub use crate::config::DEFAULT_ETCD_PREFIX as DEFAULT_PREFIX;
 /// How long an admin write waits for the local mirror to apply its own revision.
 pub const APPLY_WAIT: Duration = Duration::from_secs(10);
 

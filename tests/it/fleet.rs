@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use authz_sidecar::api::pb;
-use authz_sidecar::config::Config;
 use authz_sidecar::fleet::{self, EtcdClient, EtcdConfig, FleetConfig, Layout};
 use authz_sidecar::model::file::{EMBEDDED_DEFAULT, parse_policy};
 use authz_sidecar::server::Sidecar;
+use authz_sidecar::startup::Config;
 use common::{TestSidecar, admin, permission};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -966,8 +966,8 @@ fn the_fleet_overlay_runs_the_sidecar_and_the_seed_job_on_etcd() {
     let cli =
         Cli::try_parse_from(std::iter::once("authz-sidecar".to_owned()).chain(sidecar.clone()))
             .unwrap_or_else(|e| panic!("sidecar args {sidecar:?}: {e}"));
-    assert_eq!(cli.serve.source, "etcd");
-    assert!(cli.serve.etcd.etcd_endpoints.is_some() && cli.serve.policy.is_none());
+    assert_eq!(cli.serve.fleet.source, "etcd");
+    assert!(cli.serve.fleet.etcd.etcd_endpoints.is_some() && cli.serve.store.policy.is_none());
     assert!(text.contains("replicas: 3"));
     let job = args_of("Job");
     let cli = Cli::try_parse_from(std::iter::once("authz-sidecar".to_owned()).chain(job.clone()))

@@ -9,9 +9,9 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use authz_sidecar::config::read_seed;
 use authz_sidecar::model::file::EMBEDDED_DEFAULT;
 use authz_sidecar::server::Sidecar;
+use authz_sidecar::startup::read_seed;
 use common::*;
 
 /// Lays out `dir/policy.yaml -> ..data/policy.yaml`, `..data -> ..vN`, as a ConfigMap volume does.

@@ -10,10 +10,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use authz_sidecar::config::read_seed;
 use authz_sidecar::model::file::EMBEDDED_DEFAULT;
 use authz_sidecar::reload::POLICY_FILE_SERVICE;
 use authz_sidecar::server::{LIVENESS_SERVICE, ServerError, Sidecar};
+use authz_sidecar::startup::read_seed;
 use common::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use authz_sidecar::api::pb::authz_client::AuthzClient;
 use authz_sidecar::api::pb::{self, check_request};
-use authz_sidecar::config::{AdminExposure, Config, EnvoyConfig, Limits, LogFormat};
+use authz_sidecar::config::{AdminExposure, EnvoyConfig, Limits, LogFormat};
 use authz_sidecar::live::Seed;
 use authz_sidecar::model::file::parse_policy;
 use authz_sidecar::server::Sidecar;
+use authz_sidecar::startup::Config;
 use hyper_util::rt::TokioIo;
 use tonic::Request;
 use tonic::transport::{Channel, Endpoint, Uri};

@@ -192,7 +192,7 @@ pub struct Extras {
 /// start and change (one test at a time: [`Stack::lifecycle`] hands out the lock).
 pub struct Lifecycle {
     runtime: &'static tokio::runtime::Runtime,
-    config: authz_sidecar::config::Config,
+    config: authz_sidecar::startup::Config,
     sidecar: Option<Sidecar>,
 }
 
@@ -281,7 +281,7 @@ impl Stack {
                 .expect("runtime"),
         ));
         let launch =
-            |name: &str, policy: &str, tweak: &dyn Fn(&mut authz_sidecar::config::Config)| {
+            |name: &str, policy: &str, tweak: &dyn Fn(&mut authz_sidecar::startup::Config)| {
                 let home = dir.join(name);
                 std::fs::create_dir_all(&home).expect("sidecar dir");
                 let mut config = crate::common::config(&home, policy);
