@@ -12,7 +12,7 @@ use authz_sidecar::model::file::{load_policy_file, load_policy_file_max};
 use authz_sidecar::model::{EncodedSlashes, PathOptions};
 use authz_sidecar::policytest::{junit, load_test_file, run_file};
 use authz_sidecar::server::Sidecar;
-use authz_sidecar::store::{ImportMode, SledStore, Store};
+use authz_sidecar::store::{ImportMode, MutableStore, SledStore};
 use clap::Parser;
 
 /// Exit status for configuration errors (as clap uses for usage errors).
