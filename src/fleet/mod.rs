@@ -2,12 +2,12 @@
 //!
 //! Every sidecar loads the prefix, then watches it from that revision and mirrors each etcd
 //! revision into its local sled store as one transaction, recompiling the snapshot
-//! incrementally (`LivePolicy::apply_mirrored`). The policy revision a sidecar reports is the
+//! incrementally (`live::MirrorSink::apply`). The policy revision a sidecar reports is the
 //! etcd revision it has applied. Admin writes go to etcd in one transaction guarded by the
-//! keys' mod revisions (`EtcdShared`), and answer once the local mirror applied them. With
-//! etcd unreachable a sidecar serves its last mirrored state (also across a restart: it starts
-//! from sled), and resumes the watch from the next revision when etcd comes back, or reloads
-//! the prefix when that revision was compacted away.
+//! keys' mod revisions (`EtcdWriter`, the live policy's writer), and answer once the local
+//! mirror applied them. With etcd unreachable a sidecar serves its last mirrored state (also
+//! across a restart: it starts from sled), and resumes the watch from the next revision when
+//! etcd comes back, or reloads the prefix when that revision was compacted away.
 //!
 //! Key layout under the prefix (values are JSON):
 //!
@@ -575,4 +575,38 @@ pub async fn load_prefix(
             prefix: layout.prefix().to_owned(),
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_statuses_are_classified_once_at_the_wire() {
+        let too_many = FleetError::from_status(tonic::Status::invalid_argument(TOO_MANY_OPS));
+        assert!(
+            matches!(too_many, FleetError::TooManyOps(_)),
+            "{too_many:?}"
+        );
+        assert!(
+            too_many.to_string().ends_with("raise etcd's --max-txn-ops"),
+            "{too_many}"
+        );
+        // Another InvalidArgument, even one that mentions operations, is not the limit.
+        let other = FleetError::from_status(tonic::Status::invalid_argument(
+            "etcdserver: duplicate key given in txn request (too many operations?)",
+        ));
+        assert!(matches!(other, FleetError::Refused(_)), "{other:?}");
+        assert_eq!(
+            other.to_string(),
+            "etcd: InvalidArgument: etcdserver: duplicate key given in txn request (too many operations?)"
+        );
+        let down = FleetError::from_status(tonic::Status::unavailable("connection refused"));
+        assert!(matches!(down, FleetError::Unavailable(_)), "{down:?}");
+        assert_eq!(down.to_string(), "etcd unavailable: connection refused");
+        assert!(
+            std::error::Error::source(&down).is_some(),
+            "the status stays attached"
+        );
+    }
 }
