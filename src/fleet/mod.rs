@@ -135,12 +135,12 @@ pub enum FleetError {
     #[error("fleet task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// A stored value does not decode.
-    #[error("etcd key {key} does not decode: {detail}")]
+    #[error("etcd key {key} does not decode: {source}")]
     Corrupt {
         /// The key.
         key: String,
-        /// Decoder message.
-        detail: String,
+        /// What the decoder found.
+        source: serde_json::Error,
     },
     /// The prefix holds no policy yet.
     #[error(
@@ -255,9 +255,9 @@ impl Layout {
             return Ok(Entry::Unknown);
         };
         fn parse<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, FleetError> {
-            serde_json::from_slice(v).map_err(|e| FleetError::Corrupt {
+            serde_json::from_slice(v).map_err(|source| FleetError::Corrupt {
                 key: key.to_owned(),
-                detail: e.to_string(),
+                source,
             })
         }
         let entity = match (rest, value) {

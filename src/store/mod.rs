@@ -143,11 +143,19 @@ pub enum StoreError {
         source: sled::Error,
     },
     /// Stored bytes do not decode.
-    #[error("data store is corrupt: {what}: {detail}")]
-    Corrupt {
+    #[error("data store is corrupt: {what}: {source}")]
+    Undecodable {
         /// Which record.
         what: String,
-        /// Decoder message.
+        /// What the decoder found.
+        source: serde_json::Error,
+    },
+    /// The data dir's files or records are damaged in a way that is not a decoding error.
+    #[error("data store is corrupt: {what}: {detail}")]
+    Corrupt {
+        /// Which record or file.
+        what: String,
+        /// What is wrong with it.
         detail: String,
     },
     /// The data was written by another format version.

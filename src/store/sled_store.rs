@@ -72,9 +72,9 @@ fn backend(e: sled::Error) -> StoreError {
 use crate::model::to_json_bytes as encode;
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Undecodable {
         what: what.to_owned(),
-        detail: e.to_string(),
+        source,
     })
 }
 
@@ -566,10 +566,11 @@ impl Store for SledStore {
             let (key, value) = item.map_err(backend)?;
             // Decoded without naming the key first: a million subjects stream through here at
             // start-up, and the name is needed only for an error.
-            let subject = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                what: format!("subjects/{}", String::from_utf8_lossy(&key)),
-                detail: e.to_string(),
-            })?;
+            let subject =
+                serde_json::from_slice(&value).map_err(|source| StoreError::Undecodable {
+                    what: format!("subjects/{}", String::from_utf8_lossy(&key)),
+                    source,
+                })?;
             visit(subject)?;
         }
         Ok(())
