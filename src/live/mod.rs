@@ -306,3 +306,117 @@ impl LivePolicy {
         Ok((out, revision))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::file::{EMBEDDED_DEFAULT, parse_policy};
+    use crate::store::{MirrorOrigin, SledStore};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A writer that decides every write and commits none, counting what it was asked.
+    #[derive(Default)]
+    struct Refusing {
+        writes: AtomicUsize,
+        reloads: AtomicUsize,
+    }
+
+    impl PolicyWriter for Refusing {
+        fn write(&self, live: Arc<LiveState>, mut intent: WriteIntent) -> WriteFuture {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                live.decide(&mut intent.decide)?;
+                Err(Unavailable::KeptChanging.into())
+            })
+        }
+
+        fn reload(
+            &self,
+            _live: &Arc<LiveState>,
+            _file: &Policy,
+            _digest: &str,
+        ) -> Result<Option<u64>, ReloadError> {
+            self.reloads.fetch_add(1, Ordering::SeqCst);
+            Err(ReloadError::NotFromFile)
+        }
+
+        fn min_revision_wait(&self) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    #[tokio::test]
+    async fn every_write_goes_to_the_writer_it_was_built_with() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let policy = parse_policy("p.yaml", EMBEDDED_DEFAULT).expect("valid");
+        let origin = MirrorOrigin {
+            cluster_id: 1,
+            prefix: "/authz/".into(),
+        };
+        let writer = Arc::new(Refusing::default());
+        let (live, _sink) = LivePolicy::open_loaded(
+            Arc::clone(&store),
+            &policy,
+            40,
+            &origin,
+            None,
+            Arc::clone(&writer) as Arc<dyn PolicyWriter>,
+        )
+        .expect("opens");
+        let subject = Subject {
+            id: "newcomer".into(),
+            subject_type: "app".into(),
+            roles: vec!["app-dispatcher".into()],
+            ..Subject::default()
+        };
+        let refused = live.put_subject("ops", subject, 0).await;
+        assert!(
+            matches!(
+                refused,
+                Err(WriteError::Unavailable(Unavailable::KeptChanging))
+            ),
+            "{refused:?}"
+        );
+        let deleted = live.delete_subject("ops", "dispatcher", 0).await;
+        assert!(deleted.is_err(), "the writer refused it too");
+        assert_eq!(writer.writes.load(Ordering::SeqCst), 2);
+        assert!(live.reload(&policy, "digest").is_err());
+        assert_eq!(writer.reloads.load(Ordering::SeqCst), 1);
+        // Nothing reached the local store or the published state behind the writer's back.
+        assert_eq!(live.revision(), 40);
+        assert_eq!(
+            store.load_head().expect("head").expect("stored").revision,
+            40
+        );
+        assert!(store.subject("newcomer").expect("read").is_none());
+        assert!(store.subject("dispatcher").expect("read").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_local_write_is_stale_against_another_revision_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let seed = Seed {
+            policy: parse_policy("p.yaml", EMBEDDED_DEFAULT).expect("valid"),
+            digest: "p".into(),
+            reloadable: false,
+        };
+        let (live, _) = LivePolicy::open(Arc::clone(&store), &seed, None).expect("opens");
+        let revision = live.revision();
+        let stale = live.delete_subject("ops", "dispatcher", revision + 1).await;
+        assert!(
+            matches!(stale, Err(WriteError::Stale { expected, current })
+                if expected == revision + 1 && current == revision),
+            "{stale:?}"
+        );
+        assert_eq!(live.revision(), revision);
+        let deleted = live
+            .delete_subject("ops", "dispatcher", revision)
+            .await
+            .expect("deleted at the current revision");
+        assert_eq!(deleted, revision + 1);
+        assert_eq!(live.revision(), deleted, "published before the answer");
+        assert!(store.subject("dispatcher").expect("read").is_none());
+    }
+}
