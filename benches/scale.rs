@@ -14,7 +14,7 @@ use authz_sidecar::engine::{Action, Request};
 use authz_sidecar::live::{LivePolicy, Seed};
 use authz_sidecar::model::file::{EMBEDDED_DEFAULT, parse_policy};
 use authz_sidecar::model::{Grant, PermissionChange, Subject};
-use authz_sidecar::store::{ImportMode, SledStore, Store};
+use authz_sidecar::store::{ImportMode, MutableStore, SledStore};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -165,13 +165,18 @@ fn main() {
 /// Child process: opens `data` like a restarted sidecar and prints the write rows.
 fn time_writes(data: &std::path::Path) {
     // How long until a write is visible to Check, fsync included.
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(data).expect("open"));
+    let store = Arc::new(SledStore::open(data).expect("open"));
     let seed = Seed {
         policy: parse_policy("example", EMBEDDED_DEFAULT).expect("example"),
         digest: "bench".into(),
         reloadable: false,
     };
     let (live, _) = LivePolicy::open(store, &seed, None).expect("open");
+    // Admin writes are async; these run one at a time on a runtime of their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let visible = |subject: &str, permission: &str| {
         live.current()
             .snapshot
@@ -188,17 +193,18 @@ fn time_writes(data: &std::path::Path) {
     for i in 0..200 + WARM_WRITES {
         let id = format!("new-{i}");
         let t = Instant::now();
-        live.put_subject(
-            "bench",
-            Subject {
-                id: id.clone(),
-                subject_type: "app".into(),
-                roles: vec!["app-dispatcher".into()],
-                ..Subject::default()
-            },
-            0,
-        )
-        .expect("put");
+        runtime
+            .block_on(live.put_subject(
+                "bench",
+                Subject {
+                    id: id.clone(),
+                    subject_type: "app".into(),
+                    roles: vec!["app-dispatcher".into()],
+                    ..Subject::default()
+                },
+                0,
+            ))
+            .expect("put");
         assert!(visible(&id, "alarms:write"));
         subject_writes.push(t.elapsed());
     }
@@ -217,8 +223,8 @@ fn time_writes(data: &std::path::Path) {
             projects: vec![],
         });
         let t = Instant::now();
-        let (outcome, _) = live
-            .update_permission("bench", "app-compliance", &change, 0)
+        let (outcome, _) = runtime
+            .block_on(live.update_permission("bench", "app-compliance", &change, 0))
             .expect("update");
         let _ = outcome;
         assert_eq!(visible("compliance", "devices:write"), enabled);

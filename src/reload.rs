@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::auth::token_sha256_hex;
-use crate::live::LivePolicy;
+use crate::live::{LivePolicy, ReloadError};
 use crate::metrics::Metrics;
-use crate::model::file::read_policy_text_max;
+use crate::model::file::{PolicyFileError, read_policy_text_max};
 use crate::startup::seed_from_text;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -122,21 +122,18 @@ pub async fn watch_policy_file(
         let outcome = tokio::task::spawn_blocking(move || -> Polled {
             let (name, text) = match read_policy_text_max(&file, max_bytes) {
                 Ok(read) => read,
-                Err(e) => return Polled::Failed(None, e.to_string()),
+                Err(e) => return Polled::Failed(None, e.into()),
             };
             let digest = token_sha256_hex(&text);
             if seen.as_deref() == Some(digest.as_str()) {
                 return Polled::Unchanged;
             }
             let result = seed_from_text(&name, &text)
-                .map_err(|e| e.to_string())
-                .and_then(|seed| {
-                    live.reload(&seed.policy, &digest)
-                        .map_err(|e| e.to_string())
-                });
+                .map_err(PollError::from)
+                .and_then(|seed| Ok(live.reload(&seed.policy, &digest)?));
             match result {
                 Ok(revision) => Polled::Handled(digest, revision),
-                Err(message) => Polled::Failed(Some(digest), message),
+                Err(e) => Polled::Failed(Some(digest), e),
             }
         })
         .await;
@@ -157,9 +154,9 @@ pub async fn watch_policy_file(
                     .await;
             }
             Ok(Polled::Unchanged) => {}
-            Ok(Polled::Failed(digest, message)) => {
+            Ok(Polled::Failed(digest, error)) => {
                 // An unreadable file is reported on every poll; a bad text once, until it changes.
-                report_refused(&path, &message, &stats, &metrics, &health).await;
+                report_refused(&path, &error.to_string(), &stats, &metrics, &health).await;
                 last_seen = digest;
             }
             Err(e) => {
@@ -178,5 +175,16 @@ enum Polled {
     /// New text, applied (`Some` revision) or already the stored one (`None`).
     Handled(String, Option<u64>),
     /// Unreadable (no digest) or refused.
-    Failed(Option<String>, String),
+    Failed(Option<String>, PollError),
+}
+
+/// Why a poll did not apply the file.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    /// Unreadable, or not a valid policy.
+    #[error(transparent)]
+    File(#[from] PolicyFileError),
+    /// Valid, but refused by the reload rule or the store.
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
 }

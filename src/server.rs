@@ -65,6 +65,9 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A start-up task ended without an answer (it panicked or was cancelled).
+    #[error("start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// Fleet mode: etcd or the mirrored policy failed.
     #[error("fleet: {0}")]
     Fleet(#[from] FleetError),
@@ -205,10 +208,8 @@ impl Sidecar {
         // pod's memory limit leaves no room for a second copy.
         let seed = std::mem::replace(&mut config.seed, Seed::empty());
         let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))??;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store =
+            Arc::new(tokio::task::spawn_blocking(move || SledStore::open(&data_dir)).await??);
 
         let tcp = bind_tcp(config.listen).await?;
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
@@ -511,7 +512,7 @@ impl Sidecar {
                 let opened =
                     fleet::open_live(store, fleet_config, config.admin_token.clone(), &client)
                         .await;
-                let (live, how) = match opened {
+                let (live, sink, how) = match opened {
                     Ok(ok) => ok,
                     Err(e) => {
                         let _ = shutdown.send(true);
@@ -525,7 +526,7 @@ impl Sidecar {
                 let mirror = Mirror {
                     client,
                     layout: fleet::Layout::new(&fleet_config.etcd.prefix),
-                    live: Arc::clone(&live),
+                    sink,
                     status: Arc::clone(&status),
                     metrics: Arc::clone(&metrics),
                 };
@@ -635,7 +636,7 @@ impl Sidecar {
     async fn open_embedded(
         config: &Config,
         seed: Seed,
-        store: Arc<dyn Store>,
+        store: Arc<SledStore>,
         refused: &mut Option<Vec<String>>,
     ) -> Result<(LivePolicy, u64), ServerError> {
         let token = config.admin_token.clone();
@@ -655,9 +656,7 @@ impl Sidecar {
         // 1 MiB file). The listeners run on the workers meanwhile.
         let opened = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(open)?,
-            _ => tokio::task::spawn_blocking(open)
-                .await
-                .map_err(|e| StoreError::Backend(e.to_string()))??,
+            _ => tokio::task::spawn_blocking(open).await??,
         };
         let (live, opened) = opened;
         let revision = match opened {

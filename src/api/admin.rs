@@ -42,8 +42,10 @@ impl AuthzService {
         };
         let role = r.role.clone();
         let expected = r.expected_revision;
-        let (outcome, revision) =
-            blocking(move || live.update_permission(&admin.name, &role, &change, expected)).await?;
+        let (outcome, revision) = live
+            .update_permission(&admin.name, &role, &change, expected)
+            .await
+            .map_err(from_write)?;
         let live = self.state.live()?;
         let published = live.current();
         self.state.metrics.admin_change("update_permission");
@@ -75,9 +77,10 @@ impl AuthzService {
         if !r.subject.is_empty() {
             bounded("subject", &r.subject, MAX_NAME_BYTES)?;
             let id = r.subject.clone();
-            let (approved, revision) =
-                blocking(move || live.approve_subject(&admin.name, &id, r.expected_revision))
-                    .await?;
+            let (approved, revision) = live
+                .approve_subject(&admin.name, &id, r.expected_revision)
+                .await
+                .map_err(from_write)?;
             self.state.metrics.admin_change("approve_pending");
             tracing::info!(subject = %r.subject, revision, "pending subject change approved");
             return Ok(Response::new(pb::ApprovePendingResponse {
@@ -87,8 +90,10 @@ impl AuthzService {
             }));
         }
         let role = r.role.clone();
-        let (approved, revision) =
-            blocking(move || live.approve_pending(&admin.name, &role, r.expected_revision)).await?;
+        let (approved, revision) = live
+            .approve_pending(&admin.name, &role, r.expected_revision)
+            .await
+            .map_err(from_write)?;
         let live = self.state.live()?;
         let published = live.current();
         self.state.metrics.admin_change("approve_pending");
@@ -107,8 +112,10 @@ impl AuthzService {
         let Admitted { live, admin } = Admitted::take(&mut request)?;
         let r = request.into_inner();
         let subject = subject_from_pb(r.subject)?;
-        let (outcome, revision) =
-            blocking(move || live.put_subject(&admin.name, subject, r.expected_revision)).await?;
+        let (outcome, revision) = live
+            .put_subject(&admin.name, subject, r.expected_revision)
+            .await
+            .map_err(from_write)?;
         self.state.metrics.admin_change("put_subject");
         tracing::info!(
             subject = %outcome.subject.id,
@@ -133,8 +140,10 @@ impl AuthzService {
             return Err(invalid("id", "subject id is empty"));
         }
         let id = r.id.clone();
-        let revision =
-            blocking(move || live.delete_subject(&admin.name, &id, r.expected_revision)).await?;
+        let revision = live
+            .delete_subject(&admin.name, &id, r.expected_revision)
+            .await
+            .map_err(from_write)?;
         self.state.metrics.admin_change("delete_subject");
         tracing::info!(subject = %r.id, revision, "subject deleted");
         Ok(Response::new(pb::DeleteSubjectResponse { revision }))

@@ -31,7 +31,7 @@ pub fn from_write(e: WriteError) -> Status {
         }
         WriteError::NotFound(_) => Status::not_found(e.to_string()),
         // Store failures are ours, not the caller's: nothing was written.
-        WriteError::Store(_) => Status::internal(e.to_string()),
+        WriteError::Store(_) | WriteError::Task(_) => Status::internal(e.to_string()),
         WriteError::Unavailable(_) => Status::unavailable(e.to_string()),
     }
 }

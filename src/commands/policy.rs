@@ -8,7 +8,7 @@ use crate::config::{EtcdArgs, Source, source};
 use crate::fleet;
 use crate::model::file::load_policy_file_max;
 use crate::startup::{etcd_config, read_seed_max};
-use crate::store::{ImportMode, SledStore, Store};
+use crate::store::{ImportMode, MutableStore, SledStore};
 
 /// `authz-sidecar validate`: every problem of a policy file, with its line.
 pub(super) fn validate(file: &Path, max_bytes: u64) -> ExitCode {

@@ -102,7 +102,10 @@ pub struct PrefixRead {
 
 fn endpoint(url: &str, config: &EtcdConfig) -> Result<Endpoint, FleetError> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| FleetError::Config(format!("etcd endpoint `{url}`: {e}")))?
+        .map_err(|source| FleetError::Endpoint {
+            url: url.to_owned(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -116,9 +119,10 @@ fn endpoint(url: &str, config: &EtcdConfig) -> Result<Endpoint, FleetError> {
         if let Some((cert, key)) = &config.client_identity {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| FleetError::Config(format!("etcd TLS for `{url}`: {e}")))?;
+        endpoint = endpoint.tls_config(tls).map_err(|source| FleetError::Tls {
+            url: url.to_owned(),
+            source,
+        })?;
     }
     Ok(endpoint)
 }
@@ -164,7 +168,7 @@ impl EtcdClient {
             .await
             .map_err(FleetError::from_status)?;
         let value = AsciiMetadataValue::try_from(response.into_inner().token)
-            .map_err(|_| FleetError::Etcd("etcd returned a malformed auth token".into()))?;
+            .map_err(FleetError::MalformedToken)?;
         *self
             .token
             .token
@@ -191,10 +195,10 @@ impl EtcdClient {
             self.authenticate().await?;
         }
         match call().await {
+            // etcd answers an expired or revoked token with `Unauthenticated`
+            // (`ErrGRPCInvalidAuthToken`).
             Err(status)
-                if self.credentials.is_some()
-                    && (status.code() == tonic::Code::Unauthenticated
-                        || status.message().contains("invalid auth token")) =>
+                if self.credentials.is_some() && status.code() == tonic::Code::Unauthenticated =>
             {
                 self.authenticate().await?;
                 call().await.map_err(FleetError::from_status)
@@ -293,23 +297,24 @@ impl EtcdClient {
         if self.credentials.is_some() && !self.has_token() {
             self.authenticate().await?;
         }
-        for attempt in 0..2 {
+        let mut authenticated_again = false;
+        loop {
             let (tx, rx) = mpsc::channel(4);
             tx.send(create.clone())
                 .await
-                .map_err(|_| FleetError::Etcd("watch request channel closed".into()))?;
+                .map_err(|_| FleetError::WatchClosed)?;
             match self.watch.clone().watch(ReceiverStream::new(rx)).await {
                 Ok(stream) => return Ok((tx, stream.into_inner())),
                 Err(status)
-                    if attempt == 0
+                    if !authenticated_again
                         && self.credentials.is_some()
                         && status.code() == tonic::Code::Unauthenticated =>
                 {
+                    authenticated_again = true;
                     self.authenticate().await?;
                 }
                 Err(status) => return Err(FleetError::from_status(status)),
             }
         }
-        Err(FleetError::Etcd("watch could not be opened".into()))
     }
 }

@@ -9,7 +9,7 @@ use tonic_health::server::HealthReporter;
 
 use super::etcd::pb::mvccpb::event::EventType;
 use super::{Entry, EtcdClient, FleetError, FleetStatus, Layout, load_prefix};
-use crate::live::LivePolicy;
+use crate::live::MirrorSink;
 use crate::metrics::Metrics;
 use crate::store::MirrorBatch;
 
@@ -19,8 +19,8 @@ pub struct Mirror {
     pub client: EtcdClient,
     /// Key layout.
     pub layout: Layout,
-    /// The policy it feeds.
-    pub live: Arc<LivePolicy>,
+    /// The live policy it feeds.
+    pub sink: MirrorSink,
     /// Connection state, for staleness.
     pub status: Arc<FleetStatus>,
     /// Mirror counters.
@@ -59,7 +59,7 @@ impl Mirror {
                     self.metrics.fleet_watch_error();
                     tracing::warn!(
                         error = %e,
-                        revision = self.live.revision(),
+                        revision = self.sink.revision(),
                         lag_seconds = self.status.staleness().as_secs_f64(),
                         "fleet: etcd watch interrupted; serving the last mirrored policy and retrying"
                     );
@@ -75,10 +75,8 @@ impl Mirror {
 
     async fn reload(&self) -> Result<(), FleetError> {
         let (policy, revision, origin) = load_prefix(&self.client, &self.layout).await?;
-        let live = Arc::clone(&self.live);
-        tokio::task::spawn_blocking(move || live.replace_mirrored(&policy, revision, &origin))
-            .await
-            .map_err(|e| FleetError::Etcd(e.to_string()))??;
+        let sink = self.sink.clone();
+        tokio::task::spawn_blocking(move || sink.replace(&policy, revision, &origin)).await??;
         self.metrics.fleet_reload();
         tracing::info!(revision, "fleet: reloaded the whole policy from etcd");
         Ok(())
@@ -88,7 +86,7 @@ impl Mirror {
         if reload {
             self.reload().await.map_err(|e| (e, true))?;
         }
-        let start = self.live.revision() + 1;
+        let start = self.sink.revision() + 1;
         let (_requests, mut stream) = self
             .client
             .watch_prefix(self.layout.prefix().as_bytes(), start)
@@ -98,7 +96,7 @@ impl Mirror {
             let response = match stream.message().await {
                 Ok(Some(response)) => response,
                 Ok(None) => {
-                    return Err((FleetError::Unavailable("watch stream ended".into()), false));
+                    return Err((FleetError::WatchEnded, false));
                 }
                 Err(status) => return Err((FleetError::from_status(status), false)),
             };
@@ -111,14 +109,11 @@ impl Mirror {
                 return Ok(Ended::Reload);
             }
             if response.canceled {
-                return Err((
-                    FleetError::Etcd(format!("watch canceled: {}", response.cancel_reason)),
-                    false,
-                ));
+                return Err((FleetError::WatchCanceled(response.cancel_reason), false));
             }
             if response.created {
                 let cluster_id = response.header.as_ref().map_or(0, |h| h.cluster_id);
-                let origin = self.live.mirror_origin().ok().flatten();
+                let origin = self.sink.origin().ok().flatten();
                 if origin.is_some_and(|o| o.cluster_id != 0 && o.cluster_id != cluster_id) {
                     tracing::warn!(
                         cluster_id,
@@ -171,10 +166,8 @@ impl Mirror {
         for batch in batches {
             let events = batch.changes.len() as u64;
             let started = Instant::now();
-            let live = Arc::clone(&self.live);
-            let applied = tokio::task::spawn_blocking(move || live.apply_mirrored(&batch))
-                .await
-                .map_err(|e| FleetError::Etcd(e.to_string()))??;
+            let sink = self.sink.clone();
+            let applied = tokio::task::spawn_blocking(move || sink.apply(&batch)).await??;
             if applied {
                 self.metrics.fleet_applied(events, started.elapsed());
             }

@@ -2,12 +2,12 @@
 //!
 //! Every sidecar loads the prefix, then watches it from that revision and mirrors each etcd
 //! revision into its local sled store as one transaction, recompiling the snapshot
-//! incrementally (`LivePolicy::apply_mirrored`). The policy revision a sidecar reports is the
+//! incrementally (`live::MirrorSink::apply`). The policy revision a sidecar reports is the
 //! etcd revision it has applied. Admin writes go to etcd in one transaction guarded by the
-//! keys' mod revisions (`EtcdShared`), and answer once the local mirror applied them. With
-//! etcd unreachable a sidecar serves its last mirrored state (also across a restart: it starts
-//! from sled), and resumes the watch from the next revision when etcd comes back, or reloads
-//! the prefix when that revision was compacted away.
+//! keys' mod revisions (`EtcdWriter`, the live policy's writer), and answer once the local
+//! mirror applied them. With etcd unreachable a sidecar serves its last mirrored state (also
+//! across a restart: it starts from sled), and resumes the watch from the next revision when
+//! etcd comes back, or reloads the prefix when that revision was compacted away.
 //!
 //! Key layout under the prefix (values are JSON):
 //!
@@ -21,6 +21,7 @@
 
 pub mod etcd;
 mod mirror;
+mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,13 +31,14 @@ use serde::{Deserialize, Serialize};
 
 pub use etcd::EtcdClient;
 pub use mirror::{Mirror, watch_staleness};
+pub use writer::EtcdWriter;
 
-use crate::live::{FleetHooks, LivePolicy, MirrorError, SharedError, SharedSource, SharedWrite};
+use crate::live::{LivePolicy, MirrorError, MirrorSink};
 use crate::model::{self, Admin, Policy, Role, Subject};
-use crate::store::{Change, MirrorOrigin, Mirrored, PolicyHead, Store};
+use crate::store::{MirrorOrigin, MirrorStore, Mirrored, PolicyHead};
 use etcd::pb::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare,
-    request_op, response_op,
+    request_op,
 };
 use etcd::pb::mvccpb::KeyValue;
 
@@ -88,22 +90,57 @@ pub struct FleetConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FleetError {
-    /// A setting is unusable.
-    #[error("{0}")]
-    Config(String),
+    /// An etcd endpoint URL is unusable.
+    #[error("etcd endpoint `{url}`: {source}")]
+    Endpoint {
+        /// The URL as given.
+        url: String,
+        /// Why it is refused.
+        source: tonic::transport::Error,
+    },
+    /// The TLS settings of an `https` endpoint are unusable.
+    #[error("etcd TLS for `{url}`: {source}")]
+    Tls {
+        /// The URL as given.
+        url: String,
+        /// Why they are refused.
+        source: tonic::transport::Error,
+    },
     /// etcd cannot be reached.
-    #[error("etcd unavailable: {0}")]
-    Unavailable(String),
+    #[error("etcd unavailable: {}", .0.message())]
+    Unavailable(#[source] tonic::Status),
+    /// The watch stream ended without an error.
+    #[error("etcd unavailable: watch stream ended")]
+    WatchEnded,
     /// etcd refused a call.
-    #[error("etcd: {0}")]
-    Etcd(String),
+    #[error("etcd: {:?}: {}", .0.code(), .0.message())]
+    Refused(#[source] tonic::Status),
+    /// A transaction holds more operations than etcd's `--max-txn-ops`.
+    #[error(
+        "etcd: {:?}: {}: the policy needs more operations than etcd allows in one transaction; raise etcd's --max-txn-ops",
+        .0.code(),
+        .0.message()
+    )]
+    TooManyOps(#[source] tonic::Status),
+    /// etcd canceled the watch.
+    #[error("etcd: watch canceled: {0}")]
+    WatchCanceled(String),
+    /// The auth token etcd returned cannot be sent as metadata.
+    #[error("etcd: etcd returned a malformed auth token")]
+    MalformedToken(#[source] tonic::metadata::errors::InvalidMetadataValue),
+    /// The watch request could not be sent.
+    #[error("etcd: watch request channel closed")]
+    WatchClosed,
+    /// A blocking task of the mirror ended without an answer (it panicked or was cancelled).
+    #[error("fleet task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// A stored value does not decode.
-    #[error("etcd key {key} does not decode: {detail}")]
+    #[error("etcd key {key} does not decode: {source}")]
     Corrupt {
         /// The key.
         key: String,
-        /// Decoder message.
-        detail: String,
+        /// What the decoder found.
+        source: serde_json::Error,
     },
     /// The prefix holds no policy yet.
     #[error(
@@ -118,15 +155,23 @@ pub enum FleetError {
     Raced,
 }
 
+/// etcd's `ErrGRPCTooManyOps` (`api/v3rpc/rpctypes`): etcd tells its `InvalidArgument` errors
+/// apart only by these fixed messages, and its own client maps them back to typed errors the
+/// same way, here, once, at the wire.
+const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+
 impl FleetError {
     /// Classifies a gRPC status from etcd.
     pub fn from_status(status: tonic::Status) -> FleetError {
         use tonic::Code;
         match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                FleetError::Unavailable(status.message().to_owned())
+                FleetError::Unavailable(status)
             }
-            code => FleetError::Etcd(format!("{code:?}: {}", status.message())),
+            Code::InvalidArgument if status.message() == TOO_MANY_OPS => {
+                FleetError::TooManyOps(status)
+            }
+            _ => FleetError::Refused(status),
         }
     }
 }
@@ -210,9 +255,9 @@ impl Layout {
             return Ok(Entry::Unknown);
         };
         fn parse<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, FleetError> {
-            serde_json::from_slice(v).map_err(|e| FleetError::Corrupt {
+            serde_json::from_slice(v).map_err(|source| FleetError::Corrupt {
                 key: key.to_owned(),
-                detail: e.to_string(),
+                source,
             })
         }
         let entity = match (rest, value) {
@@ -390,12 +435,7 @@ pub async fn import_policy(
         success: ops,
         failure: Vec::new(),
     };
-    let response = client.txn(txn).await.map_err(|e| match e {
-        FleetError::Etcd(m) if m.contains("too many operations") => FleetError::Etcd(format!(
-            "{m}: the policy needs more operations than etcd allows in one transaction; raise etcd's --max-txn-ops"
-        )),
-        other => other,
-    })?;
+    let response = client.txn(txn).await?;
     if !response.succeeded {
         return Err(FleetError::Raced);
     }
@@ -403,97 +443,6 @@ pub async fn import_policy(
         .header
         .map(|h| h.revision.max(0) as u64)
         .unwrap_or(0))
-}
-
-/// Admin writes through etcd (the [`SharedSource`] of a fleet sidecar).
-pub struct EtcdShared {
-    client: EtcdClient,
-    layout: Layout,
-    runtime: tokio::runtime::Handle,
-}
-
-impl EtcdShared {
-    /// Writes through `client`, blocking on `runtime` (called from its blocking pool).
-    pub fn new(client: EtcdClient, layout: Layout, runtime: tokio::runtime::Handle) -> EtcdShared {
-        EtcdShared {
-            client,
-            layout,
-            runtime,
-        }
-    }
-
-    fn txn_for(&self, write: &SharedWrite) -> (TxnRequest, Vec<u8>) {
-        let (key, value, target) = match &write.change {
-            Change::PutRole(r) => (
-                self.layout.role(&r.name),
-                Some(to_json(r)),
-                write.change.target(),
-            ),
-            Change::PutSubject(s) => (
-                self.layout.subject(&s.id),
-                Some(to_json(s)),
-                write.change.target(),
-            ),
-            Change::DeleteSubject(id) => (self.layout.subject(id), None, write.change.target()),
-        };
-        let below = write.unchanged_since + 1;
-        let mut depends = vec![key.clone(), self.layout.head()];
-        if let Some(base) = &write.base_role {
-            depends.push(self.layout.role(base));
-        }
-        let mut compare: Vec<Compare> = depends
-            .iter()
-            .map(|k| modified_before(k.clone(), Vec::new(), below))
-            .collect();
-        let op = match value {
-            Some(v) => put(key.clone(), v),
-            None => {
-                compare.push(exists(key.clone()));
-                delete(key.clone())
-            }
-        };
-        let note = AuditNote {
-            actor: write.actor.clone(),
-            action: write.action.clone(),
-            target,
-        };
-        let txn = TxnRequest {
-            compare,
-            success: vec![op, put(self.layout.audit(), to_json(&note))],
-            failure: depends.into_iter().map(get).collect(),
-        };
-        (txn, key)
-    }
-}
-
-impl SharedSource for EtcdShared {
-    fn commit(&self, write: &SharedWrite) -> Result<u64, SharedError> {
-        let (txn, key) = self.txn_for(write);
-        let response = self
-            .runtime
-            .block_on(self.client.txn(txn))
-            .map_err(|e| SharedError::Unavailable(e.to_string()))?;
-        if response.succeeded {
-            return Ok(response
-                .header
-                .map(|h| h.revision.max(0) as u64)
-                .unwrap_or(0));
-        }
-        let mut modified_at = 0u64;
-        let mut key_exists = false;
-        for op in &response.responses {
-            if let Some(response_op::Response::ResponseRange(range)) = &op.response {
-                for kv in &range.kvs {
-                    modified_at = modified_at.max(kv.mod_revision.max(0) as u64);
-                    key_exists |= kv.key == key;
-                }
-            }
-        }
-        if matches!(write.change, Change::DeleteSubject(_)) && !key_exists {
-            return Err(SharedError::Missing(write.change.target()));
-        }
-        Err(SharedError::Conflict { modified_at })
-    }
 }
 
 /// How far behind etcd the local mirror may be.
@@ -550,27 +499,33 @@ impl FleetStatus {
 
 /// A fleet sidecar's policy: from its sled mirror when it holds one (served even while etcd is
 /// down), else a full load of the prefix (retried until etcd answers and holds a policy).
-/// Admin writes are switched to etcd.
-pub async fn open_live(
-    store: Arc<dyn Store>,
+/// Admin writes go to etcd ([`EtcdWriter`]); the [`MirrorSink`] takes what the watch reads.
+pub async fn open_live<S: MirrorStore>(
+    store: Arc<S>,
     config: &FleetConfig,
     bootstrap_token: Option<String>,
     client: &EtcdClient,
-) -> Result<(Arc<LivePolicy>, &'static str), FleetError> {
+) -> Result<(Arc<LivePolicy>, MirrorSink, &'static str), FleetError> {
     let layout = Layout::new(&config.etcd.prefix);
+    let writer = Arc::new(EtcdWriter::new(
+        client.clone(),
+        layout.clone(),
+        config.min_revision_wait,
+        APPLY_WAIT,
+    ));
     let prefix = config.etcd.prefix.clone();
     let token = bootstrap_token.clone();
     let from_sled = {
         let store = Arc::clone(&store);
+        let writer = Arc::clone(&writer) as _;
         tokio::task::spawn_blocking(move || {
-            LivePolicy::open_mirror(store, &prefix, token.as_deref())
+            LivePolicy::open_mirror(store, &prefix, token.as_deref(), writer)
         })
-        .await
-        .map_err(|e| FleetError::Etcd(e.to_string()))?
+        .await?
         .map_err(|e| FleetError::Mirror(MirrorError::Open(e)))?
     };
-    let (live, how) = match from_sled {
-        Some(live) => (live, "local mirror"),
+    let ((live, sink), how) = match from_sled {
+        Some(opened) => (opened, "local mirror"),
         None => {
             let mut delay = Duration::from_millis(200);
             loop {
@@ -578,18 +533,19 @@ pub async fn open_live(
                     Ok((policy, revision, origin)) => {
                         let store = Arc::clone(&store);
                         let token = bootstrap_token.clone();
-                        let live = tokio::task::spawn_blocking(move || {
+                        let writer = Arc::clone(&writer) as _;
+                        let opened = tokio::task::spawn_blocking(move || {
                             LivePolicy::open_loaded(
                                 store,
                                 &policy,
                                 revision,
                                 &origin,
                                 token.as_deref(),
+                                writer,
                             )
                         })
-                        .await
-                        .map_err(|e| FleetError::Etcd(e.to_string()))??;
-                        break (live, "etcd");
+                        .await??;
+                        break (opened, "etcd");
                     }
                     Err(e @ (FleetError::Unavailable(_) | FleetError::NoPolicy(_))) => {
                         tracing::warn!(error = %e, "fleet: waiting for the policy in etcd before serving");
@@ -601,16 +557,7 @@ pub async fn open_live(
             }
         }
     };
-    live.enable_fleet(FleetHooks {
-        shared: Arc::new(EtcdShared::new(
-            client.clone(),
-            layout,
-            tokio::runtime::Handle::current(),
-        )),
-        min_revision_wait: config.min_revision_wait,
-        apply_wait: APPLY_WAIT,
-    });
-    Ok((Arc::new(live), how))
+    Ok((Arc::new(live), sink, how))
 }
 
 /// A full read of the prefix as a policy, its revision and origin.
@@ -628,4 +575,38 @@ pub async fn load_prefix(
             prefix: layout.prefix().to_owned(),
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_statuses_are_classified_once_at_the_wire() {
+        let too_many = FleetError::from_status(tonic::Status::invalid_argument(TOO_MANY_OPS));
+        assert!(
+            matches!(too_many, FleetError::TooManyOps(_)),
+            "{too_many:?}"
+        );
+        assert!(
+            too_many.to_string().ends_with("raise etcd's --max-txn-ops"),
+            "{too_many}"
+        );
+        // Another InvalidArgument, even one that mentions operations, is not the limit.
+        let other = FleetError::from_status(tonic::Status::invalid_argument(
+            "etcdserver: duplicate key given in txn request (too many operations?)",
+        ));
+        assert!(matches!(other, FleetError::Refused(_)), "{other:?}");
+        assert_eq!(
+            other.to_string(),
+            "etcd: InvalidArgument: etcdserver: duplicate key given in txn request (too many operations?)"
+        );
+        let down = FleetError::from_status(tonic::Status::unavailable("connection refused"));
+        assert!(matches!(down, FleetError::Unavailable(_)), "{down:?}");
+        assert_eq!(down.to_string(), "etcd unavailable: connection refused");
+        assert!(
+            std::error::Error::source(&down).is_some(),
+            "the status stays attached"
+        );
+    }
 }

@@ -149,7 +149,7 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
         fail(vec![problem(
             load_error_position(&e),
             None,
-            strip_position(&e.to_string()),
+            load_error_message(&e),
         )])
     })?;
     let serde_problem = |e: marked_yaml::FromNodeError| {
@@ -198,8 +198,13 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, PolicyFileError> {
     if let Err(errors) = validate(&policy) {
         let tree = match kept {
             Some(tree) => tree,
-            None => marked_yaml::parse_yaml_with_options(0, text, options())
-                .map_err(|e| fail(vec![problem(load_error_position(&e), None, e.to_string())]))?,
+            None => marked_yaml::parse_yaml_with_options(0, text, options()).map_err(|e| {
+                fail(vec![problem(
+                    load_error_position(&e),
+                    None,
+                    load_error_message(&e),
+                )])
+            })?,
         };
         let hints = Hints::of(&policy);
         problems.extend(errors.into_iter().map(|err| {
@@ -297,13 +302,19 @@ fn load_error_position(e: &marked_yaml::LoadError) -> (Option<usize>, Option<usi
     (mark.map(|m| m.line()), mark.map(|m| m.column()))
 }
 
-/// LoadError's Display leads with its own position; ours is printed already.
-fn strip_position(text: &str) -> String {
-    match text.split_once(": ") {
-        Some((head, tail)) if head.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
-            tail.to_owned()
-        }
-        _ => text.to_owned(),
+/// What is wrong, without the position (the problem carries it already): LoadError's
+/// `Display` leads with one, so the message is made from the variant.
+fn load_error_message(e: &marked_yaml::LoadError) -> String {
+    use marked_yaml::LoadError::*;
+    match e {
+        TopLevelMustBeMapping(_) => "Top level must be a mapping".into(),
+        TopLevelMustBeSequence(_) => "Top level must be a sequence".into(),
+        UnexpectedAnchor(_) => "Unexpected definition of anchor".into(),
+        MappingKeyMustBeScalar(_) => "Keys in mappings must be scalar".into(),
+        UnexpectedTag(_) => "Unexpected use of YAML tag".into(),
+        ScanError(_, scan) => scan.info().to_owned(),
+        // Names both keys' places: they are part of what is wrong, not a prefix.
+        DuplicateKey(_) => e.to_string(),
     }
 }
 
@@ -336,6 +347,19 @@ mod tests {
                 "p.yaml:11:13: subjects[0].roles[0]: unknown role `missing`",
             ]
         );
+    }
+
+    #[test]
+    fn yaml_errors_are_told_once_with_their_position() {
+        assert_eq!(
+            problems("just text\n"),
+            ["p.yaml:1:1: Top level must be a mapping"]
+        );
+        let scan = problems("catalog: a: b\n");
+        assert_eq!(scan.len(), 1, "{scan:?}");
+        let (place, message) = scan[0].split_at("p.yaml:1:11: ".len());
+        assert_eq!(place, "p.yaml:1:11: ", "{scan:?}");
+        assert_eq!(message, "mapping values are not allowed in this context");
     }
 
     #[test]

@@ -269,6 +269,21 @@ impl RevisionRecord {
     }
 }
 
+/// Whether another process (or handle) holds the lock sled takes on its log: a `WouldBlock`
+/// from the same non-blocking exclusive lock sled tries. Taken and released at once.
+pub(super) fn lock_held(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join("db")) else {
+        return false;
+    };
+    match fs2::FileExt::try_lock_exclusive(&file) {
+        Ok(()) => {
+            let _ = fs2::FileExt::unlock(&file);
+            false
+        }
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    }
+}
+
 /// Waits (up to [`LOCK_WAIT`]) until no process holds the lock sled takes on its log, without
 /// taking it: a data dir in use by a live sidecar is refused before it is copied or opened.
 pub(super) fn wait_unlocked(dir: &Path) -> Result<(), StoreError> {
@@ -426,6 +441,21 @@ mod tests {
         assert_eq!(record.read(), None);
         std::fs::write(&path, b"").expect("truncate");
         assert_eq!(record.read(), None);
+    }
+
+    #[test]
+    fn the_log_lock_is_seen_while_sled_holds_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!lock_held(dir.path()), "no log yet");
+        let db = sled::Config::new().path(dir.path()).open().expect("opens");
+        assert!(lock_held(dir.path()), "sled holds its log's lock");
+        let again = sled::Config::new().path(dir.path()).open();
+        assert!(
+            matches!(again, Err(sled::Error::Io(_))),
+            "sled refuses a second open with an I/O error"
+        );
+        drop(db);
+        assert!(!lock_held(dir.path()), "released with the database");
     }
 
     #[test]

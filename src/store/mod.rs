@@ -1,6 +1,9 @@
 //! Persistence: the policy, its revision and the audit trail. Only this module uses sled.
 //!
-//! [`Store`] is a trait so that a replicated backend (an etcd mirror) can sit beside sled.
+//! What a caller may do with a store is split by role, so that each one sees only what it
+//! uses: [`Store`] reads, [`MutableStore`] takes local writes (imports and admin commits),
+//! [`MirrorStore`] takes the changes mirrored from a fleet's shared source. [`SledStore`] is
+//! all three.
 
 mod data_dir;
 mod sled_store;
@@ -34,13 +37,51 @@ pub enum Change {
     DeleteSubject(String),
 }
 
-impl Change {
-    /// `role/NAME` or `subject/ID`.
-    pub fn target(&self) -> String {
+/// What a change is about: its audit `target` and its `managed` mark.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The catalog, presets and version.
+    Policy,
+    /// A role, by name.
+    Role(String),
+    /// A subject, by id.
+    Subject(String),
+    /// An admin, by name.
+    Admin(String),
+}
+
+impl std::fmt::Display for Target {
+    /// `policy`, `role/NAME`, `subject/ID` or `admin/NAME`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Change::PutRole(r) => format!("role/{}", r.name),
-            Change::PutSubject(s) => format!("subject/{}", s.id),
-            Change::DeleteSubject(id) => format!("subject/{id}"),
+            Target::Policy => f.write_str("policy"),
+            Target::Role(name) => write!(f, "role/{name}"),
+            Target::Subject(id) => write!(f, "subject/{id}"),
+            Target::Admin(name) => write!(f, "admin/{name}"),
+        }
+    }
+}
+
+impl From<&Change> for Target {
+    fn from(change: &Change) -> Target {
+        match change {
+            Change::PutRole(r) => Target::Role(r.name.clone()),
+            Change::PutSubject(s) => Target::Subject(s.id.clone()),
+            Change::DeleteSubject(id) => Target::Subject(id.clone()),
+        }
+    }
+}
+
+impl From<&Mirrored> for Target {
+    fn from(change: &Mirrored) -> Target {
+        match change {
+            Mirrored::Head(_) => Target::Policy,
+            Mirrored::PutRole(r) => Target::Role(r.name.clone()),
+            Mirrored::DeleteRole(n) => Target::Role(n.clone()),
+            Mirrored::PutSubject(s) => Target::Subject(s.id.clone()),
+            Mirrored::DeleteSubject(id) => Target::Subject(id.clone()),
+            Mirrored::PutAdmin(a) => Target::Admin(a.name.clone()),
+            Mirrored::DeleteAdmin(n) => Target::Admin(n.clone()),
         }
     }
 }
@@ -90,15 +131,31 @@ pub struct AuditRecord {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The embedded database failed (I/O, lock held by another process...).
+    /// The embedded database failed (I/O, a damaged page...).
     #[error("data store: {0}")]
-    Backend(String),
+    Backend(#[from] sled::Error),
+    /// The embedded database could not be opened.
+    #[error("cannot open data dir {dir}: {source}")]
+    Open {
+        /// The data dir.
+        dir: String,
+        /// What sled reported.
+        source: sled::Error,
+    },
     /// Stored bytes do not decode.
-    #[error("data store is corrupt: {what}: {detail}")]
-    Corrupt {
+    #[error("data store is corrupt: {what}: {source}")]
+    Undecodable {
         /// Which record.
         what: String,
-        /// Decoder message.
+        /// What the decoder found.
+        source: serde_json::Error,
+    },
+    /// The data dir's files or records are damaged in a way that is not a decoding error.
+    #[error("data store is corrupt: {what}: {detail}")]
+    Corrupt {
+        /// Which record or file.
+        what: String,
+        /// What is wrong with it.
         detail: String,
     },
     /// The data was written by another format version.
@@ -211,21 +268,6 @@ pub enum Mirrored {
     DeleteAdmin(String),
 }
 
-impl Mirrored {
-    /// `policy`, `role/NAME`, `subject/ID` or `admin/NAME`.
-    pub fn target(&self) -> String {
-        match self {
-            Mirrored::Head(_) => "policy".into(),
-            Mirrored::PutRole(r) => format!("role/{}", r.name),
-            Mirrored::DeleteRole(n) => format!("role/{n}"),
-            Mirrored::PutSubject(s) => format!("subject/{}", s.id),
-            Mirrored::DeleteSubject(id) => format!("subject/{id}"),
-            Mirrored::PutAdmin(a) => format!("admin/{}", a.name),
-            Mirrored::DeleteAdmin(n) => format!("admin/{n}"),
-        }
-    }
-}
-
 /// Every change of one shared-source revision, applied to the local mirror as one unit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MirrorBatch {
@@ -249,7 +291,7 @@ pub struct MirrorOrigin {
     pub prefix: String,
 }
 
-/// A durable home for the policy.
+/// Reading a stored policy: what start-up, the read RPCs and the writers' rules see.
 pub trait Store: Send + Sync + 'static {
     /// The stored policy without its subjects, and the revision; `None` for an empty store.
     fn load_head(&self) -> Result<Option<Loaded>, StoreError>;
@@ -272,27 +314,6 @@ pub trait Store: Send + Sync + 'static {
         loaded.policy.subjects = subjects;
         Ok(Some(loaded))
     }
-    /// Replaces everything with `policy` as one change; returns the new revision. `source` is
-    /// a digest of the file it came from, kept so that an unchanged file is not re-applied.
-    fn import(
-        &self,
-        policy: &Policy,
-        actor: &str,
-        mode: ImportMode,
-        source: &str,
-    ) -> Result<u64, StoreError> {
-        self.import_revoking(policy, actor, mode, source, &[])
-    }
-    /// [`Store::import`], recording in the same audit entry what the file revoked from
-    /// subjects made through the admin API.
-    fn import_revoking(
-        &self,
-        policy: &Policy,
-        actor: &str,
-        mode: ImportMode,
-        source: &str,
-        revoked: &[Revocation],
-    ) -> Result<u64, StoreError>;
     /// The stored subject with this id.
     fn subject(&self, id: &str) -> Result<Option<Subject>, StoreError>;
     /// One stored subject with the revision of its last change (its own write, or the import
@@ -310,21 +331,50 @@ pub trait Store: Send + Sync + 'static {
     fn source_digest(&self) -> Result<Option<String>, StoreError>;
     /// Entities last changed through the admin API.
     fn managed(&self) -> Result<Managed, StoreError>;
-    /// Commits one change atomically and durably (flushed before returning).
-    fn commit(&self, write: &Write) -> Result<Committed, StoreError>;
     /// Audit entries with revision > `after`, oldest first, at most `limit`.
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
-    /// Fleet mode: applies one shared-source revision's changes in one transaction, flushed,
-    /// and records `batch.revision` as the store's revision. A batch at or below the stored
-    /// revision was applied before and is skipped (`Ok(false)`).
+    /// The shared source this store mirrors, if it is a mirror.
+    fn mirror_origin(&self) -> Result<Option<MirrorOrigin>, StoreError>;
+}
+
+/// Local writes: the store is the source of truth (embedded mode, `import`).
+pub trait MutableStore: Store {
+    /// Replaces everything with `policy` as one change; returns the new revision. `source` is
+    /// a digest of the file it came from, kept so that an unchanged file is not re-applied.
+    fn import(
+        &self,
+        policy: &Policy,
+        actor: &str,
+        mode: ImportMode,
+        source: &str,
+    ) -> Result<u64, StoreError> {
+        self.import_revoking(policy, actor, mode, source, &[])
+    }
+    /// [`MutableStore::import`], recording in the same audit entry what the file revoked from
+    /// subjects made through the admin API.
+    fn import_revoking(
+        &self,
+        policy: &Policy,
+        actor: &str,
+        mode: ImportMode,
+        source: &str,
+        revoked: &[Revocation],
+    ) -> Result<u64, StoreError>;
+    /// Commits one change atomically and durably (flushed before returning).
+    fn commit(&self, write: &Write) -> Result<Committed, StoreError>;
+}
+
+/// Mirror writes: the store copies a fleet's shared source (fleet mode), at its revisions.
+pub trait MirrorStore: Store {
+    /// Applies one shared-source revision's changes in one transaction, flushed, and records
+    /// `batch.revision` as the store's revision. A batch at or below the stored revision was
+    /// applied before and is skipped (`Ok(false)`).
     fn apply_mirrored(&self, batch: &MirrorBatch) -> Result<bool, StoreError>;
-    /// Fleet mode: replaces everything with a full load of the shared source at `revision`.
+    /// Replaces everything with a full load of the shared source at `revision`.
     fn replace_mirrored(
         &self,
         policy: &Policy,
         revision: u64,
         origin: &MirrorOrigin,
     ) -> Result<(), StoreError>;
-    /// The shared source this store mirrors, if it is a mirror.
-    fn mirror_origin(&self) -> Result<Option<MirrorOrigin>, StoreError>;
 }

@@ -14,7 +14,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use super::data_dir::{self, Found, LOCK_WAIT, RevisionRecord};
 use super::{
     AuditRecord, Change, Committed, FORMAT_VERSION, ImportMode, Loaded, Managed, MirrorBatch,
-    MirrorOrigin, Mirrored, Revocation, Store, StoreError, Write,
+    MirrorOrigin, MirrorStore, Mirrored, MutableStore, Revocation, Store, StoreError, Target,
+    Write,
 };
 use crate::model::{Admin, Catalog, Policy, Preset, Role, Subject};
 
@@ -64,16 +65,16 @@ pub struct SledStore {
     subject_revisions: sled::Tree,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e)
 }
 
 use crate::model::to_json_bytes as encode;
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Undecodable {
         what: what.to_owned(),
-        detail: e.to_string(),
+        source,
     })
 }
 
@@ -142,6 +143,7 @@ const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + LOCK_WAIT;
+    let mut retried_free = false;
     loop {
         // sled's page cache defaults to 1 GiB; the sidecar reads sled only at start-up and on
         // writes (decisions come from the snapshot), so a small cache is plenty. No background
@@ -154,22 +156,32 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
             .open()
         {
             Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.to_string().contains("could not acquire lock") =>
-            {
-                if Instant::now() >= deadline {
+            // sled reports its lock as an `io::ErrorKind::Other` carrying only a message, so
+            // the lock is asked about directly, with the call sled makes (`WouldBlock` while
+            // another handle holds it). A lock released in between gets one more try.
+            Err(sled::Error::Io(e)) => {
+                let held = data_dir::lock_held(dir);
+                if !held && retried_free {
+                    return Err(StoreError::Open {
+                        dir: dir.display().to_string(),
+                        source: sled::Error::Io(e),
+                    });
+                }
+                retried_free |= !held;
+                if held && Instant::now() >= deadline {
                     return Err(StoreError::Locked {
                         dir: dir.display().to_string(),
                     });
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                if held {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
-            Err(e) => {
-                return Err(StoreError::Backend(format!(
-                    "cannot open data dir {}: {e}",
-                    dir.display()
-                )));
+            Err(source) => {
+                return Err(StoreError::Open {
+                    dir: dir.display().to_string(),
+                    source,
+                });
             }
         }
     }
@@ -554,35 +566,14 @@ impl Store for SledStore {
             let (key, value) = item.map_err(backend)?;
             // Decoded without naming the key first: a million subjects stream through here at
             // start-up, and the name is needed only for an error.
-            let subject = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                what: format!("subjects/{}", String::from_utf8_lossy(&key)),
-                detail: e.to_string(),
-            })?;
+            let subject =
+                serde_json::from_slice(&value).map_err(|source| StoreError::Undecodable {
+                    what: format!("subjects/{}", String::from_utf8_lossy(&key)),
+                    source,
+                })?;
             visit(subject)?;
         }
         Ok(())
-    }
-
-    fn import_revoking(
-        &self,
-        policy: &Policy,
-        actor: &str,
-        mode: ImportMode,
-        source: &str,
-        revoked: &[Revocation],
-    ) -> Result<u64, StoreError> {
-        let action = match mode {
-            ImportMode::Reseed => "import",
-            ImportMode::Reload => "reload",
-        };
-        self.replace_all(
-            policy,
-            actor,
-            action,
-            mode == ImportMode::Reseed,
-            Some((source, revoked)),
-            None,
-        )
     }
 
     fn subject(&self, id: &str) -> Result<Option<Subject>, StoreError> {
@@ -590,81 +581,6 @@ impl Store for SledStore {
             Some(bytes) => Ok(Some(decode(&format!("subjects/{id}"), &bytes)?)),
             None => Ok(None),
         }
-    }
-
-    fn commit(&self, write: &Write) -> Result<Committed, StoreError> {
-        let subjects = self.subjects.load_full();
-        let (tree, key, after): (&sled::Tree, &str, Option<Vec<u8>>) = match &write.change {
-            Change::PutRole(r) => (&self.roles, &r.name, Some(encode(r))),
-            Change::PutSubject(s) => (&subjects, &s.id, Some(encode(s))),
-            Change::DeleteSubject(id) => (&subjects, id, None),
-        };
-        let target = write.change.target();
-        let mark = if after.is_some() {
-            MARK_PUT
-        } else {
-            MARK_DELETED
-        };
-        let subject_id = match &write.change {
-            Change::PutSubject(s) => Some(s.id.as_str()),
-            Change::DeleteSubject(id) => Some(id.as_str()),
-            Change::PutRole(_) => None,
-        };
-        let result = (
-            &self.meta,
-            tree,
-            &self.audit,
-            &self.managed,
-            &self.subject_revisions,
-        )
-            .transaction(|(meta, tree, audit, managed, subject_revisions)| {
-                let current = match revision_of(meta.get(REVISION)?) {
-                    Ok(r) => r,
-                    Err(e) => return abort(e),
-                };
-                if current != write.base_revision {
-                    return abort(StoreError::Stale {
-                        expected: write.base_revision,
-                        current,
-                    });
-                }
-                let before = tree.get(key.as_bytes())?;
-                if after.is_none() && before.is_none() {
-                    return abort(StoreError::Missing(target.clone()));
-                }
-                match &after {
-                    Some(bytes) => tree.insert(key.as_bytes(), bytes.as_slice())?,
-                    None => tree.remove(key.as_bytes())?,
-                };
-                managed.insert(target.as_bytes(), mark)?;
-                let revision = bump(meta)?;
-                if let Some(id) = subject_id {
-                    match &after {
-                        Some(_) => {
-                            subject_revisions.insert(id.as_bytes(), &revision.to_be_bytes())?
-                        }
-                        None => subject_revisions.remove(id.as_bytes())?,
-                    };
-                }
-                let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
-                let record = AuditRecord {
-                    revision,
-                    actor: write.actor.clone(),
-                    at_unix_ms: now_ms(),
-                    action: write.action.clone(),
-                    target: target.clone(),
-                    before: before.as_deref().and_then(as_json),
-                    after: after.as_deref().and_then(as_json),
-                };
-                audit.insert(&revision.to_be_bytes(), encode(&record))?;
-                Ok(Committed {
-                    revision,
-                    existed: before.is_some(),
-                })
-            });
-        let committed = unwrap_tx(result)?;
-        self.flush()?;
-        Ok(committed)
     }
 
     fn subject_changed(&self, id: &str) -> Result<Option<(Subject, u64)>, StoreError> {
@@ -747,6 +663,114 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn mirror_origin(&self) -> Result<Option<MirrorOrigin>, StoreError> {
+        match self.meta.get(MIRROR_ORIGIN).map_err(backend)? {
+            None => Ok(None),
+            Some(bytes) => decode("meta/mirror_origin", &bytes).map(Some),
+        }
+    }
+}
+
+impl MutableStore for SledStore {
+    fn import_revoking(
+        &self,
+        policy: &Policy,
+        actor: &str,
+        mode: ImportMode,
+        source: &str,
+        revoked: &[Revocation],
+    ) -> Result<u64, StoreError> {
+        let action = match mode {
+            ImportMode::Reseed => "import",
+            ImportMode::Reload => "reload",
+        };
+        self.replace_all(
+            policy,
+            actor,
+            action,
+            mode == ImportMode::Reseed,
+            Some((source, revoked)),
+            None,
+        )
+    }
+
+    fn commit(&self, write: &Write) -> Result<Committed, StoreError> {
+        let subjects = self.subjects.load_full();
+        let (tree, key, after): (&sled::Tree, &str, Option<Vec<u8>>) = match &write.change {
+            Change::PutRole(r) => (&self.roles, &r.name, Some(encode(r))),
+            Change::PutSubject(s) => (&subjects, &s.id, Some(encode(s))),
+            Change::DeleteSubject(id) => (&subjects, id, None),
+        };
+        let target = Target::from(&write.change).to_string();
+        let mark = if after.is_some() {
+            MARK_PUT
+        } else {
+            MARK_DELETED
+        };
+        let subject_id = match &write.change {
+            Change::PutSubject(s) => Some(s.id.as_str()),
+            Change::DeleteSubject(id) => Some(id.as_str()),
+            Change::PutRole(_) => None,
+        };
+        let result = (
+            &self.meta,
+            tree,
+            &self.audit,
+            &self.managed,
+            &self.subject_revisions,
+        )
+            .transaction(|(meta, tree, audit, managed, subject_revisions)| {
+                let current = match revision_of(meta.get(REVISION)?) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                if current != write.base_revision {
+                    return abort(StoreError::Stale {
+                        expected: write.base_revision,
+                        current,
+                    });
+                }
+                let before = tree.get(key.as_bytes())?;
+                if after.is_none() && before.is_none() {
+                    return abort(StoreError::Missing(target.clone()));
+                }
+                match &after {
+                    Some(bytes) => tree.insert(key.as_bytes(), bytes.as_slice())?,
+                    None => tree.remove(key.as_bytes())?,
+                };
+                managed.insert(target.as_bytes(), mark)?;
+                let revision = bump(meta)?;
+                if let Some(id) = subject_id {
+                    match &after {
+                        Some(_) => {
+                            subject_revisions.insert(id.as_bytes(), &revision.to_be_bytes())?
+                        }
+                        None => subject_revisions.remove(id.as_bytes())?,
+                    };
+                }
+                let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
+                let record = AuditRecord {
+                    revision,
+                    actor: write.actor.clone(),
+                    at_unix_ms: now_ms(),
+                    action: write.action.clone(),
+                    target: target.clone(),
+                    before: before.as_deref().and_then(as_json),
+                    after: after.as_deref().and_then(as_json),
+                };
+                audit.insert(&revision.to_be_bytes(), encode(&record))?;
+                Ok(Committed {
+                    revision,
+                    existed: before.is_some(),
+                })
+            });
+        let committed = unwrap_tx(result)?;
+        self.flush()?;
+        Ok(committed)
+    }
+}
+
+impl MirrorStore for SledStore {
     fn apply_mirrored(&self, batch: &MirrorBatch) -> Result<bool, StoreError> {
         let subjects = self.subjects.load_full();
         let result = (
@@ -812,7 +836,7 @@ impl Store for SledStore {
                         at_unix_ms: now_ms(),
                         action: batch.action.clone(),
                         target: match batch.changes.as_slice() {
-                            [one] => one.target(),
+                            [one] => Target::from(one).to_string(),
                             many => format!("policy ({} changes)", many.len()),
                         },
                         before: before.as_deref().filter(|_| single).and_then(as_json),
@@ -844,13 +868,6 @@ impl Store for SledStore {
             Some((revision, origin)),
         )
         .map(|_| ())
-    }
-
-    fn mirror_origin(&self) -> Result<Option<MirrorOrigin>, StoreError> {
-        match self.meta.get(MIRROR_ORIGIN).map_err(backend)? {
-            None => Ok(None),
-            Some(bytes) => decode("meta/mirror_origin", &bytes).map(Some),
-        }
     }
 }
 

@@ -347,8 +347,8 @@ async fn an_installation_subject_keeps_its_required_grant() {
 
 /// Finding: a role removed from the policy file kept granting while a subject made through
 /// the API still named it: the whole reload was refused, so the file could not revoke.
-#[test]
-fn a_files_revocation_reaches_subjects_made_through_the_api() {
+#[tokio::test]
+async fn a_files_revocation_reaches_subjects_made_through_the_api() {
     use authz_sidecar::engine::{Action, Request};
     use authz_sidecar::live::{LivePolicy, Seed};
     use authz_sidecar::model::Subject;
@@ -370,8 +370,9 @@ fn a_files_revocation_reaches_subjects_made_through_the_api() {
         roles: vec!["app-dispatcher".into()],
         ..Subject::default()
     };
-    live.put_subject("ops", made, 0).expect("put");
+    live.put_subject("ops", made, 0).await.expect("put");
     live.approve_subject("ops", "api-app", 0)
+        .await
         .expect("approve the new app's set");
     let dispatch = |live: &LivePolicy| {
         let published = live.current();

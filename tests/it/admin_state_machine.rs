@@ -226,6 +226,11 @@ proptest! {
         seed_policy.normalize();
         let seed = Seed { policy: seed_policy.clone(), digest: "rules".into(), reloadable: false };
         let (live, _) = LivePolicy::open(store, &seed, None).expect("opens");
+        // Admin writes are async (a fleet's go to etcd); the embedded ones run on this runtime.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let mut subjects: BTreeMap<String, Subject> =
             seed_policy.subjects.iter().map(|s| (s.id.clone(), s.clone())).collect();
         let mut before = state(&live, &seed_policy, &subjects);
@@ -234,8 +239,8 @@ proptest! {
             let revision = live.revision();
             let approving = matches!(op, Op::ApproveRole { .. } | Op::ApproveSubject { .. });
             let accepted = match &op {
-                Op::Set { role, permission, enabled, projects } => live
-                    .update_permission(
+                Op::Set { role, permission, enabled, projects } => runtime
+                    .block_on(live.update_permission(
                         "prop",
                         ROLES[*role],
                         &PermissionChange::Set(Grant {
@@ -244,10 +249,10 @@ proptest! {
                             projects: pick(&PROJECTS, *projects).into_iter().map(str::to_owned).collect(),
                         }),
                         0,
-                    )
+                    ))
                     .is_ok(),
-                Op::Paths { role, rules } => live
-                    .update_permission(
+                Op::Paths { role, rules } => runtime
+                    .block_on(live.update_permission(
                         "prop",
                         ROLES[*role],
                         &PermissionChange::ReplacePaths(
@@ -261,7 +266,7 @@ proptest! {
                                 .collect(),
                         ),
                         0,
-                    )
+                    ))
                     .is_ok(),
                 Op::Put { subject, ty, roles, only } => {
                     let s = Subject {
@@ -271,7 +276,7 @@ proptest! {
                         only: only.iter().map(|p| PERMISSIONS[*p].to_owned()).collect(),
                         ..Subject::default()
                     };
-                    match live.put_subject("prop", s, 0) {
+                    match runtime.block_on(live.put_subject("prop", s, 0)) {
                         Ok((outcome, _)) => {
                             subjects.insert(outcome.subject.id.clone(), outcome.subject);
                             true
@@ -279,16 +284,16 @@ proptest! {
                         Err(_) => false,
                     }
                 }
-                Op::Delete { subject } => match live.delete_subject("prop", SUBJECTS[*subject], 0) {
+                Op::Delete { subject } => match runtime.block_on(live.delete_subject("prop", SUBJECTS[*subject], 0)) {
                     Ok(_) => {
                         subjects.remove(SUBJECTS[*subject]);
                         true
                     }
                     Err(_) => false,
                 },
-                Op::ApproveRole { role } => live.approve_pending("prop", ROLES[*role], 0).is_ok(),
+                Op::ApproveRole { role } => runtime.block_on(live.approve_pending("prop", ROLES[*role], 0)).is_ok(),
                 Op::ApproveSubject { subject } => {
-                    match live.approve_subject("prop", SUBJECTS[*subject], 0) {
+                    match runtime.block_on(live.approve_subject("prop", SUBJECTS[*subject], 0)) {
                         Ok((approved, _)) => {
                             subjects.insert(approved.id.clone(), approved);
                             true
