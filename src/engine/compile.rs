@@ -4,15 +4,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::bitset::BitSet;
-use super::routes::{RouteError, RouteTable};
 use super::snapshot::{
     CompiledCatalog, CompiledRole, CompiledRule, PermInfo, RoleTable, Scopes, Snapshot,
     SubjectTable,
 };
 use super::subject::{CompiledSubject, RoleList, SubjectExtras};
 use super::subject_index::SubjectIndex;
-use crate::model::{Access, Endpoint, PathPattern, Policy, Role, Subject};
+use crate::model::{Access, BitSet, Endpoint, PathPattern, Policy, Role, RouteTable, Subject};
 
 /// Builds a snapshot with subjects added one at a time, so that a store can stream a million
 /// of them without collecting them first.
@@ -186,7 +184,7 @@ fn compile_catalog(policy: &Policy) -> CompiledCatalog {
         info,
         // Validation ran this same build and refused a catalog over the bound; should an
         // unvalidated one get here, no endpoint matches (every HTTP decision is a denial).
-        routes: compile_routes(policy).unwrap_or_default(),
+        routes: RouteTable::for_policy(policy).unwrap_or_default(),
         endpoints: policy
             .catalog
             .permissions
@@ -249,21 +247,6 @@ pub fn subject_type_ids(policy: &Policy) -> Result<HashMap<Box<str>, u16>, Compi
         types.insert(t.as_str().into(), id);
     }
     Ok(types)
-}
-
-/// The route table of a policy's endpoint templates, bounded (see
-/// [`super::routes::MAX_ROUTE_STATES`]). [`crate::model::validate`] runs it, so every path
-/// that accepts a catalog refuses one that cannot compile.
-pub fn compile_routes(policy: &Policy) -> Result<RouteTable, RouteError> {
-    let mut endpoints = Vec::new();
-    for (i, p) in policy.catalog.permissions.iter().enumerate() {
-        for text in &p.endpoints {
-            if let Ok(e) = Endpoint::parse(text) {
-                endpoints.push((e, i));
-            }
-        }
-    }
-    RouteTable::build(&endpoints, policy.catalog.permissions.len())
 }
 
 /// Every node reachable from `start` (itself included), ascending.

@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use super::bitset::BitSet;
 use super::snapshot::{CompiledRole, Snapshot};
-use crate::model::{Access, CanonicalPath, Method, PathRejection};
+use crate::model::{Access, BitSet, CanonicalPath, Method, PathRejection};
 
 /// Most inline roles one Check may carry.
 pub const MAX_INLINE_ROLES: usize = 32;

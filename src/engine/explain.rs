@@ -6,10 +6,9 @@
 
 use std::fmt;
 
-use super::bitset::BitSet;
 use super::decide::{Action, Decision, Reason, Request, Required, View, allow, deny};
 use super::snapshot::{CompiledRole, Scopes, Snapshot};
-use crate::model::{Method, PathRejection, Role};
+use crate::model::{BitSet, Method, PathRejection, Role};
 
 /// What one step of an explanation looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

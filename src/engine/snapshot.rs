@@ -3,11 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::bitset::BitSet;
-use super::routes::RouteTable;
 use super::subject::CompiledSubject;
 use super::subject_index::SubjectIndex;
-use crate::model::{Access, Endpoint, PathPattern};
+use crate::model::{Access, BitSet, Endpoint, PathPattern, RouteTable};
 
 /// An immutable compiled policy at one revision. Cheap to share; never mutated after build.
 ///

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::bitset::BitSet;
+use crate::model::BitSet;
 
 /// One subject, kept small: a million of them live in memory.
 #[derive(Debug, Clone)]

@@ -1,18 +1,23 @@
 //! The policy model: catalog, roles, subjects, admins. Pure types and validation; no I/O.
 //!
 //! The same types are read from a policy file, stored in sled, and compiled by the engine.
+//! The route table built from the catalog's endpoint templates is here too: validation builds
+//! it to refuse a catalog over its bound, and the engine's snapshot holds it.
 
+mod bitset;
 mod catalog;
 mod change;
 pub mod file;
 pub mod http_path;
 mod path;
 mod role;
+mod route_table;
 pub mod shape;
 mod structure;
 mod subject;
 mod validate;
 
+pub use bitset::BitSet;
 pub use catalog::{Catalog, Endpoint, Kind, Method, Permission, Preset};
 pub use change::{
     PermissionChange, RuleError, SubjectOutcome, UpdateOutcome, apply_approval, apply_subject,
@@ -21,6 +26,7 @@ pub use change::{
 pub use http_path::{CanonicalPath, EncodedSlashes, PathOptions, PathRejection};
 pub use path::{Access, PathPattern, Segment, Whom};
 pub use role::{Grant, PathRule, Role};
+pub use route_table::{MAX_ROUTE_STATES, RouteError, RouteTable};
 pub use subject::{Admin, AdminPermission, PendingSubject, ResourceRole, Subject};
 pub use validate::{
     FieldPath, MAX_SUBJECT_TYPES, Problem, ValidationError, validate, validate_role,

@@ -311,8 +311,9 @@ fn validate_catalog(policy: &Policy, errs: &mut Errors) {
         }
     }
     check_parent_chains(policy, &path, errs);
-    // The same bounded build every start, reload, import and write compiles.
-    if let Err(e) = crate::engine::compile_routes(policy) {
+    // The same bounded build the engine's snapshot holds (every start, reload, import and
+    // write validates before it compiles).
+    if let Err(e) = super::RouteTable::for_policy(policy) {
         errs.push(path.key("permissions"), e.to_string());
     }
 }
@@ -975,7 +976,7 @@ pub(crate) fn closure(policy: &Policy, names: &[String]) -> HashSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Catalog, Permission};
+    use crate::model::{Catalog, Grant, MAX_ROUTE_STATES, Permission, RouteError, RouteTable};
 
     fn with_types(n: usize) -> Policy {
         Policy {
@@ -990,6 +991,72 @@ mod tests {
             },
             ..Policy::default()
         }
+    }
+
+    /// `n` permissions, each with one template whose literal sits at another position among
+    /// `n` params: the route automaton needs about 2^n states.
+    fn staggered(n: usize) -> Policy {
+        let permissions = (0..n)
+            .map(|i| {
+                let segs: Vec<String> = (0..n)
+                    .map(|j| {
+                        if i == j {
+                            format!("l{i}")
+                        } else {
+                            "{p}".into()
+                        }
+                    })
+                    .collect();
+                Permission {
+                    name: format!("p{i}"),
+                    endpoints: vec![format!("GET /{}", segs.join("/"))],
+                    ..Permission::default()
+                }
+            })
+            .collect();
+        Policy {
+            version: 1,
+            catalog: Catalog {
+                permissions,
+                ..Catalog::default()
+            },
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn a_catalog_over_the_route_state_bound_is_refused_with_every_other_problem() {
+        let mut policy = staggered(21);
+        policy.roles.push(Role {
+            name: "r".into(),
+            grants: vec![Grant::enabled("nope")],
+            ..Role::default()
+        });
+        let errs = validate(&policy).expect_err("over the bound");
+        let bound = RouteError::TooManyStates {
+            limit: MAX_ROUTE_STATES,
+        };
+        assert!(
+            errs.iter()
+                .any(|e| e.path.to_string() == "catalog.permissions"
+                    && e.message == bound.to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.message.contains("nope")),
+            "the other problem is reported in the same run: {errs:?}"
+        );
+        // The file path refuses it too, through the same validation.
+        let text = serde_json::to_string(&staggered(21)).expect("json");
+        let refused = crate::model::file::parse_policy("p.json", &text).expect_err("refused");
+        assert!(
+            format!("{refused:?}").contains("route automaton states"),
+            "{refused:?}"
+        );
+        // Under the bound the catalog validates, and the table it validated is the one built.
+        let small = staggered(6);
+        assert!(validate(&small).is_ok());
+        assert!(RouteTable::for_policy(&small).is_ok());
     }
 
     #[test]

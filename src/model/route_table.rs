@@ -1,11 +1,15 @@
 //! The route table: catalog endpoint templates compiled into one deterministic segment trie per
 //! HTTP method, so that a lookup walks each path segment once and lands on the union of every
 //! permission whose templates match the path.
+//!
+//! It lives in the model because it is built from model types alone and because validation
+//! must build it: `validate` refuses a catalog whose table would pass the state bound, and the
+//! engine's snapshot holds the table built by the same [`RouteTable::for_policy`].
 
 use std::collections::{BTreeSet, HashMap};
 
 use super::bitset::BitSet;
-use crate::model::{CanonicalPath, Endpoint, Method};
+use super::{CanonicalPath, Endpoint, Method, Policy};
 
 /// Compiled endpoint templates.
 #[derive(Debug, Default)]
@@ -25,7 +29,7 @@ struct Node {
 /// The most states the compiled route automaton may have. Templates that put literals at
 /// different positions among `{param}` segments make the subset construction grow
 /// exponentially; past this bound the catalog is refused (by `validate` as by every start,
-/// reload, import and write, which all compile through [`RouteTable::build`]).
+/// reload, import and write, which all validate through [`RouteTable::for_policy`]).
 pub const MAX_ROUTE_STATES: usize = 20_000;
 
 /// Why endpoint templates could not be compiled.
@@ -44,6 +48,22 @@ pub enum RouteError {
 }
 
 impl RouteTable {
+    /// The route table of a policy's endpoint templates, bounded by [`MAX_ROUTE_STATES`].
+    /// [`super::validate()`] builds it to refuse a catalog over the bound, and the engine's
+    /// snapshot holds the table it returns, so what validates is what compiles.
+    pub fn for_policy(policy: &Policy) -> Result<RouteTable, RouteError> {
+        let mut endpoints = Vec::new();
+        for (i, p) in policy.catalog.permissions.iter().enumerate() {
+            for text in &p.endpoints {
+                // A template that does not parse is refused by validation on its own field.
+                if let Ok(e) = Endpoint::parse(text) {
+                    endpoints.push((e, i));
+                }
+            }
+        }
+        RouteTable::build(&endpoints, policy.catalog.permissions.len())
+    }
+
     /// Compiles `(endpoint, permission id)` pairs for a catalog of `perm_count` permissions,
     /// with at most [`MAX_ROUTE_STATES`] states.
     pub fn build(

@@ -1,4 +1,5 @@
-//! A fixed-size set of small integers (permission ids), one bit each.
+//! A fixed-size set of small integers (permission ids), one bit each. In the model because the
+//! route table's leaves are such sets; the engine's compiled tables use it throughout.
 
 /// A set of permission ids sized to the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
