@@ -211,14 +211,14 @@ impl Sidecar {
         let store =
             Arc::new(tokio::task::spawn_blocking(move || SledStore::open(&data_dir)).await??);
 
-        let tcp = bind_tcp(config.listen).await?;
+        let tcp = bind_tcp(config.listeners.listen).await?;
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
-        let health_tcp = bind_tcp(config.health_listen).await?;
+        let health_tcp = bind_tcp(config.listeners.health_listen).await?;
         let health_addr = health_tcp.as_ref().and_then(|l| l.local_addr().ok());
         let admin_tcp = bind_tcp(config.admin_listen).await?;
         let admin_addr = admin_tcp.as_ref().and_then(|l| l.local_addr().ok());
         let mut uds_identity = None;
-        let uds = match &config.uds {
+        let uds = match &config.listeners.uds {
             Some(path) => {
                 // Only a stale socket (left by a run that ended) is removed; anything else
                 // at the path is refused as it is.
@@ -230,8 +230,11 @@ impl Sidecar {
                 let listener = UnixListener::bind(path).map_err(bind_error)?;
                 // Connecting needs write permission on the socket: the mode says who may call.
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.uds_mode))
-                    .map_err(bind_error)?;
+                std::fs::set_permissions(
+                    path,
+                    std::fs::Permissions::from_mode(config.listeners.uds_mode),
+                )
+                .map_err(bind_error)?;
                 uds_identity = file_identity(path);
                 Some(listener)
             }
@@ -239,13 +242,13 @@ impl Sidecar {
         };
 
         let metrics = Arc::new(Metrics::for_mode(config.fleet.is_some()));
-        let metrics_listener = bind_tcp(config.metrics_addr).await?;
+        let metrics_listener = bind_tcp(config.listeners.metrics_addr).await?;
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let http_listener = bind_tcp(config.http_listen).await?;
+        let http_listener = bind_tcp(config.listeners.http_listen).await?;
         let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut decision_writer = None;
         let mut state = AppState::new(Arc::clone(&metrics)).with_path_options(config.http_paths);
-        if let Some(every) = config.decision_log_every {
+        if let Some(every) = config.log.decision_log_every {
             let (log, rx) = DecisionLog::new(every, DECISION_QUEUE, Arc::clone(&metrics));
             state = state.with_decision_log(log);
             decision_writer = Some(rx);
@@ -603,7 +606,7 @@ impl Sidecar {
             |addr: Option<SocketAddr>| addr.map_or_else(|| "none".to_owned(), |a| a.to_string());
         tracing::info!(
             tcp = %shown(tcp_addr),
-            uds = %config.uds.as_deref().map_or_else(|| "none".into(), |p| p.display().to_string()),
+            uds = %config.listeners.uds.as_deref().map_or_else(|| "none".into(), |p| p.display().to_string()),
             health = %shown(health_addr),
             admin = %shown(admin_addr),
             metrics = %shown(metrics_addr),
@@ -619,7 +622,7 @@ impl Sidecar {
             metrics_addr,
             http_addr,
             metrics,
-            uds_path: config.uds,
+            uds_path: config.listeners.uds,
             uds_identity,
             revision,
             shutdown,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::auth::token_sha256_hex;
 use crate::config::{
     AdminExposure, ENV_ADMIN_TOKEN, ENV_ADMIN_TOKEN_FILE, ENV_DATA_DIR, ENV_UDS, EnvoyConfig,
-    EtcdSettings, FleetSettings, Limits, LogFormat, Settings, TlsConfig, TlsFiles,
+    EtcdSettings, FleetSettings, Limits, Listeners, LogSettings, Settings, TlsConfig, TlsFiles,
     admin_token_problem,
 };
 use crate::fleet::{EtcdConfig, FleetConfig};
@@ -25,18 +25,8 @@ use crate::model::{PathOptions, Policy};
 /// What a sidecar launches with: the settings, and what start-up read for them.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// TCP address, if serving TCP.
-    pub listen: Option<SocketAddr>,
-    /// Health-only TCP address, if any.
-    pub health_listen: Option<SocketAddr>,
-    /// Prometheus metrics address, if any.
-    pub metrics_addr: Option<SocketAddr>,
-    /// HTTP/JSON address, if any.
-    pub http_listen: Option<SocketAddr>,
-    /// Unix socket path, if serving one.
-    pub uds: Option<PathBuf>,
-    /// Unix socket file mode.
-    pub uds_mode: u32,
+    /// Where the sidecar listens (the Unix socket's directory checked).
+    pub listeners: Listeners,
     /// sled directory.
     pub data_dir: PathBuf,
     /// The policy imported into an empty store (and re-applied when its file changes).
@@ -50,8 +40,8 @@ pub struct Config {
     pub max_policy_bytes: u64,
     /// Bootstrap admin token.
     pub admin_token: Option<String>,
-    /// Log format.
-    pub log_format: LogFormat,
+    /// Log format and decision log.
+    pub log: LogSettings,
     /// Envoy ext_authz settings.
     pub envoy: EnvoyConfig,
     /// Where admin RPCs are accepted.
@@ -62,8 +52,6 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Per-connection concurrency and request deadline.
     pub limits: Limits,
-    /// Log one decision in this many; `None` = no decision log.
-    pub decision_log_every: Option<u64>,
     /// How HTTP decisions read request paths.
     pub http_paths: PathOptions,
     /// Runtime worker threads; `None` = one per available CPU.
@@ -144,25 +132,19 @@ pub fn load(settings: Settings, errors: &mut Vec<String>) -> Option<Config> {
         },
     };
     Some(Config {
-        listen: listeners.listen,
-        health_listen: listeners.health_listen,
-        metrics_addr: listeners.metrics_addr,
-        http_listen: listeners.http_listen,
-        uds: listeners.uds,
-        uds_mode: listeners.uds_mode,
+        listeners,
         data_dir: store.data_dir,
         seed,
         seed_source,
         seed_error,
         max_policy_bytes: store.max_policy_bytes,
         admin_token,
-        log_format: log.format,
+        log,
         envoy,
         admin: admin.exposure,
         admin_listen: admin.listen,
         tls,
         limits,
-        decision_log_every: log.decision_log_every,
         http_paths,
         worker_threads,
         policy_path: store.policy,

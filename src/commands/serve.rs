@@ -26,7 +26,7 @@ pub(super) fn serve(args: &ServeArgs, env: &dyn Strings) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let _log = logging::init(config.log_format);
+    let _log = logging::init(config.log.format);
     let runtime = match runtime_with(config.worker_threads) {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -518,7 +518,7 @@ async fn admin_reads_follow_the_admin_exposure() {
     assert_eq!(answer.body["allowed"], json!(true));
     sc.sidecar.stop().await.unwrap();
 
-    let sc = start_with(EMBEDDED_DEFAULT, |c| c.http_listen = None).await;
+    let sc = start_with(EMBEDDED_DEFAULT, |c| c.listeners.http_listen = None).await;
     assert!(sc.sidecar.http_addr().is_none(), "off unless configured");
     sc.sidecar.stop().await.unwrap();
 }

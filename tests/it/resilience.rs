@@ -322,7 +322,7 @@ async fn a_reload_that_cannot_compile_never_reaches_the_store() {
 
 async fn launch_on_uds(dir: &Path, uds: &Path) -> Result<Sidecar, ServerError> {
     let mut cfg = config(dir, EMBEDDED_DEFAULT);
-    cfg.uds = Some(uds.to_path_buf());
+    cfg.listeners.uds = Some(uds.to_path_buf());
     Sidecar::launch(cfg).await
 }
 

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use authz_sidecar::api::pb::authz_client::AuthzClient;
 use authz_sidecar::api::pb::{self, check_request};
-use authz_sidecar::config::{AdminExposure, EnvoyConfig, Limits, LogFormat};
+use authz_sidecar::config::{
+    AdminExposure, EnvoyConfig, Limits, Listeners, LogFormat, LogSettings,
+};
 use authz_sidecar::live::Seed;
 use authz_sidecar::model::file::parse_policy;
 use authz_sidecar::server::Sidecar;
@@ -29,12 +31,14 @@ pub struct TestSidecar {
 
 pub fn config(dir: &Path, policy_yaml: &str) -> Config {
     Config {
-        listen: Some("127.0.0.1:0".parse().expect("addr")),
-        health_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        metrics_addr: Some("127.0.0.1:0".parse().expect("addr")),
-        http_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        uds: Some(dir.join("authz.sock")),
-        uds_mode: 0o660,
+        listeners: Listeners {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            health_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            metrics_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            http_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            uds: Some(dir.join("authz.sock")),
+            uds_mode: 0o660,
+        },
         data_dir: dir.join("data"),
         seed: Seed {
             policy: parse_policy("test policy", policy_yaml).expect("test policy is valid"),
@@ -45,13 +49,15 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         seed_error: None,
         max_policy_bytes: authz_sidecar::config::DEFAULT_MAX_POLICY_BYTES,
         admin_token: Some(ADMIN_TOKEN.into()),
-        log_format: LogFormat::Plain,
+        log: LogSettings {
+            format: LogFormat::Plain,
+            decision_log_every: None,
+        },
         envoy: EnvoyConfig::default(),
         admin: AdminExposure::On,
         admin_listen: None,
         tls: None,
         limits: Limits::default(),
-        decision_log_every: None,
         http_paths: Default::default(),
         worker_threads: None,
         policy_path: None,

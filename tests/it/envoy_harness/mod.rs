@@ -285,9 +285,9 @@ impl Stack {
                 let home = dir.join(name);
                 std::fs::create_dir_all(&home).expect("sidecar dir");
                 let mut config = crate::common::config(&home, policy);
-                config.health_listen = None;
-                config.metrics_addr = None;
-                config.uds = None;
+                config.listeners.health_listen = None;
+                config.listeners.metrics_addr = None;
+                config.listeners.uds = None;
                 config.envoy.strip_subject_header = true;
                 tweak(&mut config);
                 let sidecar = runtime
@@ -330,8 +330,8 @@ impl Stack {
             let port = free_port();
             let socket = dir.join("lifecycle").join("authz.sock");
             let (lifecycle, config) = launch("lifecycle", policy_yaml, &|c| {
-                c.listen = Some(SocketAddr::from(([127, 0, 0, 1], port)));
-                c.uds = Some(socket.clone());
+                c.listeners.listen = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+                c.listeners.uds = Some(socket.clone());
                 c.limits.shutdown_grace = Duration::from_millis(500);
             });
             clusters.push((
