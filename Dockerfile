@@ -10,7 +10,7 @@
 #   docker build --target example-app -t authz-example-app:0.1.0 .
 #
 # The tag is the crate version; k8s/base/deployment.yaml runs `authz-sidecar:0.1.0` and
-# tests/k8s.rs checks that the label below, the manifests and Cargo.toml agree.
+# tests/it/k8s.rs checks that the label below, the manifests and Cargo.toml agree.
 
 # --- build: the release binary, exactly as Cargo.lock pins it -------------------------------
 FROM rust:1-bookworm AS builder

@@ -234,7 +234,8 @@ for n in ${SCALE-1000 10000 100000}; do
   policy="$work/policy-$n.yaml"
   { cat examples/monitoring-apps.yaml
     roles=(app-ai-verifier app-dashboard app-dispatcher app-compliance app-readonly)
-    for i in $(seq "$n"); do echo "  - { id: sub-$i, type: app, roles: [${roles[$((i % 5))]}] }"; done
+    # A policy file lists at most 100000 subjects, the example's 5 included.
+    for i in $(seq "$(( n > 99995 ? 99995 : n ))"); do echo "  - { id: sub-$i, type: app, roles: [${roles[$((i % 5))]}] }"; done
   } >"$policy"
   rm -rf "$work/data-$n"
   port=$((port + 2))
@@ -247,13 +248,19 @@ for n in ${SCALE-1000 10000 100000}; do
   pids+=("$envoy")
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && break; sleep 0.05; done
   rss0=$(awk '/VmRSS/ {print $2}' "/proc/$envoy/status")
+  # 1e5 subjects are a policy file of several MB: above the default --max-policy-bytes.
   "$AUTHZ_BIN" --policy "$policy" --data-dir "$work/data-$n" --listen 127.0.0.1:0 \
+    --max-policy-bytes $((64 * 1024 * 1024)) \
     --envoy-xds-listen "unix:$work/xds-$n.sock" --envoy-xds-max-subjects 10000000 \
     >"$work/sidecar-$n.log" 2>&1 &
   sc=$!
   pids+=("$sc")
   # Push time: from the sidecar serving (its log) to Envoy having applied the config.
-  for _ in $(seq 6000); do grep -q '"serving"\|serving' "$work/sidecar-$n.log" && break; sleep 0.01; done
+  for _ in $(seq 6000); do
+    grep -q '"serving"\|serving' "$work/sidecar-$n.log" && break
+    kill -0 "$sc" 2>/dev/null || { echo "scale: $n subjects: the sidecar exited:" >&2; tail -3 "$work/sidecar-$n.log" >&2; exit 1; }
+    sleep 0.01
+  done
   t0=$(date +%s%N)
   for _ in $(seq 60000); do
     curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.rbac.config_reload" | grep -q ': 1' && break

@@ -12,9 +12,6 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig as EnvoyTypedExtensionConfig;
 use envoy_types::pb::envoy::config::rbac::v3::{Action as RbacAction, rbac::Action as RbacVerdict};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
-use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3::{
-    DynamicMetadataInput, dynamic_metadata_input,
-};
 use envoy_types::pb::envoy::extensions::matching::common_inputs::ssl::v3::UriSanInput;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -45,14 +42,19 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::authz::AppState;
-use super::envoy::JWT_AUTHN_NAMESPACE;
 use crate::config::{EnvoyConfig, SubjectSource};
 use crate::engine::envoy_rbac::{MethodPaths, RbacOptions, RbacPlan, SubjectInput, path_guards};
+use crate::model::Method;
 
 /// The ECDS resource name: the listener's RBAC filter names it in `config_discovery`.
 pub const RESOURCE_NAME: &str = "authz.rbac";
 /// The health service that turns NOT_SERVING while Envoy rejects the latest config.
 pub const HEALTH_SERVICE: &str = "authz.envoy.xds";
+/// With the JWT subject source, the header RBAC reads the subject from: the listener's
+/// jwt_authn provider copies the subject claim into it (`claim_to_headers`) after a filter
+/// before jwt_authn removed every client-sent copy (`k8s/overlays/envoy-xds/envoy.yaml`).
+/// Envoy's dynamic metadata input yields a protobuf value, which no `exact_match_map` matches.
+pub const JWT_SUBJECT_HEADER: &str = "x-authz-jwt-subject";
 /// Name of the RBAC action of a request the plan does not allow (ext_authz decides it).
 pub const DEFER_ACTION: &str = "defer";
 
@@ -152,61 +154,115 @@ pub fn subject_input(config: &EnvoyConfig) -> SubjectInput {
 fn subject_input_config(config: &EnvoyConfig) -> TypedExtensionConfig {
     match config.subject_source {
         SubjectSource::Header => header_input(&config.subject_header),
-        SubjectSource::Jwt => typed(
-            "jwt-claim",
-            &DynamicMetadataInput {
-                filter: JWT_AUTHN_NAMESPACE.into(),
-                path: [&config.jwt_payload_key, &config.jwt_claim]
-                    .into_iter()
-                    .map(|key| dynamic_metadata_input::PathSegment {
-                        segment: Some(dynamic_metadata_input::path_segment::Segment::Key(
-                            key.clone(),
-                        )),
-                    })
-                    .collect(),
-            },
-        ),
+        SubjectSource::Jwt => header_input(JWT_SUBJECT_HEADER),
         SubjectSource::Spiffe => typed("uri-san", &UriSanInput {}),
     }
 }
 
-fn method_matcher(paths: &MethodPaths, allow: &OnMatch) -> Matcher {
-    let map = paths
-        .iter()
-        .map(|(method, regex)| {
-            let check = list(vec![FieldMatcher {
-                predicate: Some(regex_predicate(header_input(":path"), regex)),
-                on_match: Some(allow.clone()),
-            }]);
-            (method.as_str().to_owned(), nested(check))
-        })
-        .collect();
-    tree(header_input(":method"), map)
+/// Subjects whose compiled entry is shared (same roles and type): one class.
+struct Class<'a> {
+    paths: &'a MethodPaths,
+    members: Vec<&'a str>,
+}
+
+/// The subjects of a plan by class, larger classes first (ties in plan order, so a render is
+/// reproducible).
+fn classes(plan: &RbacPlan) -> Vec<Class<'_>> {
+    let mut index: HashMap<*const MethodPaths, usize> = HashMap::new();
+    let mut classes: Vec<Class<'_>> = Vec::new();
+    for subject in &plan.subjects {
+        let at = *index
+            .entry(Arc::as_ptr(&subject.allows))
+            .or_insert_with(|| {
+                classes.push(Class {
+                    paths: &subject.allows,
+                    members: Vec::new(),
+                });
+                classes.len() - 1
+            });
+        classes[at].members.push(&subject.id);
+    }
+    classes.sort_by_key(|c| std::cmp::Reverse(c.members.len()));
+    classes
+}
+
+/// An `exact_match_map` on the subject with no `on_no_match`: a subject missing from it makes
+/// the entry of the list holding it not match, and Envoy goes on with the next entry.
+fn members_map(input: &TypedExtensionConfig, ids: &[&str], on_match: &OnMatch) -> Matcher {
+    Matcher {
+        on_no_match: None,
+        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
+            input: Some(input.clone()),
+            tree_type: Some(TreeType::ExactMatchMap(MatchMap {
+                map: ids
+                    .iter()
+                    .map(|id| ((*id).to_owned(), on_match.clone()))
+                    .collect(),
+            })),
+        })),
+    }
+}
+
+/// For each method, the matcher deciding it: each class of two or more subjects is one entry,
+/// its path regex then its members (so Envoy compiles each class's regex once, however many
+/// members it has); a request whose path matches an entry but whose subject is not among its
+/// members goes on to the next entry. Subjects alone in their class (own `{user}` rules) come
+/// last, looked up by subject first, each with its own regex.
+fn method_matchers(plan: &RbacPlan, input: &TypedExtensionConfig, allow: &OnMatch) -> Matcher {
+    let mut shared: Vec<Vec<FieldMatcher>> = vec![Vec::new(); Method::ALL.len()];
+    let mut alone: Vec<HashMap<String, OnMatch>> = vec![HashMap::new(); Method::ALL.len()];
+    for class in classes(plan) {
+        for (method, regex) in class.paths.iter() {
+            if let [id] = class.members[..] {
+                let check = list(vec![FieldMatcher {
+                    predicate: Some(regex_predicate(header_input(":path"), regex)),
+                    on_match: Some(allow.clone()),
+                }]);
+                alone[method.index()].insert(id.to_owned(), nested(check));
+            } else {
+                shared[method.index()].push(FieldMatcher {
+                    predicate: Some(regex_predicate(header_input(":path"), regex)),
+                    on_match: Some(nested(members_map(input, &class.members, allow))),
+                });
+            }
+        }
+    }
+    let mut methods = HashMap::new();
+    for ((method, entries), alone) in Method::ALL.into_iter().zip(shared).zip(alone) {
+        // Envoy refuses an empty map or list: what is empty is left out.
+        let last = if alone.is_empty() {
+            None
+        } else {
+            Some(tree(input.clone(), alone))
+        };
+        let matcher = match (entries.is_empty(), last) {
+            (true, None) => continue,
+            (true, Some(last)) => last,
+            (false, last) => Matcher {
+                on_no_match: Some(Box::new(
+                    last.map_or_else(|| action(DEFER_ACTION, RbacVerdict::Deny), nested),
+                )),
+                matcher_type: Some(MatcherType::MatcherList(MatcherList { matchers: entries })),
+            },
+        };
+        methods.insert(method.as_str().to_owned(), nested(matcher));
+    }
+    tree(header_input(":method"), methods)
 }
 
 /// The RBAC filter config of a plan: a classifier (`shadow_matcher` only) whose verdict is
 /// `allowed` exactly for the requests the plan allows. Pure.
 pub fn render(plan: &RbacPlan, config: &EnvoyConfig) -> RbacFilter {
     let allow = action(&plan.revision.to_string(), RbacVerdict::Allow);
-    // Subjects sharing one compiled entry share one rendered method matcher.
-    let mut rendered: HashMap<*const MethodPaths, Matcher> = HashMap::new();
-    let mut subjects = HashMap::with_capacity(plan.subjects.len());
-    for subject in &plan.subjects {
-        let matcher = rendered
-            .entry(Arc::as_ptr(&subject.allows))
-            .or_insert_with(|| method_matcher(&subject.allows, &allow))
-            .clone();
-        subjects.insert(subject.id.to_string(), nested(matcher));
-    }
     let guards = path_guards()
         .iter()
         .map(|g| regex_predicate(header_input(":path"), g))
         .collect();
     // Envoy refuses an empty map: with no subject compiled, the guards lead to `defer` too.
-    let on_match = if subjects.is_empty() {
+    let on_match = if plan.subjects.is_empty() {
         action(DEFER_ACTION, RbacVerdict::Deny)
     } else {
-        nested(tree(subject_input_config(config), subjects))
+        nested(method_matchers(plan, &subject_input_config(config), &allow))
     };
     let root = list(vec![FieldMatcher {
         predicate: Some(Predicate {
@@ -222,6 +278,50 @@ pub fn render(plan: &RbacPlan, config: &EnvoyConfig) -> RbacFilter {
         shadow_matcher: Some(root),
         shadow_rules_stat_prefix: String::new(),
         track_per_rule_stats: false,
+    }
+}
+
+/// Test support: a push Envoy rejects, to prove the NACK path through a real Envoy (Envoy 1.40
+/// offers no switch that makes it refuse a config it accepted before). Nothing in the sidecar
+/// arms it; a test arms the server listening on one address, so tests running side by side
+/// leave each other alone.
+#[doc(hidden)]
+pub mod fault {
+    use std::sync::Mutex;
+
+    use crate::config::XdsListen;
+
+    static ARMED: Mutex<Vec<XdsListen>> = Mutex::new(Vec::new());
+
+    /// The next push of the xDS server on `listen` carries a config Envoy cannot load (an
+    /// invalid regex); the pushes after it are the real ones again.
+    pub fn reject_next_push(listen: &XdsListen) {
+        ARMED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(listen.clone());
+    }
+
+    /// Whether the push about to go out on `listen` is the armed one (disarms it).
+    pub(super) fn take(listen: Option<&XdsListen>) -> bool {
+        let Some(listen) = listen else { return false };
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = armed.len();
+        armed.retain(|l| l != listen);
+        armed.len() != before
+    }
+}
+
+/// A config Envoy refuses to load: its one regex does not compile.
+fn unloadable() -> RbacFilter {
+    RbacFilter {
+        shadow_matcher: Some(list(vec![FieldMatcher {
+            predicate: Some(regex_predicate(header_input(":path"), "(")),
+            on_match: Some(action(DEFER_ACTION, RbacVerdict::Deny)),
+        }])),
+        ..Default::default()
     }
 }
 
@@ -341,7 +441,11 @@ impl XdsService {
             let started = std::time::Instant::now();
             let plan = current.snapshot.rbac_plan(&options);
             drop(current);
-            let filter = render(&plan, &self.config);
+            let filter = if fault::take(self.config.xds_listen.as_ref()) {
+                unloadable()
+            } else {
+                render(&plan, &self.config)
+            };
             nonce += 1;
             let message = response(&filter, revision, nonce);
             tracing::info!(

@@ -53,7 +53,10 @@ pub enum SubjectInput {
     /// A request header: ext_authz takes exactly one, without `,`; Envoy joins repeated
     /// headers with `,`, so ids holding `,` are never matched.
     Header,
-    /// A string claim of the jwt_authn payload.
+    /// A string claim of the jwt_authn payload, as jwt_authn's `claim_to_headers` copies it
+    /// into a header (Envoy's metadata input yields no string a map can be keyed by). That
+    /// header also spells numbers, booleans, objects and lists, which ext_authz refuses, so
+    /// ids one of those could spell are never matched; nor ids with `,` (several tokens).
     JwtClaim,
     /// The URI SAN of the peer certificate (`spiffe://…`).
     Spiffe,
@@ -205,9 +208,24 @@ fn matchable(id: &str, input: SubjectInput) -> bool {
         && !id.ends_with(' ');
     match input {
         SubjectInput::Header => printable && !id.contains(','),
-        SubjectInput::JwtClaim => printable,
+        SubjectInput::JwtClaim => {
+            printable && !id.contains(',') && !spelled_by_a_non_string_claim(id)
+        }
         SubjectInput::Spiffe => printable && !id.contains(',') && id.starts_with("spiffe://"),
     }
+}
+
+/// Whether jwt_authn's `claim_to_headers` writes `id` for a claim that is not a string: a
+/// number (Envoy prints it as a number Rust reads back), `true` / `false`, or an object or a
+/// list (base64 of its JSON, which starts with `{` or `[`).
+fn spelled_by_a_non_string_claim(id: &str) -> bool {
+    use base64::Engine as _;
+    id == "true"
+        || id == "false"
+        || id.parse::<f64>().is_ok()
+        || base64::engine::general_purpose::STANDARD
+            .decode(id)
+            .is_ok_and(|json| matches!(json.first(), Some(b'{' | b'[')))
 }
 
 /// One alternative of a method's expression, before anchoring. The segment count is bounded
@@ -734,6 +752,30 @@ subjects:
         });
         let ids: Vec<&str> = plan.subjects.iter().map(|s| &*s.id).collect();
         assert_eq!(ids, ["spiffe://cluster.local/ns/a/sa/b"]);
+    }
+
+    #[test]
+    fn jwt_input_leaves_what_a_non_string_claim_could_spell_to_ext_authz() {
+        use base64::Engine as _;
+        let object = base64::engine::general_purpose::STANDARD.encode(r#"{"sub":"x"}"#);
+        let list = base64::engine::general_purpose::STANDARD.encode(r#"["x"]"#);
+        let plain = base64::engine::general_purpose::STANDARD.encode("plain");
+        for (id, compiled) in [
+            ("alice", true),
+            ("app-7", true),
+            (plain.as_str(), true),
+            ("123", false),
+            ("-1.5", false),
+            ("1e+21", false),
+            ("true", false),
+            ("false", false),
+            (object.as_str(), false),
+            (list.as_str(), false),
+            ("a,b", false),
+        ] {
+            assert_eq!(matchable(id, SubjectInput::JwtClaim), compiled, "{id}");
+        }
+        assert!(matchable("123", SubjectInput::Header));
     }
 
     #[test]

