@@ -114,7 +114,10 @@ fn defaults_serve_the_built_in_example() {
         &[(ENV_ADMIN_TOKEN, " tok\n")],
     )
     .expect("valid");
-    assert_eq!(config.listeners.listen, Some(DEFAULT_LISTEN.parse().expect("addr")));
+    assert_eq!(
+        config.listeners.listen,
+        Some(DEFAULT_LISTEN.parse().expect("addr"))
+    );
     assert_eq!(config.seed_source, "built-in example");
     assert_eq!(config.admin_token.as_deref(), Some("tok"));
     assert_eq!(config.worker_threads, None, "one worker per available CPU");
