@@ -860,6 +860,12 @@ impl TlsFiles {
     /// A rustls client trusting the CA, presenting a certificate for `spiffe_id` (URI SAN)
     /// or none.
     pub fn client(&self, spiffe_id: Option<&str>) -> Arc<rustls::ClientConfig> {
+        self.client_with_uri_sans(&spiffe_id.into_iter().collect::<Vec<_>>())
+    }
+
+    /// A rustls client trusting the CA, presenting a certificate whose URI SANs are `sans`, in
+    /// that order (none at all when `sans` is empty).
+    pub fn client_with_uri_sans(&self, sans: &[&str]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).expect("ca");
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -868,22 +874,24 @@ impl TlsFiles {
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots);
-        let config = match spiffe_id {
-            None => builder.with_no_client_auth(),
-            Some(id) => {
-                let key = rcgen::KeyPair::generate().expect("key");
-                let mut params = rcgen::CertificateParams::default();
-                params.subject_alt_names = vec![rcgen::SanType::URI(
-                    rcgen::string::Ia5String::try_from(id).expect("ia5"),
-                )];
-                let cert = params.signed_by(&key, &self.issuer).expect("client cert");
-                builder
-                    .with_client_auth_cert(
-                        vec![cert.der().clone()],
-                        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-                    )
-                    .expect("client auth")
-            }
+        let config = if sans.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::default();
+            params.subject_alt_names = sans
+                .iter()
+                .map(|id| {
+                    rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*id).expect("ia5"))
+                })
+                .collect();
+            let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+            builder
+                .with_client_auth_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                )
+                .expect("client auth")
         };
         Arc::new(config)
     }
@@ -916,14 +924,31 @@ impl Stack {
         headers: &[(&str, &str)],
     ) -> std::io::Result<Reply> {
         let config = self.extras().tls.client(spiffe_id);
-        let tcp = TcpStream::connect(("127.0.0.1", self.listener_port(Listener::Spiffe)))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let connection =
-            rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
-        let mut reader = BufReader::new(rustls::StreamOwned::new(connection, tcp));
-        exchange(&mut reader, method, path, headers, false)
+        send_tls(
+            self.listener_port(Listener::Spiffe),
+            config,
+            method,
+            path,
+            headers,
+        )
     }
+}
+
+/// One request over TLS (server name `localhost`) to `port` on 127.0.0.1 with the client
+/// `config`; `Err` when the connection fails before an HTTP answer.
+pub fn send_tls(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Reply> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let connection = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+    let mut reader = BufReader::new(rustls::StreamOwned::new(connection, tcp));
+    exchange(&mut reader, method, path, headers, false)
 }
 
 /// An HTTP/1.1 connection to an Envoy listener that stays open across requests.
@@ -1081,6 +1106,12 @@ pub fn with_transport_socket(listener: &str, snippet: &str) -> String {
         .find("                  - name: envoy.filters.http.ext_authz\n")
         .expect("ext_authz");
     let l = format!("{}{}", &listener[..start], &listener[end..]);
+    add_transport_socket(&l, snippet)
+}
+
+/// `listener` with `transport_socket` (a snippet that starts with `transport_socket:`) on its
+/// filter chain, as it is otherwise.
+pub fn add_transport_socket(l: &str, snippet: &str) -> String {
     let mut socket = String::new();
     for (i, line) in snippet
         .lines()
@@ -1092,7 +1123,7 @@ pub fn with_transport_socket(listener: &str, snippet: &str) -> String {
         socket.push('\n');
     }
     replace_once(
-        &l,
+        l,
         "        - filters:\n",
         &format!("{socket}          filters:\n"),
     )
