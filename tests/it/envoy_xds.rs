@@ -5,9 +5,10 @@
 //! ext_authz-only listener, each with its own sidecar: every status must be the same, and RBAC
 //! must have decided some of them on its own. Subjects come from a header (the xDS listener
 //! without jwt_authn against `k8s/overlays/envoy-trusted-header/envoy.yaml`) or from verified
-//! JWTs (both shipped files as they are: `k8s/overlays/envoy/envoy.yaml` for ext_authz). Then
-//! admin writes: the time until Envoy applies each new revision is measured and printed (p50,
-//! p99); a push Envoy rejects; and shadow mode.
+//! JWTs (both shipped files as they are: `k8s/overlays/envoy/envoy.yaml` for ext_authz) or from
+//! the URI SAN of an mTLS client certificate (SPIFFE). Then admin writes: the time until Envoy
+//! applies each new revision is measured and printed (p50, p99), on a small policy and with 1000
+//! and 2000 subjects; a push Envoy rejects; and shadow mode.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -1097,7 +1098,7 @@ fn rbac_mode_with_spiffe_subjects_decides_every_request_as_ext_authz() {
 // Propagation at the supported scale
 
 /// Per-write propagation with 1000 and 2000 subjects (the default `--envoy-xds-max-subjects`):
-/// monitoring-apps with copies of one subject added, then 40 admin writes, the last one
+/// iot-roles with copies of one subject added, then 40 admin writes, the last one
 /// reaching 2000; each revision must be the one Envoy applies, and RBAC must still decide a
 /// copy and the last written subject alone (a policy past the limit would compile nothing).
 /// The figures are printed (BENCHMARKS.md, docs/xds-rbac.md).
@@ -1108,7 +1109,7 @@ fn a_write_reaches_envoy_with_1000_and_2000_subjects() {
         return;
     };
     let upstream = start_echo_upstream();
-    let example = "monitoring-apps";
+    let example = "iot-roles";
     let base = example_text(example);
     let model = model_subject(example, &base).expect("a subject to copy");
     let listed = parse_policy(example, &base).expect("valid").subjects.len();
