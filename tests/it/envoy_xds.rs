@@ -559,9 +559,12 @@ fn propagation(
     let model = model_subject(example, text)?;
     let mut client = pair.rt.block_on(pair.xds_sidecar.client());
     let mut took = Vec::new();
+    // Until the admin write's answer (committed and published by the sidecar).
+    let mut answered = Vec::new();
     for i in 0..40 {
         let started = Instant::now();
         let revision = put_copy(pair, &mut client, &model, &format!("fresh-{i}"))?;
+        answered.push(started.elapsed());
         let revision = revision.to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
         while stat(
@@ -580,7 +583,15 @@ fn propagation(
         took.push(started.elapsed());
     }
     took.sort();
-    let p = |q: f64| took[((took.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    answered.sort();
+    let at = |v: &[Duration], q: f64| v[((v.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    let p = |q: f64| at(&took, q);
+    eprintln!(
+        "{label}: admin write answered, {} writes: p50 {:?}, p99 {:?}",
+        answered.len(),
+        at(&answered, 0.5),
+        at(&answered, 0.99)
+    );
     eprintln!(
         "{label}: admin write -> RBAC config applied in Envoy, {} writes: p50 {:?}, p99 {:?}, max {:?}",
         took.len(),
