@@ -207,7 +207,7 @@ impl Sidecar {
         // Moved out, not cloned: a 1 MiB policy file is ~27k subjects, and seeding within the
         // pod's memory limit leaves no room for a second copy.
         let seed = std::mem::replace(&mut config.seed, Seed::empty());
-        let data_dir = config.data_dir.clone();
+        let data_dir = config.store.data_dir.clone();
         let store =
             Arc::new(tokio::task::spawn_blocking(move || SledStore::open(&data_dir)).await??);
 
@@ -567,10 +567,10 @@ impl Sidecar {
             (None, None) => None,
         };
         let mut already_seen = None;
-        match (&refused, &config.policy_path) {
+        match (&refused, &config.store.policy) {
             (Some(message), Some(path)) => {
                 report_refused(path, message, &reload_stats, &metrics, &health).await;
-                already_seen = read_policy_text_max(path, config.max_policy_bytes)
+                already_seen = read_policy_text_max(path, config.store.max_policy_bytes)
                     .ok()
                     .map(|(_, text)| crate::auth::token_sha256_hex(&text));
             }
@@ -580,14 +580,16 @@ impl Sidecar {
                     .await;
             }
         }
-        if let (Some(path), Some(interval)) = (config.policy_path.clone(), config.reload_interval) {
+        if let (Some(path), Some(interval)) =
+            (config.store.policy.clone(), config.store.reload_interval)
+        {
             servers.spawn({
                 let watcher = watch_policy_file(
                     live,
                     path,
                     WatchOptions {
                         interval,
-                        max_bytes: config.max_policy_bytes,
+                        max_bytes: config.store.max_policy_bytes,
                         health: health.clone(),
                         already_seen,
                     },

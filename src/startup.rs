@@ -6,14 +6,13 @@
 //! once); a bad policy file does not (see [`Config::seed_error`]).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use crate::auth::token_sha256_hex;
 use crate::config::{
     AdminExposure, ENV_ADMIN_TOKEN, ENV_ADMIN_TOKEN_FILE, ENV_DATA_DIR, ENV_UDS, EnvoyConfig,
-    EtcdSettings, FleetSettings, Limits, Listeners, LogSettings, Settings, TlsConfig, TlsFiles,
-    admin_token_problem,
+    EtcdSettings, FleetSettings, Limits, Listeners, LogSettings, Settings, StoreSettings,
+    TlsConfig, TlsFiles, admin_token_problem,
 };
 use crate::fleet::{EtcdConfig, FleetConfig};
 use crate::live::Seed;
@@ -27,8 +26,8 @@ use crate::model::{PathOptions, Policy};
 pub struct Config {
     /// Where the sidecar listens (the Unix socket's directory checked).
     pub listeners: Listeners,
-    /// sled directory.
-    pub data_dir: PathBuf,
+    /// Data dir, policy file, its size bound and reload interval, as parsed.
+    pub store: StoreSettings,
     /// The policy imported into an empty store (and re-applied when its file changes).
     pub seed: Seed,
     /// Where the seed came from (file path or `built-in example`).
@@ -36,8 +35,6 @@ pub struct Config {
     /// The policy file's problems when it is refused: the stored policy then serves, and a
     /// start on an empty data dir is refused (`seed` is an empty placeholder).
     pub seed_error: Option<PolicyFileError>,
-    /// Largest policy file accepted, in bytes.
-    pub max_policy_bytes: u64,
     /// Bootstrap admin token.
     pub admin_token: Option<String>,
     /// Log format and decision log.
@@ -56,10 +53,6 @@ pub struct Config {
     pub http_paths: PathOptions,
     /// Runtime worker threads; `None` = one per available CPU.
     pub worker_threads: Option<usize>,
-    /// The policy file, re-imported when it changes (none for the built-in example).
-    pub policy_path: Option<PathBuf>,
-    /// How often the policy file is checked for changes; `None` = never.
-    pub reload_interval: Option<Duration>,
     /// Fleet mode (`--source etcd`); `None` = the embedded single-pod mode.
     pub fleet: Option<FleetConfig>,
 }
@@ -133,11 +126,10 @@ pub fn load(settings: Settings, errors: &mut Vec<String>) -> Option<Config> {
     };
     Some(Config {
         listeners,
-        data_dir: store.data_dir,
+        store,
         seed,
         seed_source,
         seed_error,
-        max_policy_bytes: store.max_policy_bytes,
         admin_token,
         log,
         envoy,
@@ -147,8 +139,6 @@ pub fn load(settings: Settings, errors: &mut Vec<String>) -> Option<Config> {
         limits,
         http_paths,
         worker_threads,
-        policy_path: store.policy,
-        reload_interval: store.reload_interval,
         fleet,
     })
 }

@@ -122,7 +122,7 @@ fn defaults_serve_the_built_in_example() {
     assert_eq!(config.admin_token.as_deref(), Some("tok"));
     assert_eq!(config.worker_threads, None, "one worker per available CPU");
     assert_eq!(
-        config.reload_interval, None,
+        config.store.reload_interval, None,
         "the built-in example never changes"
     );
     assert!(data.is_dir());

@@ -33,8 +33,8 @@ fn publish(dir: &Path, version: u32, text: &str) -> PathBuf {
 async fn launch_watching(dir: &Path, policy_file: &Path) -> Sidecar {
     let mut config = config(dir, EMBEDDED_DEFAULT);
     config.seed = read_seed(policy_file).expect("valid policy file");
-    config.policy_path = Some(policy_file.to_path_buf());
-    config.reload_interval = Some(Duration::from_millis(25));
+    config.store.policy = Some(policy_file.to_path_buf());
+    config.store.reload_interval = Some(Duration::from_millis(25));
     Sidecar::launch(config).await.expect("starts")
 }
 

@@ -222,8 +222,8 @@ async fn a_bad_policy_file_at_start_serves_the_stored_policy() {
         let mut cfg = config(dir.path(), EMBEDDED_DEFAULT);
         let err = read_seed(&file).expect_err("refused");
         cfg.seed_error = Some(err);
-        cfg.policy_path = Some(file.clone());
-        cfg.reload_interval = Some(Duration::from_millis(20));
+        cfg.store.policy = Some(file.clone());
+        cfg.store.reload_interval = Some(Duration::from_millis(20));
         let sidecar = Sidecar::launch(cfg)
             .await
             .expect("starts on the stored policy");
@@ -292,8 +292,8 @@ async fn a_reload_that_cannot_compile_never_reaches_the_store() {
     std::fs::write(&file, EMBEDDED_DEFAULT).unwrap();
     let mut cfg = config(dir.path(), EMBEDDED_DEFAULT);
     cfg.seed = read_seed(&file).unwrap();
-    cfg.policy_path = Some(file.clone());
-    cfg.reload_interval = Some(Duration::from_millis(20));
+    cfg.store.policy = Some(file.clone());
+    cfg.store.reload_interval = Some(Duration::from_millis(20));
     let sidecar = Sidecar::launch(cfg).await.unwrap();
     let before = sidecar.start_revision();
     std::fs::write(&file, staggered(21)).unwrap();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use authz_sidecar::api::pb::authz_client::AuthzClient;
 use authz_sidecar::api::pb::{self, check_request};
 use authz_sidecar::config::{
-    AdminExposure, EnvoyConfig, Limits, Listeners, LogFormat, LogSettings,
+    AdminExposure, EnvoyConfig, Limits, Listeners, LogFormat, LogSettings, StoreSettings,
 };
 use authz_sidecar::live::Seed;
 use authz_sidecar::model::file::parse_policy;
@@ -39,7 +39,12 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
             uds: Some(dir.join("authz.sock")),
             uds_mode: 0o660,
         },
-        data_dir: dir.join("data"),
+        store: StoreSettings {
+            data_dir: dir.join("data"),
+            policy: None,
+            max_policy_bytes: authz_sidecar::config::DEFAULT_MAX_POLICY_BYTES,
+            reload_interval: None,
+        },
         seed: Seed {
             policy: parse_policy("test policy", policy_yaml).expect("test policy is valid"),
             digest: "test".into(),
@@ -47,7 +52,6 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         },
         seed_source: "test".into(),
         seed_error: None,
-        max_policy_bytes: authz_sidecar::config::DEFAULT_MAX_POLICY_BYTES,
         admin_token: Some(ADMIN_TOKEN.into()),
         log: LogSettings {
             format: LogFormat::Plain,
@@ -60,8 +64,6 @@ pub fn config(dir: &Path, policy_yaml: &str) -> Config {
         limits: Limits::default(),
         http_paths: Default::default(),
         worker_threads: None,
-        policy_path: None,
-        reload_interval: None,
         fleet: None,
     }
 }
