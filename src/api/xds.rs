@@ -1,12 +1,22 @@
-//! The xDS server for Envoy's RBAC filter (ECDS, `envoy.service.extension.v3`): each published
-//! snapshot, compiled by [`Snapshot::rbac_plan`](crate::engine::Snapshot::rbac_plan), rendered
-//! as an `envoy.extensions.filters.http.rbac.v3.RBAC` with a `shadow_matcher` only, and pushed
-//! as the resource [`RESOURCE_NAME`] at `version_info` = the policy revision.
+//! The xDS server for Envoy's RBAC filters (ECDS, `envoy.service.extension.v3`). Each published
+//! snapshot, compiled by [`Snapshot::rbac_plan`](crate::engine::Snapshot::rbac_plan), is rendered
+//! as two `envoy.extensions.filters.http.rbac.v3.RBAC` configs, each a `shadow_matcher` only:
+//!
+//! - [`SUBJECTS_RESOURCE`] maps each subject to the tag of its class (or, when the path matches
+//!   one of its own `{user}` rules, to the tag of that rule's methods); the listener copies
+//!   that tag into
+//!   [`CLASS_HEADER`];
+//! - [`RESOURCE_NAME`] holds each class's path expressions, looked up by that header, and names
+//!   its allow action after the policy revision.
+//!
+//! A subject write changes the first resource only (one small entry per subject), so Envoy
+//! re-reads a map, not every path expression. The second is pushed once Envoy has accepted the
+//! first, so a revision Envoy reports is never decided with an older subject map.
 //! docs/xds-rbac.md has the design.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig as EnvoyTypedExtensionConfig;
@@ -34,7 +44,7 @@ use envoy_types::pb::xds::r#type::matcher::v3::{
     Matcher, RegexMatcher, StringMatcher, regex_matcher, string_matcher,
 };
 use prost::{Message, Name};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -44,10 +54,22 @@ use tonic_health::server::HealthReporter;
 use super::authz::AppState;
 use crate::config::{EnvoyConfig, SubjectSource};
 use crate::engine::envoy_rbac::{MethodPaths, RbacOptions, RbacPlan, SubjectInput, path_guards};
+use crate::live::LivePolicy;
 use crate::model::Method;
 
-/// The ECDS resource name: the listener's RBAC filter names it in `config_discovery`.
+/// The ECDS resource of the class filter (path expressions per class): the listener's second
+/// RBAC filter names it in `config_discovery`; its verdict decides whether ext_authz runs.
 pub const RESOURCE_NAME: &str = "authz.rbac";
+/// The ECDS resource of the subject filter (subject -> class tag), the listener's first RBAC
+/// filter.
+pub const SUBJECTS_RESOURCE: &str = "authz.subjects";
+/// The subject filter's `shadow_rules_stat_prefix`: its verdict lands in the dynamic metadata
+/// key `authz_subjects_shadow_effective_policy_id` (and its counters carry the prefix), apart
+/// from the class filter's unprefixed keys.
+pub const SUBJECTS_STAT_PREFIX: &str = "authz_subjects_";
+/// The request header the listener fills with the subject filter's verdict (after removing
+/// any client copy) and the class filter looks up.
+pub const CLASS_HEADER: &str = "x-authz-class";
 /// The health service that turns NOT_SERVING while Envoy rejects the latest config.
 pub const HEALTH_SERVICE: &str = "authz.envoy.xds";
 /// With the JWT subject source, the header RBAC reads the subject from: the listener's
@@ -159,110 +181,206 @@ fn subject_input_config(config: &EnvoyConfig) -> TypedExtensionConfig {
     }
 }
 
-/// Subjects whose compiled entry is shared (same roles and type): one class.
-struct Class<'a> {
-    paths: &'a MethodPaths,
-    members: Vec<&'a str>,
+/// Tags of classes (the requests a set of roles allows, `{user}` rules aside), stable across
+/// revisions: a class keeps its tag while some subject has it, so a subject write leaves the
+/// class filter's lookups as they were. Tags are never reused within a process, and carry a
+/// random part drawn at start, so no client can guess one (the listener removes client copies
+/// of [`CLASS_HEADER`]; with an Envoy config that forgot to, a forged tag still matches nothing).
+pub struct ClassTags {
+    secret: String,
+    tags: HashMap<MethodPaths, u64>,
+    next: u64,
 }
 
-/// The subjects of a plan by class, larger classes first (ties in plan order, so a render is
-/// reproducible).
-fn classes(plan: &RbacPlan) -> Vec<Class<'_>> {
-    let mut index: HashMap<*const MethodPaths, usize> = HashMap::new();
-    let mut classes: Vec<Class<'_>> = Vec::new();
-    for subject in &plan.subjects {
-        let at = *index
-            .entry(Arc::as_ptr(&subject.allows))
-            .or_insert_with(|| {
-                classes.push(Class {
-                    paths: &subject.allows,
-                    members: Vec::new(),
-                });
-                classes.len() - 1
-            });
-        classes[at].members.push(&subject.id);
-    }
-    classes.sort_by_key(|c| std::cmp::Reverse(c.members.len()));
-    classes
-}
-
-/// An `exact_match_map` on the subject with no `on_no_match`: a subject missing from it makes
-/// the entry of the list holding it not match, and Envoy goes on with the next entry.
-fn members_map(input: &TypedExtensionConfig, ids: &[&str], on_match: &OnMatch) -> Matcher {
-    Matcher {
-        on_no_match: None,
-        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
-            input: Some(input.clone()),
-            tree_type: Some(TreeType::ExactMatchMap(MatchMap {
-                map: ids
-                    .iter()
-                    .map(|id| ((*id).to_owned(), on_match.clone()))
-                    .collect(),
-            })),
-        })),
-    }
-}
-
-/// For each method, the matcher deciding it: each class of two or more subjects is one entry,
-/// its path regex then its members (so Envoy compiles each class's regex once, however many
-/// members it has); a request whose path matches an entry but whose subject is not among its
-/// members goes on to the next entry. Subjects alone in their class (own `{user}` rules) come
-/// last, looked up by subject first, each with its own regex.
-fn method_matchers(plan: &RbacPlan, input: &TypedExtensionConfig, allow: &OnMatch) -> Matcher {
-    let mut shared: Vec<Vec<FieldMatcher>> = vec![Vec::new(); Method::ALL.len()];
-    let mut alone: Vec<HashMap<String, OnMatch>> = vec![HashMap::new(); Method::ALL.len()];
-    for class in classes(plan) {
-        for (method, regex) in class.paths.iter() {
-            if let [id] = class.members[..] {
-                let check = list(vec![FieldMatcher {
-                    predicate: Some(regex_predicate(header_input(":path"), regex)),
-                    on_match: Some(allow.clone()),
-                }]);
-                alone[method.index()].insert(id.to_owned(), nested(check));
-            } else {
-                shared[method.index()].push(FieldMatcher {
-                    predicate: Some(regex_predicate(header_input(":path"), regex)),
-                    on_match: Some(nested(members_map(input, &class.members, allow))),
-                });
-            }
+impl ClassTags {
+    /// Tags drawn with a fresh random part.
+    pub fn new() -> ClassTags {
+        // std's hasher keys come from the system's random source once per process; a keyed
+        // SipHash of a constant under them is as unpredictable as they are.
+        use std::hash::BuildHasher;
+        let secret = std::hash::RandomState::new().hash_one(0u8);
+        ClassTags {
+            secret: format!("{secret:016x}"),
+            tags: HashMap::new(),
+            next: 0,
         }
     }
-    let mut methods = HashMap::new();
-    for ((method, entries), alone) in Method::ALL.into_iter().zip(shared).zip(alone) {
-        // Envoy refuses an empty map or list: what is empty is left out.
-        let last = if alone.is_empty() {
-            None
-        } else {
-            Some(tree(input.clone(), alone))
-        };
-        let matcher = match (entries.is_empty(), last) {
-            (true, None) => continue,
-            (true, Some(last)) => last,
-            (false, last) => Matcher {
-                on_no_match: Some(Box::new(
-                    last.map_or_else(|| action(DEFER_ACTION, RbacVerdict::Deny), nested),
-                )),
-                matcher_type: Some(MatcherType::MatcherList(MatcherList { matchers: entries })),
-            },
-        };
-        methods.insert(method.as_str().to_owned(), nested(matcher));
+
+    /// The verdict of a subject whose own rule matched the path: the class filter allows the
+    /// rule's methods (`methods` as a bit per [`Method::index`]).
+    fn own(&self, methods: u32) -> String {
+        format!("o{methods}-{}", self.secret)
     }
+
+    /// Tags for the classes of `plan` (by their shared expressions); classes gone since the
+    /// last call lose theirs.
+    fn assign<'p>(
+        &mut self,
+        plan: &'p RbacPlan,
+    ) -> HashMap<*const MethodPaths, (String, &'p MethodPaths)> {
+        let mut out = HashMap::new();
+        let mut live: HashMap<MethodPaths, u64> = HashMap::new();
+        for subject in &plan.subjects {
+            let paths: &MethodPaths = &subject.allows;
+            if paths.is_empty() || out.contains_key(&Arc::as_ptr(&subject.allows)) {
+                continue;
+            }
+            let number = match live.get(paths).or_else(|| self.tags.get(paths)) {
+                Some(n) => *n,
+                None => {
+                    self.next += 1;
+                    self.next
+                }
+            };
+            live.insert(paths.clone(), number);
+            out.insert(
+                Arc::as_ptr(&subject.allows),
+                (format!("c{number}-{}", self.secret), paths),
+            );
+        }
+        self.tags = live;
+        out
+    }
+}
+
+impl Default for ClassTags {
+    fn default() -> Self {
+        ClassTags::new()
+    }
+}
+
+/// The two filter configs of one revision.
+pub struct Rendered {
+    /// [`SUBJECTS_RESOURCE`]: subject -> class tag.
+    pub subjects: RbacFilter,
+    /// [`RESOURCE_NAME`]: class tag -> method -> path expression -> allowed.
+    pub classes: RbacFilter,
+}
+
+/// A subject's own `{user}` paths by the methods they allow: one expression per set of
+/// methods (as a bit per [`Method::index`]).
+fn own_by_methods(own: &MethodPaths) -> BTreeMap<&str, u32> {
+    let mut by_regex: BTreeMap<&str, u32> = BTreeMap::new();
+    for (method, regex) in own.iter() {
+        *by_regex.entry(regex).or_default() |= 1 << method.index();
+    }
+    by_regex
+}
+
+/// For a subject with `{user}` rules: a list whose entries match the paths its own rules allow,
+/// each naming the set of methods allowed there (the class filter checks the method, so the
+/// subject map holds one expression per set, not per method). Where two of its sets allow the
+/// same path, the first entry wins, and the other set's methods there (or its class's) go to
+/// ext_authz.
+fn own_entries(own: &MethodPaths, tags: &ClassTags) -> Vec<FieldMatcher> {
+    own_by_methods(own)
+        .into_iter()
+        .map(|(regex, methods)| FieldMatcher {
+            predicate: Some(regex_predicate(header_input(":path"), regex)),
+            on_match: Some(action(&tags.own(methods), RbacVerdict::Allow)),
+        })
+        .collect()
+}
+
+/// The subject filter: each subject's verdict is its class tag, or [`ClassTags::own`] when one
+/// of its own `{user}` rules matches the path. A subject not in the map gets no verdict at all
+/// (no `on_no_match`), so the listener's header stays unset.
+fn subjects_filter(
+    plan: &RbacPlan,
+    input: &TypedExtensionConfig,
+    classes: &HashMap<*const MethodPaths, (String, &MethodPaths)>,
+    tags: &ClassTags,
+) -> RbacFilter {
+    let mut map = HashMap::new();
+    for subject in &plan.subjects {
+        let class = classes
+            .get(&Arc::as_ptr(&subject.allows))
+            .map(|(tag, _)| action(tag, RbacVerdict::Allow));
+        let on_match = match (&subject.own, class) {
+            (None, Some(class)) => class,
+            (Some(paths), class) => nested(Matcher {
+                on_no_match: class.map(Box::new),
+                matcher_type: Some(MatcherType::MatcherList(MatcherList {
+                    matchers: own_entries(paths, tags),
+                })),
+            }),
+            (None, None) => continue,
+        };
+        map.insert(subject.id.to_string(), on_match);
+    }
+    if map.is_empty() {
+        // Envoy refuses an empty map; no matcher at all marks nothing.
+        return RbacFilter {
+            shadow_rules_stat_prefix: SUBJECTS_STAT_PREFIX.into(),
+            ..Default::default()
+        };
+    }
+    RbacFilter {
+        shadow_matcher: Some(Matcher {
+            on_no_match: None,
+            matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
+                input: Some(input.clone()),
+                tree_type: Some(TreeType::ExactMatchMap(MatchMap { map })),
+            })),
+        }),
+        shadow_rules_stat_prefix: SUBJECTS_STAT_PREFIX.into(),
+        ..Default::default()
+    }
+}
+
+/// The methods a set allows (a bit per [`Method::index`]), each allowed.
+fn methods_matcher(methods: u32, allow: &OnMatch) -> Matcher {
+    let allowed = Method::ALL
+        .into_iter()
+        .filter(|m| methods & (1 << m.index()) != 0)
+        .map(|m| (m.as_str().to_owned(), allow.clone()))
+        .collect();
+    tree(header_input(":method"), allowed)
+}
+
+/// One class's matcher: its path expression for the request's method.
+fn class_matcher(paths: &MethodPaths, allow: &OnMatch) -> Matcher {
+    let methods = paths
+        .iter()
+        .map(|(method, regex)| {
+            let check = list(vec![FieldMatcher {
+                predicate: Some(regex_predicate(header_input(":path"), regex)),
+                on_match: Some(allow.clone()),
+            }]);
+            (method.as_str().to_owned(), nested(check))
+        })
+        .collect();
     tree(header_input(":method"), methods)
 }
 
-/// The RBAC filter config of a plan: a classifier (`shadow_matcher` only) whose verdict is
-/// `allowed` exactly for the requests the plan allows. Pure.
-pub fn render(plan: &RbacPlan, config: &EnvoyConfig) -> RbacFilter {
+/// The class filter: a classifier whose verdict is `allowed` (the action named after the
+/// revision) exactly for the requests whose path passes the guards and whose class tag (set
+/// from the subject filter's verdict) allows the method and path.
+fn classes_filter(
+    plan: &RbacPlan,
+    classes: &HashMap<*const MethodPaths, (String, &MethodPaths)>,
+    tags: &ClassTags,
+) -> RbacFilter {
     let allow = action(&plan.revision.to_string(), RbacVerdict::Allow);
     let guards = path_guards()
         .iter()
         .map(|g| regex_predicate(header_input(":path"), g))
         .collect();
-    // Envoy refuses an empty map: with no subject compiled, the guards lead to `defer` too.
-    let on_match = if plan.subjects.is_empty() {
+    let mut map: HashMap<String, OnMatch> = classes
+        .values()
+        .map(|(tag, paths)| (tag.clone(), nested(class_matcher(paths, &allow))))
+        .collect();
+    for own in plan.subjects.iter().filter_map(|s| s.own.as_ref()) {
+        for methods in own_by_methods(own).into_values() {
+            map.entry(tags.own(methods))
+                .or_insert_with(|| nested(methods_matcher(methods, &allow)));
+        }
+    }
+    let on_match = if map.is_empty() {
+        // Envoy refuses an empty map: with no subject compiled, the guards lead to `defer`.
         action(DEFER_ACTION, RbacVerdict::Deny)
     } else {
-        nested(method_matchers(plan, &subject_input_config(config), &allow))
+        nested(tree(header_input(CLASS_HEADER), map))
     };
     let root = list(vec![FieldMatcher {
         predicate: Some(Predicate {
@@ -271,13 +389,19 @@ pub fn render(plan: &RbacPlan, config: &EnvoyConfig) -> RbacFilter {
         on_match: Some(on_match),
     }]);
     RbacFilter {
-        rules: None,
-        rules_stat_prefix: String::new(),
-        matcher: None,
-        shadow_rules: None,
         shadow_matcher: Some(root),
-        shadow_rules_stat_prefix: String::new(),
-        track_per_rule_stats: false,
+        ..Default::default()
+    }
+}
+
+/// Both filter configs of a plan. Pure but for `tags`, which keeps class tags stable from one
+/// revision to the next.
+pub fn render(plan: &RbacPlan, config: &EnvoyConfig, tags: &mut ClassTags) -> Rendered {
+    let assigned = tags.assign(plan);
+    let tags: &ClassTags = tags;
+    Rendered {
+        subjects: subjects_filter(plan, &subject_input_config(config), &assigned, tags),
+        classes: classes_filter(plan, &assigned, tags),
     }
 }
 
@@ -293,8 +417,9 @@ pub mod fault {
 
     static ARMED: Mutex<Vec<XdsListen>> = Mutex::new(Vec::new());
 
-    /// The next push of the xDS server on `listen` carries a config Envoy cannot load (an
-    /// invalid regex); the pushes after it are the real ones again.
+    /// The next revision's first push of the xDS server on `listen` (the subject map when it
+    /// changed, else the class config) carries a config Envoy cannot load (an invalid regex);
+    /// the pushes after it are the real ones again.
     pub fn reject_next_push(listen: &XdsListen) {
         ARMED
             .lock()
@@ -325,36 +450,194 @@ fn unloadable() -> RbacFilter {
     }
 }
 
-/// The ECDS response carrying `filter` at `revision`.
-fn response(filter: &RbacFilter, revision: u64, nonce: u64) -> DiscoveryResponse {
-    DiscoveryResponse {
-        version_info: revision.to_string(),
-        resources: vec![any(&EnvoyTypedExtensionConfig {
-            name: RESOURCE_NAME.into(),
-            typed_config: Some(any(filter)),
-        })],
-        type_url: TYPED_EXTENSION_CONFIG.into(),
-        nonce: nonce.to_string(),
-        ..Default::default()
+/// One resource as pushed: the ECDS resource at a version (the revision it was rendered at).
+struct Push {
+    version: u64,
+    resource: Any,
+}
+
+impl Push {
+    fn new(name: &str, filter: &RbacFilter, version: u64) -> Push {
+        Push {
+            version,
+            resource: any(&EnvoyTypedExtensionConfig {
+                name: name.into(),
+                typed_config: Some(any(filter)),
+            }),
+        }
+    }
+
+    fn response(&self, nonce: u64) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: self.version.to_string(),
+            resources: vec![self.resource.clone()],
+            type_url: TYPED_EXTENSION_CONFIG.into(),
+            nonce: nonce.to_string(),
+            ..Default::default()
+        }
     }
 }
 
-/// Serves the RBAC config over ECDS.
+/// Which of the two resources a stream carries (Envoy opens one stream per filter).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Subjects,
+    Classes,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Subjects => SUBJECTS_RESOURCE,
+            Kind::Classes => RESOURCE_NAME,
+        }
+    }
+}
+
+/// Envoy's answer on one subject stream, to the last push it answered.
+#[derive(Clone, Copy)]
+enum Answer {
+    None,
+    Accepted(u64),
+    Rejected(u64),
+}
+
+/// What the streams tell the publisher and the health service.
+#[derive(Default)]
+struct Answers {
+    next_stream: u64,
+    /// Open subject streams and their last answer.
+    subjects: HashMap<u64, Answer>,
+    /// Whether the last answer for each kind was a rejection.
+    rejected: [bool; 2],
+}
+
+/// Shared by the publisher and every stream.
+struct Shared {
+    state: Arc<AppState>,
+    config: EnvoyConfig,
+    health: HealthReporter,
+    subjects: watch::Sender<Option<Arc<Push>>>,
+    classes: watch::Sender<Option<Arc<Push>>>,
+    answers: Mutex<Answers>,
+    /// Bumped on every answer on a subject stream and when one closes.
+    answered: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
+        self.answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether every open subject stream answered `version`: `Some(true)` all accepted it
+    /// (or something newer), `Some(false)` one rejected it, `None` still waiting.
+    fn subjects_settled(&self, version: u64) -> Option<bool> {
+        let answers = self.answers();
+        let mut settled = Some(true);
+        for answer in answers.subjects.values() {
+            match *answer {
+                Answer::Accepted(v) if v >= version => {}
+                Answer::Rejected(v) if v >= version => return Some(false),
+                _ => settled = None,
+            }
+        }
+        settled
+    }
+
+    async fn answer(&self, kind: Kind, stream: u64, version: u64, error: Option<(i32, &str)>) {
+        let metrics = &self.state.metrics;
+        let serving = {
+            let mut answers = self.answers();
+            answers.rejected[kind as usize] = error.is_some();
+            if kind == Kind::Subjects {
+                answers.subjects.insert(
+                    stream,
+                    match error {
+                        Some(_) => Answer::Rejected(version),
+                        None => Answer::Accepted(version),
+                    },
+                );
+            }
+            !answers.rejected.iter().any(|r| *r)
+        };
+        self.answered.send_modify(|n| *n += 1);
+        match error {
+            Some((code, message)) => {
+                metrics.xds_nacked();
+                tracing::error!(
+                    resource = kind.name(),
+                    version,
+                    code,
+                    message,
+                    "Envoy rejected an RBAC config; it keeps its last good one"
+                );
+            }
+            None => {
+                if kind == Kind::Classes {
+                    metrics.xds_acked(version);
+                }
+                tracing::debug!(
+                    resource = kind.name(),
+                    version,
+                    "Envoy accepted an RBAC config"
+                );
+            }
+        }
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health.set_service_status(HEALTH_SERVICE, status).await;
+    }
+}
+
+/// Removes a subject stream from the answers when it ends, however it ends.
+struct SubjectStream<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for SubjectStream<'_> {
+    fn drop(&mut self) {
+        self.shared.answers().subjects.remove(&self.id);
+        self.shared.answered.send_modify(|n| *n += 1);
+    }
+}
+
+/// Serves the RBAC configs over ECDS.
 #[derive(Clone)]
 pub struct XdsService {
-    state: Arc<AppState>,
-    config: Arc<EnvoyConfig>,
-    health: HealthReporter,
+    shared: Arc<Shared>,
+    /// Held by every clone: when the server drops the last one, the publisher ends.
+    _alive: watch::Receiver<()>,
+}
+
+/// How the publisher's wait for the subject streams ended.
+enum Waited {
+    Accepted,
+    Rejected,
+    NewRevision,
+    Closed,
 }
 
 impl XdsService {
-    /// A service over the sidecar's state.
+    /// A service over the sidecar's state; starts the task that renders each revision.
     pub fn new(state: Arc<AppState>, config: EnvoyConfig, health: HealthReporter) -> XdsService {
-        XdsService {
+        let shared = Arc::new(Shared {
             state,
-            config: Arc::new(config),
+            config,
             health,
-        }
+            subjects: watch::channel(None).0,
+            classes: watch::channel(None).0,
+            answers: Mutex::new(Answers::default()),
+            answered: watch::channel(0).0,
+        });
+        let (alive, _alive) = watch::channel(());
+        tokio::spawn(publish(Arc::clone(&shared), alive));
+        XdsService { shared, _alive }
     }
 
     /// The tonic server for it.
@@ -363,104 +646,180 @@ impl XdsService {
             .max_encoding_message_size(usize::MAX)
             .max_decoding_message_size(4 * 1024 * 1024)
     }
+}
 
-    /// One stream: pushes the current config, then every new revision; reads ACKs and NACKs.
-    async fn run(
-        self,
-        mut requests: Streaming<DiscoveryRequest>,
-        out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) {
-        let live = loop {
-            match self.state.live() {
-                Ok(live) => break Arc::clone(live),
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
-        let mut published = live.subscribe_published();
-        let options = RbacOptions {
-            input: subject_input(&self.config),
-            max_subjects: self.config.xds_max_subjects,
-        };
-        let metrics = Arc::clone(&self.state.metrics);
-        let mut nonce = 0u64;
-        // (nonce, revision) of pushes not yet answered.
-        let mut sent: Vec<(u64, u64)> = Vec::new();
-        let mut pushed_revision = None;
-        let mut subscribed = false;
-        loop {
-            let mut push = false;
-            let mut force = false;
-            tokio::select! {
-                request = requests.message() => {
-                    let request = match request {
-                        Ok(Some(r)) => r,
-                        Ok(None) | Err(_) => return,
-                    };
-                    if request.response_nonce.is_empty() {
-                        subscribed = true;
-                        push = true;
-                        force = true;
-                    } else if let Ok(n) = request.response_nonce.parse::<u64>() {
-                        let revision = sent.iter().find(|(s, _)| *s == n).map(|(_, r)| *r);
-                        sent.retain(|(s, _)| *s > n);
-                        match (&request.error_detail, revision) {
-                            (Some(error), Some(revision)) => {
-                                metrics.xds_nacked();
-                                tracing::error!(revision, code = error.code, message = %error.message,
-                                    "Envoy rejected the RBAC config; it keeps its last good one");
-                                self.health
-                                    .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
-                                    .await;
-                            }
-                            (None, Some(revision)) => {
-                                metrics.xds_acked(revision);
-                                tracing::debug!(revision, "Envoy accepted the RBAC config");
-                                self.health
-                                    .set_service_status(HEALTH_SERVICE, ServingStatus::Serving)
-                                    .await;
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                changed = published.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    push = subscribed;
-                }
-            }
-            if !push {
-                continue;
-            }
-            let current = live.current();
-            let revision = current.snapshot.revision();
-            if !force && pushed_revision == Some(revision) {
-                continue;
-            }
-            let started = std::time::Instant::now();
-            let plan = current.snapshot.rbac_plan(&options);
-            drop(current);
-            let filter = if fault::take(self.config.xds_listen.as_ref()) {
-                unloadable()
+/// Waits for the live policy, unless the server goes away first.
+async fn live_policy(shared: &Shared, alive: &watch::Sender<()>) -> Option<Arc<LivePolicy>> {
+    loop {
+        if let Ok(live) = shared.state.live() {
+            return Some(Arc::clone(live));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = alive.closed() => return None,
+        }
+    }
+}
+
+/// Renders every published revision once, for every stream: the subject map first, and the
+/// class filter (which names the revision) only once every subject stream accepted that map.
+/// Ends when the server drops the service.
+async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
+    let Some(live) = live_policy(&shared, &alive).await else {
+        return;
+    };
+    let mut published = live.subscribe_published();
+    let mut answered = shared.answered.subscribe();
+    let options = RbacOptions {
+        input: subject_input(&shared.config),
+        max_subjects: shared.config.xds_max_subjects,
+    };
+    let mut tags = ClassTags::new();
+    // Compared as messages: the encoding of a map follows its hash order.
+    let mut last_subjects: Option<RbacFilter> = None;
+    loop {
+        published.mark_unchanged();
+        let started = std::time::Instant::now();
+        let current = live.current();
+        let revision = current.snapshot.revision();
+        let plan = current.snapshot.rbac_plan(&options);
+        drop(current);
+        let rendered = render(&plan, &shared.config, &mut tags);
+        // Test support: the first push of this revision is one Envoy rejects.
+        let mut unloadable_next = fault::take(shared.config.xds_listen.as_ref());
+        let mut waited = Waited::Accepted;
+        if last_subjects.as_ref() != Some(&rendered.subjects) {
+            let push = if std::mem::take(&mut unloadable_next) {
+                Push::new(SUBJECTS_RESOURCE, &unloadable(), revision)
             } else {
-                render(&plan, &self.config)
+                Push::new(SUBJECTS_RESOURCE, &rendered.subjects, revision)
             };
-            nonce += 1;
-            let message = response(&filter, revision, nonce);
             tracing::info!(
                 revision,
                 subjects = plan.subjects.len(),
-                deferred = plan.deferred.len(),
-                bytes = message.encoded_len(),
+                bytes = push.resource.value.len(),
                 compile_ms = started.elapsed().as_millis() as u64,
-                "pushing the RBAC config to Envoy"
+                "pushing the subject map to Envoy"
             );
-            metrics.xds_pushed(plan.subjects.len());
-            sent.push((nonce, revision));
-            pushed_revision = Some(revision);
-            if out.send(Ok(message)).await.is_err() {
-                return;
+            shared.subjects.send_replace(Some(Arc::new(push)));
+            last_subjects = Some(rendered.subjects);
+            answered.mark_unchanged();
+            waited = loop {
+                if let Some(accepted) = shared.subjects_settled(revision) {
+                    break if accepted {
+                        Waited::Accepted
+                    } else {
+                        Waited::Rejected
+                    };
+                }
+                tokio::select! {
+                    _ = answered.changed() => {}
+                    changed = published.changed() => break match changed {
+                        Ok(()) => Waited::NewRevision,
+                        Err(_) => Waited::Closed,
+                    },
+                    _ = alive.closed() => break Waited::Closed,
+                }
+            };
+        }
+        match waited {
+            Waited::Closed => return,
+            // A newer revision: render that one instead.
+            Waited::NewRevision => continue,
+            // Envoy keeps the subject map it had, which the class filter it has matches.
+            Waited::Rejected => {}
+            Waited::Accepted => {
+                let classes = if unloadable_next {
+                    unloadable()
+                } else {
+                    rendered.classes
+                };
+                let push = Push::new(RESOURCE_NAME, &classes, revision);
+                tracing::info!(
+                    revision,
+                    subjects = plan.subjects.len(),
+                    deferred = plan.deferred.len(),
+                    bytes = push.resource.value.len(),
+                    "pushing the RBAC class config to Envoy"
+                );
+                shared.state.metrics.xds_pushed(plan.subjects.len());
+                shared.classes.send_replace(Some(Arc::new(push)));
+            }
+        }
+        tokio::select! {
+            changed = published.changed() => if changed.is_err() { return },
+            _ = alive.closed() => return,
+        }
+    }
+}
+
+/// One stream: the resource Envoy asked for, pushed now and at every change; ACKs and NACKs
+/// read and reported.
+async fn serve_stream(
+    shared: Arc<Shared>,
+    mut requests: Streaming<DiscoveryRequest>,
+    out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let first = match requests.message().await {
+        Ok(Some(first)) => first,
+        Ok(None) | Err(_) => return,
+    };
+    let kind = if first.resource_names.iter().any(|n| n == SUBJECTS_RESOURCE) {
+        Kind::Subjects
+    } else {
+        Kind::Classes
+    };
+    let mut pushes = match kind {
+        Kind::Subjects => shared.subjects.subscribe(),
+        Kind::Classes => shared.classes.subscribe(),
+    };
+    let id = {
+        let mut answers = shared.answers();
+        answers.next_stream += 1;
+        answers.next_stream
+    };
+    let _registered = (kind == Kind::Subjects).then(|| {
+        shared.answers().subjects.insert(id, Answer::None);
+        SubjectStream {
+            shared: &shared,
+            id,
+        }
+    });
+    let mut nonce = 0u64;
+    // (nonce, version) of pushes not yet answered.
+    let mut sent: Vec<(u64, u64)> = Vec::new();
+    let mut send_now = true;
+    loop {
+        if send_now {
+            let push = pushes.borrow_and_update().clone();
+            if let Some(push) = push {
+                nonce += 1;
+                sent.push((nonce, push.version));
+                if out.send(Ok(push.response(nonce))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            request = requests.message() => {
+                let request = match request {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => return,
+                };
+                send_now = request.response_nonce.is_empty();
+                let Ok(n) = request.response_nonce.parse::<u64>() else { continue };
+                let version = sent.iter().find(|(s, _)| *s == n).map(|(_, v)| *v);
+                sent.retain(|(s, _)| *s > n);
+                if let Some(version) = version {
+                    let error = request.error_detail.as_ref().map(|e| (e.code, e.message.as_str()));
+                    shared.answer(kind, id, version, error).await;
+                }
+            }
+            changed = pushes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                send_now = true;
             }
         }
     }
@@ -477,7 +836,11 @@ impl ExtensionConfigDiscoveryService for XdsService {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamExtensionConfigsStream>, Status> {
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(self.clone().run(request.into_inner(), tx));
+        tokio::spawn(serve_stream(
+            Arc::clone(&self.shared),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -87,13 +87,16 @@ pub struct RbacPlan {
 pub struct PlannedSubject {
     /// The subject id, as Envoy will see it.
     pub id: Box<str>,
-    /// Shared among subjects whose roles allow the same requests.
+    /// What its roles allow, `{user}` rules aside: shared among subjects whose roles allow the
+    /// same requests (may be empty when `own` is not).
     pub allows: Arc<MethodPaths>,
+    /// What its `{user}` rules allow, with its own id in place of `{user}`.
+    pub own: Option<MethodPaths>,
 }
 
 /// For each method (in [`Method::ALL`] order, upper case on the wire), the anchored regular
 /// expression (RE2 syntax) of the `:path` values allowed; `None` when the method allows none.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct MethodPaths(pub [Option<String>; Method::ALL.len()]);
 
 impl MethodPaths {
@@ -260,7 +263,6 @@ fn render(alts: &Alternatives) -> MethodPaths {
 
 /// A class of subjects deciding alike apart from `{user}` rules.
 struct Class {
-    alts: Alternatives,
     /// `{user}` rules: (role, rule text, methods, pattern segments with `None` for `{user}`,
     /// below).
     self_rules: Vec<SelfRule>,
@@ -334,37 +336,36 @@ impl Snapshot {
             } else {
                 classes.entry(key).or_insert_with(|| self.class(id))
             };
-            let allows = if class.self_rules.is_empty() {
-                Arc::clone(&class.shared)
-            } else {
-                let mut alts = class.alts.clone();
-                for rule in &class.self_rules {
-                    if !is_literal_segment(id) {
-                        plan.deferred.push(Deferral {
-                            subject: Some(id.into()),
-                            reason: DeferReason::SelfPathNotLiteral {
-                                role: rule.role.clone(),
-                                rule: rule.rule.clone(),
-                            },
-                        });
-                        continue;
-                    }
-                    let segments: Vec<String> = rule
-                        .segments
-                        .iter()
-                        .map(|s| s.clone().unwrap_or_else(|| escape(id)))
-                        .collect();
-                    let alt = alternative(&segments, rule.below);
-                    for m in &rule.methods {
-                        alts[m.index()].insert(alt.clone());
-                    }
+            // `{user}` rules: this subject's own paths, apart from the class's shared ones.
+            let mut own: Alternatives = Default::default();
+            for rule in &class.self_rules {
+                if !is_literal_segment(id) {
+                    plan.deferred.push(Deferral {
+                        subject: Some(id.into()),
+                        reason: DeferReason::SelfPathNotLiteral {
+                            role: rule.role.clone(),
+                            rule: rule.rule.clone(),
+                        },
+                    });
+                    continue;
                 }
-                Arc::new(render(&alts))
-            };
-            if !allows.is_empty() {
+                let segments: Vec<String> = rule
+                    .segments
+                    .iter()
+                    .map(|s| s.clone().unwrap_or_else(|| escape(id)))
+                    .collect();
+                let alt = alternative(&segments, rule.below);
+                for m in &rule.methods {
+                    own[m.index()].insert(alt.clone());
+                }
+            }
+            let own = Some(render(&own)).filter(|own| !own.is_empty());
+            let allows = Arc::clone(&class.shared);
+            if !allows.is_empty() || own.is_some() {
                 plan.subjects.push(PlannedSubject {
                     id: id.into(),
                     allows,
+                    own,
                 });
             }
         };
@@ -468,11 +469,7 @@ impl Snapshot {
             }
         }
         let shared = Arc::new(render(&alts));
-        Class {
-            alts,
-            self_rules,
-            shared,
-        }
+        Class { self_rules, shared }
     }
 }
 
@@ -550,14 +547,17 @@ subjects:
         }
         static COMPILED: std::sync::Mutex<Option<HashMap<String, regex::Regex>>> =
             std::sync::Mutex::new(None);
-        entry.allows.0[m.index()].as_ref().is_some_and(|r| {
-            let mut cache = COMPILED.lock().expect("cache");
-            cache
-                .get_or_insert_with(HashMap::new)
-                .entry(r.clone())
-                .or_insert_with(|| regex::Regex::new(r).expect("plan regex compiles"))
-                .is_match(path)
-        })
+        let matches = |paths: &MethodPaths| {
+            paths.0[m.index()].as_ref().is_some_and(|r| {
+                let mut cache = COMPILED.lock().expect("cache");
+                cache
+                    .get_or_insert_with(HashMap::new)
+                    .entry(r.clone())
+                    .or_insert_with(|| regex::Regex::new(r).expect("plan regex compiles"))
+                    .is_match(path)
+            })
+        };
+        matches(&entry.allows) || entry.own.as_ref().is_some_and(matches)
     }
 
     fn engine_allows(snap: &Snapshot, subject: &str, method: &str, path: &str) -> bool {
@@ -698,6 +698,19 @@ subjects:
                 .expect("planned")
         };
         assert!(Arc::ptr_eq(&get("dash"), &get("dash2")));
+        // `{user}` rules stay apart: the class's part is shared, each subject's own part
+        // names it alone.
+        assert!(Arc::ptr_eq(&get("alice"), &get("b%ob")));
+        let own = |id: &str| {
+            plan.subjects
+                .iter()
+                .find(|s| &*s.id == id)
+                .and_then(|s| s.own.clone())
+        };
+        let alice = own("alice").expect("alice's own paths");
+        assert!(alice.iter().all(|(_, r)| r.contains("alice")));
+        assert!(get("alice").iter().all(|(_, r)| !r.contains("alice")));
+        assert_eq!(own("b%ob"), None, "deferred, so nothing of its own");
     }
 
     #[test]

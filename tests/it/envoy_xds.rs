@@ -15,6 +15,7 @@
 use crate::common;
 use crate::envoy_harness;
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use authz_sidecar::api::pb;
 use authz_sidecar::api::pb::authz_client::AuthzClient;
-use authz_sidecar::api::xds::{JWT_SUBJECT_HEADER, fault};
+use authz_sidecar::api::xds::{CLASS_HEADER, JWT_SUBJECT_HEADER, fault};
 use authz_sidecar::config::{EnvoyMode, SubjectSource, XdsListen};
 use authz_sidecar::model::Subject;
 use authz_sidecar::model::file::parse_policy;
@@ -705,7 +706,9 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
             .collect()
     };
     let good_version = stat(&pair.xds, VERSION);
-    let config_fail = "extension_config_discovery.http_filter.authz.rbac.config_fail";
+    // A write adds a subject: the subject map is the push Envoy rejects, so the class config
+    // (which names the revision) is not pushed after it.
+    let config_fail = "extension_config_discovery.http_filter.authz.subjects.config_fail";
     let failures_before: u64 = stat(&pair.xds, config_fail).parse().unwrap_or(0);
     assert_eq!(xds_health(&pair), ServingStatus::Serving);
     assert_eq!(
@@ -765,6 +768,37 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
     assert_eq!(statuses(&now), statuses(&fresh));
     assert!(now.iter().any(|(_, alone)| *alone), "{now:?}");
     assert_eq!(decide_all("fresh-accepted"), now);
+
+    // A write that leaves the subject map as it is (the same subject written again): the
+    // class config is the first push, and the one rejected. Envoy keeps both configs it had.
+    fault::reject_next_push(&pair.xds_listen);
+    let subjects_fail = stat(&pair.xds, config_fail);
+    let classes_fail = "extension_config_discovery.http_filter.authz.rbac.config_fail";
+    let classes_failures: u64 = stat(&pair.xds, classes_fail).parse().unwrap_or(0);
+    let rewritten = put_copy(&pair, &mut client, &model, "fresh-accepted").expect("write");
+    assert!(rewritten > accepted, "a new revision");
+    wait_until("the NACK of the class config", || {
+        metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total") == 2.0
+    });
+    assert_eq!(xds_health(&pair), ServingStatus::NotServing);
+    assert!(stat(&pair.xds, classes_fail).parse::<u64>().unwrap_or(0) > classes_failures);
+    assert_eq!(
+        stat(&pair.xds, config_fail),
+        subjects_fail,
+        "nothing new for the subject map"
+    );
+    assert_eq!(
+        stat(&pair.xds, VERSION).trim_matches('"'),
+        accepted.to_string()
+    );
+    assert_eq!(decide_all(&model.id), good);
+    assert_eq!(decide_all("fresh-accepted"), now);
+    let last = put_copy(&pair, &mut client, &model, "fresh-last").expect("write");
+    wait_until("the ACK after it", || {
+        metric(&pair.xds_sidecar, "authz_envoy_xds_acked_revision") == last as f64
+    });
+    assert_eq!(xds_health(&pair), ServingStatus::Serving);
+    assert_eq!(decide_all("fresh-last"), now);
 }
 
 /// The headers the sidecar owns and the subject header, as the upstream received them.
@@ -882,7 +916,12 @@ roles:
   - { name: reader, kind: app, grants: [read] }
   - { name: writer, kind: app, grants: [read, write] }
   - { name: auditor, kind: app, grants: [read, audit] }
+  - name: self
+    kind: app_user
+    path_root: true
+    paths: [{ path: "/users/{user}", access: r }]
 subjects:
+  - { id: u1, type: user, roles: [self] }
   - { id: r1, type: app, roles: [reader] }
   - { id: r2, type: app, roles: [reader] }
   - { id: r3, type: app, roles: [reader] }
@@ -905,6 +944,12 @@ subjects:
         ("w1", "GET", "/v1/audit", (403, false)),
         ("a1", "POST", "/v1/items/i1", (403, false)),
         ("nobody", "GET", "/v1/items/i1", (403, false)),
+        ("u1", "GET", "/users/u1", (200, true)),
+        ("u1", "GET", "/users/u1/", (200, true)),
+        ("u1", "GET", "/users/r1", (403, false)),
+        ("u1", "POST", "/users/u1", (403, false)),
+        ("u1", "GET", "/v1/items/i1", (403, false)),
+        ("r1", "GET", "/users/r1", (403, false)),
     ];
     for (subject, method, path, expected) in cases {
         assert_eq!(
@@ -917,6 +962,46 @@ subjects:
             expected.0,
             "{subject} {method} {path} through ext_authz"
         );
+    }
+
+    // A client naming a class itself: the tags Envoy holds, read from its config, sent in the
+    // header the class filter looks up. The listener removes client copies, so none of them
+    // lets a request through that the subject's own class does not.
+    let dump = admin_get(pair.xds.admin, "/config_dump").expect("config dump");
+    let tags: BTreeSet<String> = regex::Regex::new(r"\b[co][0-9]+-[0-9a-f]{16}\b")
+        .expect("regex")
+        .find_iter(&dump)
+        .map(|m| m.as_str().to_owned())
+        .collect();
+    assert!(
+        tags.len() >= 4 && tags.iter().any(|t| t.starts_with('o')),
+        "the class tags in Envoy's config: {tags:?}"
+    );
+    for tag in &tags {
+        for (subject, method, path) in [
+            (Some("nobody"), "GET", "/v1/items/i1"),
+            (Some("nobody"), "GET", "/users/nobody"),
+            (Some("r1"), "POST", "/v1/items/i1"),
+            (Some("r1"), "GET", "/v1/audit"),
+            (Some("r1"), "GET", "/users/r1"),
+            (Some("u1"), "GET", "/v1/items/i1"),
+            (None, "GET", "/v1/items/i1"),
+        ] {
+            let mut headers = vec![(CLASS_HEADER, tag.as_str())];
+            headers.extend(subject.map(|s| ("x-subject", s)));
+            let before = allowed_by_rbac(&pair.xds);
+            let forged = send_raw(pair.xds.port, method, path, &headers).status;
+            assert!(
+                allowed_by_rbac(&pair.xds) == before,
+                "{subject:?} {method} {path} with {CLASS_HEADER}: {tag} let through by RBAC"
+            );
+            let subject = subject.map(str::to_owned);
+            assert_eq!(
+                forged,
+                status(pair.authz.port, &subject, method, path),
+                "{subject:?} {method} {path} with {CLASS_HEADER}: {tag}"
+            );
+        }
     }
 }
 
