@@ -1,18 +1,19 @@
 //! The xDS server for Envoy's RBAC filters (ECDS, `envoy.service.extension.v3`). Each published
 //! snapshot, compiled by [`Snapshot::rbac_plan`](crate::engine::Snapshot::rbac_plan), is rendered
-//! as two `envoy.extensions.filters.http.rbac.v3.RBAC` configs, each a `shadow_matcher` only:
+//! as two `envoy.extensions.filters.http.rbac.v3.RBAC` configs:
 //!
 //! - [`SUBJECTS_RESOURCE`] maps each subject to the tag of its class (or, when the path matches
-//!   one of its own `{user}` rules, to the tag of that rule's methods); the listener copies
-//!   that tag into
-//!   [`CLASS_HEADER`];
-//! - [`RESOURCE_NAME`] holds each class's path expressions, looked up by that header, and names
-//!   its allow action after the policy revision.
+//!   one of its own `{user}` rules, to the tag of that rule's methods); the listener copies that
+//!   tag into [`CLASS_HEADER`];
+//! - [`RESOURCE_NAME`] holds each class's path expressions, looked up by that header.
 //!
-//! A subject write changes the first resource only (one small entry per subject), so Envoy
-//! re-reads a map, not every path expression. The second is pushed once Envoy has accepted the
-//! first, so a revision Envoy reports is never decided with an older subject map.
-//! docs/xds-rbac.md has the design.
+//! The subject map also names the policy revision (an enforced rule with the `LOG` action, which
+//! lets everything through and records its name), so it is pushed at every revision; the class
+//! config only when a class appears or goes. A class's tag always means the same requests, and
+//! a new class config is pushed, and accepted by Envoy, before the subject map that refers to
+//! it: whatever pair of the two Envoy holds, a request it lets through is one the revision the
+//! subject map names allows. A subject write re-sends one small entry per subject, never the
+//! path expressions. docs/xds-rbac.md has the design.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -20,7 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig as EnvoyTypedExtensionConfig;
-use envoy_types::pb::envoy::config::rbac::v3::{Action as RbacAction, rbac::Action as RbacVerdict};
+use envoy_types::pb::envoy::config::rbac::v3::{
+    Action as RbacAction, Permission, Policy, Principal, Rbac, permission, principal,
+    rbac::Action as RbacVerdict,
+};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::matching::common_inputs::ssl::v3::UriSanInput;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -79,6 +83,8 @@ pub const HEALTH_SERVICE: &str = "authz.envoy.xds";
 pub const JWT_SUBJECT_HEADER: &str = "x-authz-jwt-subject";
 /// Name of the RBAC action of a request the plan does not allow (ext_authz decides it).
 pub const DEFER_ACTION: &str = "defer";
+/// Name of the class filter's action for a request the plan allows.
+pub const ALLOW_ACTION: &str = "allow";
 
 const TYPED_EXTENSION_CONFIG: &str =
     "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
@@ -308,22 +314,39 @@ fn subjects_filter(
         };
         map.insert(subject.id.to_string(), on_match);
     }
-    if map.is_empty() {
-        // Envoy refuses an empty map; no matcher at all marks nothing.
-        return RbacFilter {
-            shadow_rules_stat_prefix: SUBJECTS_STAT_PREFIX.into(),
-            ..Default::default()
-        };
-    }
+    // Envoy refuses an empty map; no matcher at all marks nothing.
+    let shadow_matcher = (!map.is_empty()).then(|| Matcher {
+        on_no_match: None,
+        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
+            input: Some(input.clone()),
+            tree_type: Some(TreeType::ExactMatchMap(MatchMap { map })),
+        })),
+    });
     RbacFilter {
-        shadow_matcher: Some(Matcher {
-            on_no_match: None,
-            matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
-                input: Some(input.clone()),
-                tree_type: Some(TreeType::ExactMatchMap(MatchMap { map })),
-            })),
-        }),
+        rules: Some(revision_rule(plan.revision)),
+        rules_stat_prefix: SUBJECTS_STAT_PREFIX.into(),
+        shadow_matcher,
         shadow_rules_stat_prefix: SUBJECTS_STAT_PREFIX.into(),
+        ..Default::default()
+    }
+}
+
+/// Enforced rules that let every request through (`LOG`) and name the revision: Envoy records
+/// the matched policy's name as `authz_subjects_enforced_effective_policy_id`, which the
+/// listener copies into the revision header.
+fn revision_rule(revision: u64) -> Rbac {
+    let everyone = Policy {
+        permissions: vec![Permission {
+            rule: Some(permission::Rule::Any(true)),
+        }],
+        principals: vec![Principal {
+            identifier: Some(principal::Identifier::Any(true)),
+        }],
+        ..Default::default()
+    };
+    Rbac {
+        action: RbacVerdict::Log as i32,
+        policies: HashMap::from([(revision.to_string(), everyone)]),
         ..Default::default()
     }
 }
@@ -353,15 +376,15 @@ fn class_matcher(paths: &MethodPaths, allow: &OnMatch) -> Matcher {
     tree(header_input(":method"), methods)
 }
 
-/// The class filter: a classifier whose verdict is `allowed` (the action named after the
-/// revision) exactly for the requests whose path passes the guards and whose class tag (set
-/// from the subject filter's verdict) allows the method and path.
+/// The class filter: a classifier whose verdict is `allowed` exactly for the requests whose
+/// path passes the guards and whose class tag (set from the subject filter's verdict) allows
+/// the method and path. Names no revision, so it changes only when a class does.
 fn classes_filter(
     plan: &RbacPlan,
     classes: &HashMap<*const MethodPaths, (String, &MethodPaths)>,
     tags: &ClassTags,
 ) -> RbacFilter {
-    let allow = action(&plan.revision.to_string(), RbacVerdict::Allow);
+    let allow = action(ALLOW_ACTION, RbacVerdict::Allow);
     let guards = path_guards()
         .iter()
         .map(|g| regex_predicate(header_input(":path"), g))
@@ -417,8 +440,8 @@ pub mod fault {
 
     static ARMED: Mutex<Vec<XdsListen>> = Mutex::new(Vec::new());
 
-    /// The next revision's first push of the xDS server on `listen` (the subject map when it
-    /// changed, else the class config) carries a config Envoy cannot load (an invalid regex);
+    /// The next revision's first push of the xDS server on `listen` (the class config when it
+    /// changed, else the subject map) carries a config Envoy cannot load (an invalid regex);
     /// the pushes after it are the real ones again.
     pub fn reject_next_push(listen: &XdsListen) {
         ARMED
@@ -494,7 +517,7 @@ impl Kind {
     }
 }
 
-/// Envoy's answer on one subject stream, to the last push it answered.
+/// Envoy's answer on one stream, to the last push it answered.
 #[derive(Clone, Copy)]
 enum Answer {
     None,
@@ -506,8 +529,8 @@ enum Answer {
 #[derive(Default)]
 struct Answers {
     next_stream: u64,
-    /// Open subject streams and their last answer.
-    subjects: HashMap<u64, Answer>,
+    /// Open streams, their resource and their last answer.
+    streams: HashMap<u64, (Kind, Answer)>,
     /// Whether the last answer for each kind was a rejection.
     rejected: [bool; 2],
 }
@@ -520,7 +543,7 @@ struct Shared {
     subjects: watch::Sender<Option<Arc<Push>>>,
     classes: watch::Sender<Option<Arc<Push>>>,
     answers: Mutex<Answers>,
-    /// Bumped on every answer on a subject stream and when one closes.
+    /// Bumped on every answer and when a stream closes.
     answered: watch::Sender<u64>,
 }
 
@@ -531,12 +554,12 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether every open subject stream answered `version`: `Some(true)` all accepted it
+    /// Whether every open stream of `kind` answered `version`: `Some(true)` all accepted it
     /// (or something newer), `Some(false)` one rejected it, `None` still waiting.
-    fn subjects_settled(&self, version: u64) -> Option<bool> {
+    fn settled(&self, kind: Kind, version: u64) -> Option<bool> {
         let answers = self.answers();
         let mut settled = Some(true);
-        for answer in answers.subjects.values() {
+        for (_, answer) in answers.streams.values().filter(|(k, _)| *k == kind) {
             match *answer {
                 Answer::Accepted(v) if v >= version => {}
                 Answer::Rejected(v) if v >= version => return Some(false),
@@ -551,15 +574,16 @@ impl Shared {
         let serving = {
             let mut answers = self.answers();
             answers.rejected[kind as usize] = error.is_some();
-            if kind == Kind::Subjects {
-                answers.subjects.insert(
-                    stream,
+            answers.streams.insert(
+                stream,
+                (
+                    kind,
                     match error {
                         Some(_) => Answer::Rejected(version),
                         None => Answer::Accepted(version),
                     },
-                );
-            }
+                ),
+            );
             !answers.rejected.iter().any(|r| *r)
         };
         self.answered.send_modify(|n| *n += 1);
@@ -575,7 +599,8 @@ impl Shared {
                 );
             }
             None => {
-                if kind == Kind::Classes {
+                // The subject map names the revision.
+                if kind == Kind::Subjects {
                     metrics.xds_acked(version);
                 }
                 tracing::debug!(
@@ -594,15 +619,15 @@ impl Shared {
     }
 }
 
-/// Removes a subject stream from the answers when it ends, however it ends.
-struct SubjectStream<'a> {
+/// Removes a stream from the answers when it ends, however it ends.
+struct OpenStream<'a> {
     shared: &'a Shared,
     id: u64,
 }
 
-impl Drop for SubjectStream<'_> {
+impl Drop for OpenStream<'_> {
     fn drop(&mut self) {
-        self.shared.answers().subjects.remove(&self.id);
+        self.shared.answers().streams.remove(&self.id);
         self.shared.answered.send_modify(|n| *n += 1);
     }
 }
@@ -615,7 +640,7 @@ pub struct XdsService {
     _alive: watch::Receiver<()>,
 }
 
-/// How the publisher's wait for the subject streams ended.
+/// How the publisher's wait for the class streams ended.
 enum Waited {
     Accepted,
     Rejected,
@@ -661,9 +686,9 @@ async fn live_policy(shared: &Shared, alive: &watch::Sender<()>) -> Option<Arc<L
     }
 }
 
-/// Renders every published revision once, for every stream: the subject map first, and the
-/// class filter (which names the revision) only once every subject stream accepted that map.
-/// Ends when the server drops the service.
+/// Renders every published revision once, for every stream: a changed class config first,
+/// then, once every class stream accepted it, the subject map (which names the revision). Ends
+/// when the server drops the service.
 async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
     let Some(live) = live_policy(&shared, &alive).await else {
         return;
@@ -676,7 +701,7 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
     };
     let mut tags = ClassTags::new();
     // Compared as messages: the encoding of a map follows its hash order.
-    let mut last_subjects: Option<RbacFilter> = None;
+    let mut last_classes: Option<RbacFilter> = None;
     loop {
         published.mark_unchanged();
         let started = std::time::Instant::now();
@@ -688,24 +713,23 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
         // Test support: the first push of this revision is one Envoy rejects.
         let mut unloadable_next = fault::take(shared.config.xds_listen.as_ref());
         let mut waited = Waited::Accepted;
-        if last_subjects.as_ref() != Some(&rendered.subjects) {
+        if last_classes.as_ref() != Some(&rendered.classes) {
             let push = if std::mem::take(&mut unloadable_next) {
-                Push::new(SUBJECTS_RESOURCE, &unloadable(), revision)
+                Push::new(RESOURCE_NAME, &unloadable(), revision)
             } else {
-                Push::new(SUBJECTS_RESOURCE, &rendered.subjects, revision)
+                Push::new(RESOURCE_NAME, &rendered.classes, revision)
             };
             tracing::info!(
                 revision,
-                subjects = plan.subjects.len(),
                 bytes = push.resource.value.len(),
                 compile_ms = started.elapsed().as_millis() as u64,
-                "pushing the subject map to Envoy"
+                "pushing the RBAC class config to Envoy"
             );
-            shared.subjects.send_replace(Some(Arc::new(push)));
-            last_subjects = Some(rendered.subjects);
+            shared.classes.send_replace(Some(Arc::new(push)));
+            last_classes = Some(rendered.classes);
             answered.mark_unchanged();
             waited = loop {
-                if let Some(accepted) = shared.subjects_settled(revision) {
+                if let Some(accepted) = shared.settled(Kind::Classes, revision) {
                     break if accepted {
                         Waited::Accepted
                     } else {
@@ -726,24 +750,26 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
             Waited::Closed => return,
             // A newer revision: render that one instead.
             Waited::NewRevision => continue,
-            // Envoy keeps the subject map it had, which the class filter it has matches.
+            // Envoy keeps the subject map it had, which only names classes its class config
+            // holds or goes to ext_authz.
             Waited::Rejected => {}
             Waited::Accepted => {
-                let classes = if unloadable_next {
+                let subjects = if unloadable_next {
                     unloadable()
                 } else {
-                    rendered.classes
+                    rendered.subjects
                 };
-                let push = Push::new(RESOURCE_NAME, &classes, revision);
+                let push = Push::new(SUBJECTS_RESOURCE, &subjects, revision);
                 tracing::info!(
                     revision,
                     subjects = plan.subjects.len(),
                     deferred = plan.deferred.len(),
                     bytes = push.resource.value.len(),
-                    "pushing the RBAC class config to Envoy"
+                    compile_ms = started.elapsed().as_millis() as u64,
+                    "pushing the RBAC subject map to Envoy"
                 );
                 shared.state.metrics.xds_pushed(plan.subjects.len());
-                shared.classes.send_replace(Some(Arc::new(push)));
+                shared.subjects.send_replace(Some(Arc::new(push)));
             }
         }
         tokio::select! {
@@ -778,13 +804,11 @@ async fn serve_stream(
         answers.next_stream += 1;
         answers.next_stream
     };
-    let _registered = (kind == Kind::Subjects).then(|| {
-        shared.answers().subjects.insert(id, Answer::None);
-        SubjectStream {
-            shared: &shared,
-            id,
-        }
-    });
+    shared.answers().streams.insert(id, (kind, Answer::None));
+    let _open = OpenStream {
+        shared: &shared,
+        id,
+    };
     let mut nonce = 0u64;
     // (nonce, version) of pushes not yet answered.
     let mut sent: Vec<(u64, u64)> = Vec::new();

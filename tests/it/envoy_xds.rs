@@ -416,7 +416,7 @@ fn start_pair(
     let deadline = Instant::now() + Duration::from_secs(20);
     while stat(
         &xds,
-        "extension_config_discovery.http_filter.authz.rbac.config_reload",
+        "extension_config_discovery.http_filter.authz.subjects.config_reload",
     ) != "1"
     {
         assert!(
@@ -568,13 +568,7 @@ fn propagation(
         answered.push(started.elapsed());
         let revision = revision.to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while stat(
-            &pair.xds,
-            "extension_config_discovery.http_filter.authz.rbac.version_text",
-        )
-        .trim_matches('"')
-            != revision
-        {
+        while stat(&pair.xds, VERSION).trim_matches('"') != revision {
             assert!(
                 Instant::now() < deadline,
                 "revision {revision} never reached Envoy"
@@ -603,7 +597,8 @@ fn propagation(
     Some((p(0.5), p(0.99)))
 }
 
-const VERSION: &str = "extension_config_discovery.http_filter.authz.rbac.version_text";
+/// The subject map names the revision (docs/xds-rbac.md).
+const VERSION: &str = "extension_config_discovery.http_filter.authz.subjects.version_text";
 
 /// The sum of a sidecar metric over its labels, from its `/metrics` endpoint.
 fn metric(sidecar: &common::TestSidecar, name: &str) -> f64 {
@@ -706,8 +701,8 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
             .collect()
     };
     let good_version = stat(&pair.xds, VERSION);
-    // A write adds a subject: the subject map is the push Envoy rejects, so the class config
-    // (which names the revision) is not pushed after it.
+    // A write adds a subject to a class Envoy holds: the subject map (which names the
+    // revision) is the one push, and the one Envoy rejects.
     let config_fail = "extension_config_discovery.http_filter.authz.subjects.config_fail";
     let failures_before: u64 = stat(&pair.xds, config_fail).parse().unwrap_or(0);
     assert_eq!(xds_health(&pair), ServingStatus::Serving);
@@ -769,23 +764,23 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
     assert!(now.iter().any(|(_, alone)| *alone), "{now:?}");
     assert_eq!(decide_all("fresh-accepted"), now);
 
-    // A write that leaves the subject map as it is (the same subject written again): the
-    // class config is the first push, and the one rejected. Envoy keeps both configs it had.
+    // The same subject written again (a new revision, the same classes): the subject map is
+    // rejected again and Envoy keeps deciding with what it had; no class config is sent.
     fault::reject_next_push(&pair.xds_listen);
-    let subjects_fail = stat(&pair.xds, config_fail);
     let classes_fail = "extension_config_discovery.http_filter.authz.rbac.config_fail";
-    let classes_failures: u64 = stat(&pair.xds, classes_fail).parse().unwrap_or(0);
+    let classes_failures = stat(&pair.xds, classes_fail);
+    let subjects_failures: u64 = stat(&pair.xds, config_fail).parse().unwrap_or(0);
     let rewritten = put_copy(&pair, &mut client, &model, "fresh-accepted").expect("write");
     assert!(rewritten > accepted, "a new revision");
-    wait_until("the NACK of the class config", || {
+    wait_until("the second NACK", || {
         metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total") == 2.0
     });
     assert_eq!(xds_health(&pair), ServingStatus::NotServing);
-    assert!(stat(&pair.xds, classes_fail).parse::<u64>().unwrap_or(0) > classes_failures);
+    assert!(stat(&pair.xds, config_fail).parse::<u64>().unwrap_or(0) > subjects_failures);
     assert_eq!(
-        stat(&pair.xds, config_fail),
-        subjects_fail,
-        "nothing new for the subject map"
+        stat(&pair.xds, classes_fail),
+        classes_failures,
+        "no class config sent"
     );
     assert_eq!(
         stat(&pair.xds, VERSION).trim_matches('"'),
