@@ -12,7 +12,8 @@
 #   DURATION=5 RATE=1000 bench/envoy-hop.sh
 #   ENVOY=/path/to/envoy AUTHZ_BIN=/path/to/authz-sidecar bench/envoy-hop.sh
 #   SCALE="1000 10000" bench/envoy-hop.sh   # subject counts for the RSS / push-time part
-#   SKIP_HOP=1 bench/envoy-hop.sh           # the scale part only
+#   SKIP_HOP=1 bench/envoy-hop.sh           # the scale and propagation parts only
+#   PROPAGATION="1000" WRITES=20 bench/envoy-hop.sh  # subject counts / writes for propagation
 #
 # Last line: `envoy-hop: xds-rbac A us/req, rbac-filter B us/req, ext_authz C us/req` (Envoy CPU
 # per request, saturated, this run).
@@ -109,7 +110,7 @@ YAML
     ext_authz-uds) ext_authz authz_uds "" ;;
     xds-rbac)
       cat <<'YAML'
-                  - name: authz.rbac
+                  - name: authz.subjects
                     config_discovery:
                       config_source:
                         resource_api_version: V3
@@ -120,7 +121,7 @@ YAML
                       default_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC }
                       apply_default_config_without_warming: true
                       type_urls: [ type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC ]
-                  - name: envoy.filters.http.header_mutation
+                  - name: authz.class
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
                       mutations:
@@ -132,7 +133,20 @@ YAML
                           - remove: x-original-url
                           - remove: x-rewrite-url
                           - append: { header: { key: x-authz-subject, value: "%REQ(x-subject)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
-                          - append: { header: { key: x-authz-revision, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                          - append: { header: { key: x-authz-revision, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:authz_subjects_enforced_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                          - remove: x-authz-class
+                          - append: { header: { key: x-authz-class, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:authz_subjects_shadow_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                  - name: authz.rbac
+                    config_discovery:
+                      config_source:
+                        resource_api_version: V3
+                        api_config_source:
+                          api_type: GRPC
+                          transport_api_version: V3
+                          grpc_services: [ { envoy_grpc: { cluster_name: authz_xds } } ]
+                      default_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC }
+                      apply_default_config_without_warming: true
+                      type_urls: [ type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC ]
 YAML
       ext_authz authz_tcp "                      filter_enabled_metadata: { filter: envoy.filters.http.rbac, path: [ { key: shadow_engine_result } ], value: { string_match: { exact: allowed } }, invert: true }"
       cat <<'YAML'
@@ -200,7 +214,7 @@ for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && break; sleep 0.05; done
   if [ "$mode" = xds-rbac ]; then
     for _ in $(seq 200); do
-      curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.rbac.config_reload" | grep -q ': 1' && break
+      curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.subjects.config_reload" | grep -q ': 1' && break
       sleep 0.05
     done
   fi
@@ -263,16 +277,73 @@ for n in ${SCALE-1000 10000 100000}; do
   done
   t0=$(date +%s%N)
   for _ in $(seq 60000); do
-    curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.rbac.config_reload" | grep -q ': 1' && break
+    curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.subjects.config_reload" | grep -q ': 1' && break
     sleep 0.01
   done
   t1=$(date +%s%N)
   rss1=$(awk '/VmRSS/ {print $2}' "/proc/$envoy/status")
-  bytes=$(grep -o 'bytes=[0-9]*' "$work/sidecar-$n.log" | tail -1 | cut -d= -f2)
+  # Both pushes: the class config and the subject map.
+  bytes=$(grep -o 'bytes=[0-9]*' "$work/sidecar-$n.log" | cut -d= -f2 | awk '{s += $1} END {print s}')
   compile=$(grep -o 'compile_ms=[0-9]*' "$work/sidecar-$n.log" | tail -1 | cut -d= -f2)
   echo "scale: $n subjects: config ${bytes:-?} bytes, compiled in ${compile:-?} ms, applied in Envoy $(( (t1 - t0) / 1000000 )) ms after the sidecar served, Envoy RSS $((rss0 / 1024)) -> $((rss1 / 1024)) MiB"
   kill "$envoy" "$sc"; wait "$envoy" "$sc" 2>/dev/null || true
 done
 
+# Propagation: an admin write (a new subject, `ctl subject put`) until Envoy applied the
+# revision it made, with iot-roles and copies of alice (each with its own `{user}` rule: the
+# subject map's largest entries) up to N subjects after the last write (2000: the default
+# --envoy-xds-max-subjects). Writes one after another; p50 / p99 / max.
+for n in ${PROPAGATION-1000 2000}; do
+  policy="$work/prop-$n.yaml"
+  { cat examples/iot-roles.yaml
+    # The example's 5 subjects, the copies, then the writes: N subjects after the last write.
+    for i in $(seq "$((n - 5 - ${WRITES:-40}))"); do echo "  - { id: bulk-$i, type: app_user, roles: [app-user-editor] }"; done
+  } >"$policy"
+  port=$((port + 2))
+  sed -e "s#$work/xds.sock#$work/prop-$n.sock#" "$work/xds-rbac.yaml" \
+    | sed -e "s/port_value: $((BASE + 10))/port_value: $port/; s/port_value: $((BASE + 11))/port_value: $((port + 1))/" \
+    >"$work/prop-$n-envoy.yaml"
+  "$ENVOY" -c "$work/prop-$n-envoy.yaml" --concurrency 1 --disable-hot-restart --log-level error \
+    >"$work/prop-$n-envoy.log" 2>&1 &
+  envoy=$!
+  pids+=("$envoy")
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/prop-token"
+  "$AUTHZ_BIN" --policy "$policy" --data-dir "$work/prop-data-$n" --listen 127.0.0.1:0 \
+    --uds "$work/prop-api-$n.sock" --envoy-xds-listen "unix:$work/prop-$n.sock" \
+    --admin-token-file "$work/prop-token" \
+    >"$work/prop-sidecar-$n.log" 2>&1 &
+  sc=$!
+  pids+=("$sc")
+  python3 - "$AUTHZ_BIN" "$work/prop-api-$n.sock" "$((port + 1))" "$n" "${WRITES:-40}" "$work/prop-token" <<'PY'
+import subprocess, sys, time, urllib.request
+binary, sock, admin, n, writes, token = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+def version():
+    try:
+        body = urllib.request.urlopen(
+            f"http://127.0.0.1:{admin}/stats?filter=^extension_config_discovery.http_filter.authz.subjects.version_text$",
+            timeout=2).read().decode()
+        return body.split(": ", 1)[1].strip().strip('"') if ": " in body else ""
+    except OSError:
+        return ""
+deadline = time.time() + 120
+while version() in ("", "0") and time.time() < deadline:
+    time.sleep(0.05)
+took = []
+for i in range(writes):
+    before = version()
+    t0 = time.monotonic()
+    subprocess.run([binary, "ctl", "--uds", sock, "--token-file", token, "subject", "put", f"fresh-{i}", "--type", "app_user",
+                    "--role", "app-user-editor"], check=True, stdout=subprocess.DEVNULL)
+    while version() == before:
+        if time.monotonic() - t0 > 30:
+            sys.exit(f"propagation: {n} subjects: write {i} never reached Envoy")
+        time.sleep(0.0005)
+    took.append((time.monotonic() - t0) * 1000)
+took.sort()
+q = lambda p: took[max(0, -(-len(took) * p // 100) - 1)]
+print(f"propagation: up to {n} subjects, {writes} writes: admin write -> applied in Envoy p50 {q(50):.0f} ms, p99 {q(99):.0f} ms, max {took[-1]:.0f} ms")
+PY
+  kill "$envoy" "$sc"; wait "$envoy" "$sc" 2>/dev/null || true
+done
 [ -n "${SKIP_HOP:-}" ] && exit 0
 echo "envoy-hop: xds-rbac ${envoy_us[xds-rbac]} us/req, rbac-filter ${envoy_us[rbac-filter]} us/req, ext_authz ${envoy_us[ext_authz]} us/req"

@@ -15,7 +15,7 @@
 //! subject map names allows. A subject write re-sends one small entry per subject, never the
 //! path expressions. docs/xds-rbac.md has the design.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,7 +57,10 @@ use tonic_health::server::HealthReporter;
 
 use super::authz::AppState;
 use crate::config::{EnvoyConfig, SubjectSource};
-use crate::engine::envoy_rbac::{MethodPaths, RbacOptions, RbacPlan, SubjectInput, path_guards};
+use crate::engine::envoy_rbac::{
+    MethodPaths, OwnPath, OwnPattern, RbacOptions, RbacPlan, SubjectInput, own_path_guard,
+    path_guards,
+};
 use crate::live::LivePolicy;
 use crate::model::Method;
 
@@ -213,7 +216,7 @@ impl ClassTags {
     }
 
     /// The verdict of a subject whose own rule matched the path: the class filter allows the
-    /// rule's methods (`methods` as a bit per [`Method::index`]).
+    /// rule's methods (`methods` as a bit per [`Method::index`], [`Method::bit`]).
     fn own(&self, methods: u32) -> String {
         format!("o{methods}-{}", self.secret)
     }
@@ -263,27 +266,59 @@ pub struct Rendered {
     pub classes: RbacFilter,
 }
 
-/// A subject's own `{user}` paths by the methods they allow: one expression per set of
-/// methods (as a bit per [`Method::index`]).
-fn own_by_methods(own: &MethodPaths) -> BTreeMap<&str, u32> {
-    let mut by_regex: BTreeMap<&str, u32> = BTreeMap::new();
-    for (method, regex) in own.iter() {
-        *by_regex.entry(regex).or_default() |= 1 << method.index();
+fn string_predicate(
+    input: TypedExtensionConfig,
+    pattern: string_matcher::MatchPattern,
+) -> Predicate {
+    Predicate {
+        match_type: Some(MatchType::SinglePredicate(SinglePredicate {
+            input: Some(input),
+            matcher: Some(single_predicate::Matcher::ValueMatch(StringMatcher {
+                ignore_case: false,
+                match_pattern: Some(pattern),
+            })),
+        })),
     }
-    by_regex
+}
+
+/// The `:path` check of a subject's own paths: plain string comparisons for a literal path
+/// (the class filter then holds the segments to what the canonicalizer keeps,
+/// [`own_path_guard`]), an expression otherwise.
+fn own_predicate(pattern: &OwnPattern) -> Predicate {
+    use string_matcher::MatchPattern::{Exact, Prefix};
+    let path = || header_input(":path");
+    match pattern {
+        OwnPattern::Regex(regex) => regex_predicate(path(), regex),
+        OwnPattern::Literal { path: own, below } => {
+            let mut alternatives = vec![
+                string_predicate(path(), Exact(own.clone())),
+                string_predicate(path(), Prefix(format!("{own}?"))),
+            ];
+            if *below {
+                alternatives.push(string_predicate(path(), Prefix(format!("{own}/"))));
+            } else {
+                alternatives.push(string_predicate(path(), Exact(format!("{own}/"))));
+                alternatives.push(string_predicate(path(), Prefix(format!("{own}/?"))));
+            }
+            Predicate {
+                match_type: Some(MatchType::OrMatcher(PredicateList {
+                    predicate: alternatives,
+                })),
+            }
+        }
+    }
 }
 
 /// For a subject with `{user}` rules: a list whose entries match the paths its own rules allow,
 /// each naming the set of methods allowed there (the class filter checks the method, so the
-/// subject map holds one expression per set, not per method). Where two of its sets allow the
-/// same path, the first entry wins, and the other set's methods there (or its class's) go to
+/// subject map holds one check per rule, not per method). Where two of its rules allow the
+/// same path, the first entry wins, and the other's methods there (or its class's) go to
 /// ext_authz.
-fn own_entries(own: &MethodPaths, tags: &ClassTags) -> Vec<FieldMatcher> {
-    own_by_methods(own)
-        .into_iter()
-        .map(|(regex, methods)| FieldMatcher {
-            predicate: Some(regex_predicate(header_input(":path"), regex)),
-            on_match: Some(action(&tags.own(methods), RbacVerdict::Allow)),
+fn own_entries(own: &[OwnPath], tags: &ClassTags) -> Vec<FieldMatcher> {
+    own.iter()
+        .map(|o| FieldMatcher {
+            predicate: Some(own_predicate(&o.pattern)),
+            on_match: Some(action(&tags.own(o.methods), RbacVerdict::Allow)),
         })
         .collect()
 }
@@ -302,15 +337,15 @@ fn subjects_filter(
         let class = classes
             .get(&Arc::as_ptr(&subject.allows))
             .map(|(tag, _)| action(tag, RbacVerdict::Allow));
-        let on_match = match (&subject.own, class) {
-            (None, Some(class)) => class,
-            (Some(paths), class) => nested(Matcher {
+        let on_match = match (&subject.own[..], class) {
+            ([], Some(class)) => class,
+            ([], None) => continue,
+            (own, class) => nested(Matcher {
                 on_no_match: class.map(Box::new),
                 matcher_type: Some(MatcherType::MatcherList(MatcherList {
-                    matchers: own_entries(paths, tags),
+                    matchers: own_entries(own, tags),
                 })),
             }),
-            (None, None) => continue,
         };
         map.insert(subject.id.to_string(), on_match);
     }
@@ -393,11 +428,16 @@ fn classes_filter(
         .values()
         .map(|(tag, paths)| (tag.clone(), nested(class_matcher(paths, &allow))))
         .collect();
-    for own in plan.subjects.iter().filter_map(|s| s.own.as_ref()) {
-        for methods in own_by_methods(own).into_values() {
-            map.entry(tags.own(methods))
-                .or_insert_with(|| nested(methods_matcher(methods, &allow)));
-        }
+    // A subject's own literal paths were compared as strings: the segments after them are
+    // held to what the canonicalizer keeps here, where only those requests pay for it.
+    let own_guard = own_path_guard();
+    for own in plan.subjects.iter().flat_map(|s| &s.own) {
+        map.entry(tags.own(own.methods)).or_insert_with(|| {
+            nested(list(vec![FieldMatcher {
+                predicate: Some(regex_predicate(header_input(":path"), &own_guard)),
+                on_match: Some(nested(methods_matcher(own.methods, &allow))),
+            }]))
+        });
     }
     let on_match = if map.is_empty() {
         // Envoy refuses an empty map: with no subject compiled, the guards lead to `defer`.

@@ -47,6 +47,13 @@ pub fn path_guards() -> [String; 2] {
     [bytes, segments]
 }
 
+/// What a request matched by [`OwnPattern::Literal`]'s string comparisons must also match:
+/// every segment one the canonicalizer reads unchanged (as every path expression requires of
+/// its own segments). Checked only for those requests, so the others do not pay for it.
+pub fn own_path_guard() -> String {
+    format!("^(?:/{SEGMENT}){{0,{MAX_PATH_SEGMENTS}}}/?{QUERY}$")
+}
+
 /// Where Envoy reads the subject; decides which subject ids it can match exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubjectInput {
@@ -91,7 +98,84 @@ pub struct PlannedSubject {
     /// same requests (may be empty when `own` is not).
     pub allows: Arc<MethodPaths>,
     /// What its `{user}` rules allow, with its own id in place of `{user}`.
-    pub own: Option<MethodPaths>,
+    pub own: Vec<OwnPath>,
+}
+
+/// The paths one or more `{user}` rules allow a subject, and their methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnPath {
+    /// The methods allowed, a bit per [`Method::index`] ([`Method::bit`]).
+    pub methods: u32,
+    /// The paths.
+    pub pattern: OwnPattern,
+}
+
+/// The paths of a `{user}` rule with the subject's id in place of `{user}`, for requests whose
+/// path passes [`path_guards`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnPattern {
+    /// A rule without `*` segments: the literal path `path`, with one optional trailing `/` and
+    /// an optional query, or (`below`) also any path under it. Envoy matches it with plain
+    /// string comparisons: exactly `path` or `path/`, or starting with `path?` or `path/?`
+    /// (`below`: starting with `path/` or `path?`), and [`own_path_guard`].
+    Literal {
+        /// The path, unescaped (literal-alphabet characters only).
+        path: String,
+        /// Whether the paths under it are allowed too.
+        below: bool,
+    },
+    /// Any other rule: an anchored RE2 expression, as [`MethodPaths`]' are.
+    Regex(String),
+}
+
+impl OwnPattern {
+    fn of(segments: &[Segment], below: bool, id: &str) -> OwnPattern {
+        if segments.iter().all(|s| !matches!(s, Segment::Any)) {
+            let mut path = String::new();
+            for s in segments {
+                path.push('/');
+                path.push_str(match s {
+                    Segment::Literal(lit) => lit,
+                    _ => id,
+                });
+            }
+            return OwnPattern::Literal { path, below };
+        }
+        let segments: Vec<String> = segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(lit) => escape(lit),
+                Segment::Any => SEGMENT.to_owned(),
+                Segment::User => escape(id),
+            })
+            .collect();
+        OwnPattern::Regex(format!("^(?:{}){QUERY}$", alternative(&segments, below)))
+    }
+
+    /// Whether `path` (one that passed [`path_guards`]) is one of these paths: what Envoy's
+    /// matchers compute.
+    #[cfg(test)]
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            OwnPattern::Literal { path: own, below } => {
+                if !regex::Regex::new(&own_path_guard()).is_ok_and(|g| g.is_match(path)) {
+                    return false;
+                }
+                let Some(rest) = path.strip_prefix(own.as_str()) else {
+                    return false;
+                };
+                if *below {
+                    rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')
+                } else {
+                    rest.is_empty()
+                        || rest == "/"
+                        || rest.starts_with('?')
+                        || rest.starts_with("/?")
+                }
+            }
+            OwnPattern::Regex(regex) => regex::Regex::new(regex).is_ok_and(|r| r.is_match(path)),
+        }
+    }
 }
 
 /// For each method (in [`Method::ALL`] order, upper case on the wire), the anchored regular
@@ -273,7 +357,7 @@ struct SelfRule {
     role: Box<str>,
     rule: Box<str>,
     methods: Vec<Method>,
-    segments: Vec<Option<String>>,
+    segments: Vec<Segment>,
     below: bool,
 }
 
@@ -337,7 +421,7 @@ impl Snapshot {
                 classes.entry(key).or_insert_with(|| self.class(id))
             };
             // `{user}` rules: this subject's own paths, apart from the class's shared ones.
-            let mut own: Alternatives = Default::default();
+            let mut own: Vec<OwnPath> = Vec::new();
             for rule in &class.self_rules {
                 if !is_literal_segment(id) {
                     plan.deferred.push(Deferral {
@@ -349,19 +433,15 @@ impl Snapshot {
                     });
                     continue;
                 }
-                let segments: Vec<String> = rule
-                    .segments
-                    .iter()
-                    .map(|s| s.clone().unwrap_or_else(|| escape(id)))
-                    .collect();
-                let alt = alternative(&segments, rule.below);
-                for m in &rule.methods {
-                    own[m.index()].insert(alt.clone());
+                let pattern = OwnPattern::of(&rule.segments, rule.below, id);
+                let methods = rule.methods.iter().fold(0, |m, method| m | method.bit());
+                match own.iter_mut().find(|o| o.pattern == pattern) {
+                    Some(same) => same.methods |= methods,
+                    None => own.push(OwnPath { methods, pattern }),
                 }
             }
-            let own = Some(render(&own)).filter(|own| !own.is_empty());
             let allows = Arc::clone(&class.shared);
-            if !allows.is_empty() || own.is_some() {
+            if !allows.is_empty() || !own.is_empty() {
                 plan.subjects.push(PlannedSubject {
                     id: id.into(),
                     allows,
@@ -439,16 +519,7 @@ impl Snapshot {
                         role: role.name.clone(),
                         rule: rule.text.clone(),
                         methods,
-                        segments: rule
-                            .pattern
-                            .segments
-                            .iter()
-                            .map(|s| match s {
-                                Segment::Literal(lit) => Some(escape(lit)),
-                                Segment::Any => Some(SEGMENT.to_owned()),
-                                Segment::User => None,
-                            })
-                            .collect(),
+                        segments: rule.pattern.segments.to_vec(),
                         below,
                     });
                     continue;
@@ -557,7 +628,11 @@ subjects:
                     .is_match(path)
             })
         };
-        matches(&entry.allows) || entry.own.as_ref().is_some_and(matches)
+        matches(&entry.allows)
+            || entry
+                .own
+                .iter()
+                .any(|o| o.methods & m.bit() != 0 && o.pattern.matches(path))
     }
 
     fn engine_allows(snap: &Snapshot, subject: &str, method: &str, path: &str) -> bool {
@@ -705,12 +780,24 @@ subjects:
             plan.subjects
                 .iter()
                 .find(|s| &*s.id == id)
-                .and_then(|s| s.own.clone())
+                .map(|s| s.own.clone())
+                .unwrap_or_default()
         };
-        let alice = own("alice").expect("alice's own paths");
-        assert!(alice.iter().all(|(_, r)| r.contains("alice")));
+        assert_eq!(
+            own("alice"),
+            [OwnPath {
+                methods: Method::Get.bit()
+                    | Method::Head.bit()
+                    | Method::Put.bit()
+                    | Method::Patch.bit(),
+                pattern: OwnPattern::Literal {
+                    path: "/users/alice".into(),
+                    below: true
+                },
+            }]
+        );
         assert!(get("alice").iter().all(|(_, r)| !r.contains("alice")));
-        assert_eq!(own("b%ob"), None, "deferred, so nothing of its own");
+        assert_eq!(own("b%ob"), [], "deferred, so nothing of its own");
     }
 
     #[test]
@@ -728,6 +815,16 @@ subjects:
         assert!(segments.is_match(&format!("{}/?x=/a/b", "/a".repeat(MAX_PATH_SEGMENTS))));
         assert!(!segments.is_match(&"/a".repeat(MAX_PATH_SEGMENTS + 1)));
         assert!(segments.is_match("/"));
+        let own = regex::Regex::new(&own_path_guard()).expect("compiles");
+        assert!(own.is_match(&"/a".repeat(MAX_PATH_SEGMENTS)));
+        assert!(!own.is_match(&"/a".repeat(MAX_PATH_SEGMENTS + 1)));
+        assert!(own.is_match("/"));
+        for refused in [
+            "/a/../b", "/a/./b", "/a//b", "/a/%41", "/a/b;c", "/a/\\b", "/a/ｂ", "/a/...", "//",
+        ] {
+            assert!(!own.is_match(refused), "{refused}");
+        }
+        assert!(own.is_match("/a/b.c/..d?x=/../%2F"));
     }
 
     #[test]

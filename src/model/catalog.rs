@@ -159,6 +159,11 @@ impl Method {
         self as usize
     }
 
+    /// This method's bit in a set of methods held as a `u32` (bit [`Method::index`]).
+    pub fn bit(self) -> u32 {
+        1 << self.index()
+    }
+
     /// The `crud` access letter this method needs from a path rule; `None` for OPTIONS, which
     /// no path rule grants.
     pub fn access(self) -> Option<super::Access> {

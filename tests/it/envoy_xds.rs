@@ -805,6 +805,8 @@ fn owned_headers(reply: &envoy_harness::Reply) -> Option<Vec<(String, Vec<String
             "x-authz-subject",
             "x-authz-revision",
             "x-subject",
+            CLASS_HEADER,
+            JWT_SUBJECT_HEADER,
         ]
         .iter()
         .map(|h| {
@@ -914,7 +916,10 @@ roles:
   - name: self
     kind: app_user
     path_root: true
-    paths: [{ path: "/users/{user}", access: r }]
+    paths:
+      - { path: "/users/{user}", access: r }
+      - { path: "/profiles/{user}$", access: u }
+      - { path: "/teams/*/members/{user}", access: r }
 subjects:
   - { id: u1, type: user, roles: [self] }
   - { id: r1, type: app, roles: [reader] }
@@ -945,6 +950,21 @@ subjects:
         ("u1", "POST", "/users/u1", (403, false)),
         ("u1", "GET", "/v1/items/i1", (403, false)),
         ("r1", "GET", "/users/r1", (403, false)),
+        // `{user}` rules: literal paths by string comparisons, with `*` by an expression.
+        ("u1", "GET", "/users/u1?q=/x", (200, true)),
+        ("u1", "GET", "/users/u1/x/y", (200, true)),
+        ("u1", "HEAD", "/users/u1", (200, true)),
+        ("u1", "GET", "/users/u1x", (403, false)),
+        ("u1", "GET", "/users/u", (403, false)),
+        ("u1", "PUT", "/profiles/u1", (200, true)),
+        ("u1", "PATCH", "/profiles/u1/?a", (200, true)),
+        ("u1", "PUT", "/profiles/u1/x", (403, false)),
+        ("u1", "PUT", "/profiles/u1x", (403, false)),
+        ("u1", "GET", "/profiles/u1", (403, false)),
+        ("u1", "GET", "/teams/t1/members/u1", (200, true)),
+        ("u1", "GET", "/teams/t1/members/u1/x", (200, true)),
+        ("u1", "GET", "/teams/t1/members/r1", (403, false)),
+        ("u1", "GET", "/teams/members/u1", (403, false)),
     ];
     for (subject, method, path, expected) in cases {
         assert_eq!(
@@ -956,6 +976,37 @@ subjects:
             status(pair.authz.port, &Some((*subject).to_owned()), method, path),
             expected.0,
             "{subject} {method} {path} through ext_authz"
+        );
+    }
+
+    // Hostile spellings of a subject's own paths: the same status as through ext_authz, and
+    // never let through by RBAC where ext_authz would not.
+    for path in [
+        "/users/u1/..",
+        "/users/u1/../r1",
+        "/users/u1/%2e%2e/r1",
+        "/users/u1/%2Fx",
+        "/users/u1;x",
+        "/users/u1/.;/r1",
+        "/users/u1//",
+        "/users/u1/./x",
+        "/users/U1",
+        "/users/u1%00",
+        "/users/u1/..;/r1",
+        "/users//u1",
+        "/users/u1/ｘ",
+        "/users/u1/a%20b",
+        "/profiles/u1/.",
+        "/profiles/u1/..",
+        "/teams/../members/u1",
+        "/teams/%2e/members/u1",
+    ] {
+        let (via_rbac, alone) = decide(&pair.xds, "u1", "GET", path);
+        let via_ext_authz = status(pair.authz.port, &Some("u1".to_owned()), "GET", path);
+        assert_eq!(via_rbac, via_ext_authz, "GET {path} as u1");
+        assert!(
+            !alone || via_ext_authz == 200,
+            "GET {path} as u1: let through by RBAC"
         );
     }
 

@@ -1153,49 +1153,74 @@ fn the_xds_overlay_pushes_rbac_over_a_shared_socket_and_asks_ext_authz_the_rest(
                 .position(|n| n == name)
                 .unwrap_or_else(|| panic!("{dir}: no {name} in {names:?}"))
         };
-        let rbac_at = at(authz_sidecar::api::xds::RESOURCE_NAME);
+        use authz_sidecar::api::xds::{CLASS_HEADER, RESOURCE_NAME, SUBJECTS_RESOURCE};
+        let subjects_at = at(SUBJECTS_RESOURCE);
+        let rbac_at = at(RESOURCE_NAME);
         let authz_at = at("envoy.filters.http.ext_authz");
         assert!(
-            at("envoy.filters.http.jwt_authn") < rbac_at,
+            at("envoy.filters.http.jwt_authn") < subjects_at,
             "{dir}: {names:?}"
         );
-        assert!(rbac_at < authz_at, "{dir}: {names:?}");
-        let discovery = filters[rbac_at]
-            .get("config_discovery")
-            .unwrap_or_else(|| panic!("{dir}: the RBAC filter's config comes over xDS"));
-        assert_eq!(
-            text_at(
-                discovery,
-                "/config_source/api_config_source/grpc_services/0/envoy_grpc/cluster_name"
-            )
-            .as_deref(),
-            Some("authz_xds")
+        assert!(
+            subjects_at < rbac_at && rbac_at < authz_at,
+            "{dir}: {names:?}"
         );
+        // Both RBAC filters' configs come from the sidecar.
+        for filter_at in [subjects_at, rbac_at] {
+            let discovery = filters[filter_at]
+                .get("config_discovery")
+                .unwrap_or_else(|| panic!("{dir}: the RBAC filter's config comes over xDS"));
+            assert_eq!(
+                text_at(
+                    discovery,
+                    "/config_source/api_config_source/grpc_services/0/envoy_grpc/cluster_name"
+                )
+                .as_deref(),
+                Some("authz_xds")
+            );
+            assert_eq!(
+                array(discovery, "/type_urls")
+                    .iter()
+                    .filter_map(text)
+                    .collect::<Vec<_>>(),
+                [RBAC]
+            );
+            // Until the first push: an RBAC config with no rules at all, which marks nothing.
+            let default = discovery
+                .get("default_config")
+                .and_then(Value::as_object)
+                .expect("a default config");
+            assert_eq!(
+                default.len(),
+                1,
+                "{dir}: the default config has rules: {default:?}"
+            );
+            assert_eq!(
+                text_at(discovery, "/default_config/@type").as_deref(),
+                Some(RBAC)
+            );
+            assert_eq!(
+                text_at(discovery, "/apply_default_config_without_warming").as_deref(),
+                Some("true"),
+                "{dir}: Envoy serves (through ext_authz) before the first push"
+            );
+        }
+        // Between them, the class header: client copies removed, then set from the subject
+        // map's verdict.
+        let class_mutations: Vec<(Option<String>, Option<String>)> = filters
+            [subjects_at + 1..rbac_at]
+            .iter()
+            .flat_map(|f| array(f, "/typed_config/mutations/request_mutations"))
+            .map(|m| (text_at(m, "/remove"), text_at(m, "/append/header/key")))
+            .filter(|(r, k)| [r, k].iter().any(|h| h.as_deref() == Some(CLASS_HEADER)))
+            .collect();
         assert_eq!(
-            array(discovery, "/type_urls")
-                .iter()
-                .filter_map(text)
-                .collect::<Vec<_>>(),
-            [RBAC]
-        );
-        // Until the first push: an RBAC config with no rules at all, which marks nothing.
-        let default = discovery
-            .get("default_config")
-            .and_then(Value::as_object)
-            .expect("a default config");
-        assert_eq!(
-            default.len(),
-            1,
-            "{dir}: the default config has rules: {default:?}"
-        );
-        assert_eq!(
-            text_at(discovery, "/default_config/@type").as_deref(),
-            Some(RBAC)
-        );
-        assert_eq!(
-            text_at(discovery, "/apply_default_config_without_warming").as_deref(),
-            Some("true"),
-            "{dir}: Envoy serves (through ext_authz) before the first push"
+            class_mutations,
+            [
+                (Some(CLASS_HEADER.into()), None),
+                (None, Some(CLASS_HEADER.into()))
+            ],
+            "{dir}: {CLASS_HEADER} removed, then set"
         );
         let enabled = filters[authz_at]
             .pointer("/typed_config/filter_enabled_metadata")
@@ -1249,10 +1274,24 @@ fn the_xds_overlay_pushes_rbac_over_a_shared_socket_and_asks_ext_authz_the_rest(
             filters[..jwt_at].iter().any(removes),
             "{dir}: client copies of {header} are removed before jwt_authn"
         );
-        assert!(
-            filters[rbac_at..authz_at].iter().any(removes),
-            "{dir}: {header} is removed after RBAC read it"
-        );
+        // Removed again, with the class header, before the app: by every route.
+        let routes: Vec<&Value> = array(hcm, "/route_config/virtual_hosts")
+            .iter()
+            .flat_map(|v| array(v, "/routes"))
+            .collect();
+        assert!(!routes.is_empty(), "{dir}: routes");
+        for route in routes {
+            let removed: Vec<String> = array(route, "/request_headers_to_remove")
+                .iter()
+                .filter_map(text)
+                .collect();
+            for h in [header, CLASS_HEADER] {
+                assert!(
+                    removed.iter().any(|r| r == h),
+                    "{dir}: {h} is removed before the app: {removed:?}"
+                );
+            }
+        }
     }
 }
 
