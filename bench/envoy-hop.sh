@@ -328,6 +328,8 @@ def version():
 deadline = time.time() + 120
 while version() in ("", "0") and time.time() < deadline:
     time.sleep(0.05)
+if version() in ("", "0"):
+    sys.exit(f"propagation: {n} subjects: Envoy never applied the first subject map")
 took = []
 for i in range(writes):
     before = version()

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -203,6 +203,44 @@ pub async fn respond(
     }
 }
 
+/// How much more than [`MAX_MESSAGE_BYTES`] of a body that turned out too large (chunked, no
+/// length announced) is read and thrown away before the 413 is sent, and for how long at most.
+/// Answering while the client still sends makes the connection close under it, and a client
+/// that sees the reset first loses the answer (curl then reports its `100 Continue`); a body up
+/// to this size gets its 413, a larger or slower one is cut off.
+const DRAIN_BYTES: usize = 8 * MAX_MESSAGE_BYTES;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
+}
+
+/// The whole body, at most [`MAX_MESSAGE_BYTES`]; past that, drained as [`DRAIN_BYTES`] says.
+async fn read_body(mut body: Incoming) -> Result<Bytes, BodyError> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > MAX_MESSAGE_BYTES {
+                let mut drained = out.len() + data.len();
+                let drain = async {
+                    while let Some(Ok(frame)) = body.frame().await {
+                        drained += frame.data_ref().map_or(0, Bytes::len);
+                        if drained > DRAIN_BYTES {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+                return Err(BodyError::TooLarge);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
 /// Reads the body, decodes it and calls the RPC.
 async fn call(
     api: &GatedService,
@@ -227,13 +265,10 @@ async fn call(
         return too_large();
     }
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
-    let body = match Limited::new(request.into_body(), MAX_MESSAGE_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
+    let body = match read_body(request.into_body()).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Read(e)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 Code::InvalidArgument,

@@ -58,8 +58,7 @@ use tonic_health::server::HealthReporter;
 use super::authz::AppState;
 use crate::config::{EnvoyConfig, SubjectSource};
 use crate::engine::envoy_rbac::{
-    MethodPaths, OwnPath, OwnPattern, RbacOptions, RbacPlan, SubjectInput, own_path_guard,
-    path_guards,
+    MethodPaths, OwnPath, RbacOptions, RbacPlan, SubjectInput, path_guards,
 };
 use crate::live::LivePolicy;
 use crate::model::Method;
@@ -266,97 +265,87 @@ pub struct Rendered {
     pub classes: RbacFilter,
 }
 
-fn string_predicate(
-    input: TypedExtensionConfig,
-    pattern: string_matcher::MatchPattern,
-) -> Predicate {
-    Predicate {
-        match_type: Some(MatchType::SinglePredicate(SinglePredicate {
-            input: Some(input),
-            matcher: Some(single_predicate::Matcher::ValueMatch(StringMatcher {
-                ignore_case: false,
-                match_pattern: Some(pattern),
-            })),
-        })),
-    }
-}
-
-/// The `:path` check of a subject's own paths: plain string comparisons for a literal path
-/// (the class filter then holds the segments to what the canonicalizer keeps,
-/// [`own_path_guard`]), an expression otherwise.
-fn own_predicate(pattern: &OwnPattern) -> Predicate {
-    use string_matcher::MatchPattern::{Exact, Prefix};
-    let path = || header_input(":path");
-    match pattern {
-        OwnPattern::Regex(regex) => regex_predicate(path(), regex),
-        OwnPattern::Literal { path: own, below } => {
-            let mut alternatives = vec![
-                string_predicate(path(), Exact(own.clone())),
-                string_predicate(path(), Prefix(format!("{own}?"))),
-            ];
-            if *below {
-                alternatives.push(string_predicate(path(), Prefix(format!("{own}/"))));
-            } else {
-                alternatives.push(string_predicate(path(), Exact(format!("{own}/"))));
-                alternatives.push(string_predicate(path(), Prefix(format!("{own}/?"))));
-            }
-            Predicate {
-                match_type: Some(MatchType::OrMatcher(PredicateList {
-                    predicate: alternatives,
-                })),
-            }
-        }
-    }
-}
-
 /// For a subject with `{user}` rules: a list whose entries match the paths its own rules allow,
 /// each naming the set of methods allowed there (the class filter checks the method, so the
-/// subject map holds one check per rule, not per method). Where two of its rules allow the
+/// subject map holds one expression per rule, not per method). Where two of its rules allow the
 /// same path, the first entry wins, and the other's methods there (or its class's) go to
 /// ext_authz.
 fn own_entries(own: &[OwnPath], tags: &ClassTags) -> Vec<FieldMatcher> {
     own.iter()
         .map(|o| FieldMatcher {
-            predicate: Some(own_predicate(&o.pattern)),
+            predicate: Some(regex_predicate(header_input(":path"), &o.regex)),
             on_match: Some(action(&tags.own(o.methods), RbacVerdict::Allow)),
         })
         .collect()
 }
 
+/// An `exact_match_map` on the subject with no `on_no_match`.
+fn subject_map(input: &TypedExtensionConfig, map: HashMap<String, OnMatch>) -> Matcher {
+    Matcher {
+        on_no_match: None,
+        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
+            input: Some(input.clone()),
+            tree_type: Some(TreeType::ExactMatchMap(MatchMap { map })),
+        })),
+    }
+}
+
 /// The subject filter: each subject's verdict is its class tag, or [`ClassTags::own`] when one
 /// of its own `{user}` rules matches the path. A subject not in the map gets no verdict at all
 /// (no `on_no_match`), so the listener's header stays unset.
+///
+/// Subjects with own rules are looked up first, in a map of their own whose entries have no
+/// `on_no_match`: when none of a subject's own paths matches, that entry does not match and
+/// Envoy goes on with the map of classes. Each subject's class is then a bare action, the
+/// cheapest entry for Envoy to build again on every write.
 fn subjects_filter(
     plan: &RbacPlan,
     input: &TypedExtensionConfig,
     classes: &HashMap<*const MethodPaths, (String, &MethodPaths)>,
     tags: &ClassTags,
 ) -> RbacFilter {
-    let mut map = HashMap::new();
+    let mut by_class = HashMap::new();
+    let mut by_own = HashMap::new();
     for subject in &plan.subjects {
-        let class = classes
-            .get(&Arc::as_ptr(&subject.allows))
-            .map(|(tag, _)| action(tag, RbacVerdict::Allow));
-        let on_match = match (&subject.own[..], class) {
-            ([], Some(class)) => class,
-            ([], None) => continue,
-            (own, class) => nested(Matcher {
-                on_no_match: class.map(Box::new),
-                matcher_type: Some(MatcherType::MatcherList(MatcherList {
-                    matchers: own_entries(own, tags),
-                })),
-            }),
-        };
-        map.insert(subject.id.to_string(), on_match);
+        if let Some((tag, _)) = classes.get(&Arc::as_ptr(&subject.allows)) {
+            by_class.insert(subject.id.to_string(), action(tag, RbacVerdict::Allow));
+        }
+        if !subject.own.is_empty() {
+            let own = list(own_entries(&subject.own, tags));
+            by_own.insert(
+                subject.id.to_string(),
+                nested(Matcher {
+                    on_no_match: None,
+                    ..own
+                }),
+            );
+        }
     }
-    // Envoy refuses an empty map; no matcher at all marks nothing.
-    let shadow_matcher = (!map.is_empty()).then(|| Matcher {
-        on_no_match: None,
-        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
-            input: Some(input.clone()),
-            tree_type: Some(TreeType::ExactMatchMap(MatchMap { map })),
-        })),
-    });
+    // Envoy refuses an empty map or list: what is empty is left out.
+    let classes = (!by_class.is_empty()).then(|| subject_map(input, by_class));
+    let shadow_matcher = if by_own.is_empty() {
+        classes
+    } else {
+        // Every path Envoy routes starts with `/`: the one entry is the own paths' map.
+        let any_path = Predicate {
+            match_type: Some(MatchType::SinglePredicate(SinglePredicate {
+                input: Some(header_input(":path")),
+                matcher: Some(single_predicate::Matcher::ValueMatch(StringMatcher {
+                    ignore_case: false,
+                    match_pattern: Some(string_matcher::MatchPattern::Prefix("/".into())),
+                })),
+            })),
+        };
+        Some(Matcher {
+            on_no_match: classes.map(|c| Box::new(nested(c))),
+            matcher_type: Some(MatcherType::MatcherList(MatcherList {
+                matchers: vec![FieldMatcher {
+                    predicate: Some(any_path),
+                    on_match: Some(nested(subject_map(input, by_own))),
+                }],
+            })),
+        })
+    };
     RbacFilter {
         rules: Some(revision_rule(plan.revision)),
         rules_stat_prefix: SUBJECTS_STAT_PREFIX.into(),
@@ -428,16 +417,9 @@ fn classes_filter(
         .values()
         .map(|(tag, paths)| (tag.clone(), nested(class_matcher(paths, &allow))))
         .collect();
-    // A subject's own literal paths were compared as strings: the segments after them are
-    // held to what the canonicalizer keeps here, where only those requests pay for it.
-    let own_guard = own_path_guard();
     for own in plan.subjects.iter().flat_map(|s| &s.own) {
-        map.entry(tags.own(own.methods)).or_insert_with(|| {
-            nested(list(vec![FieldMatcher {
-                predicate: Some(regex_predicate(header_input(":path"), &own_guard)),
-                on_match: Some(nested(methods_matcher(own.methods, &allow))),
-            }]))
-        });
+        map.entry(tags.own(own.methods))
+            .or_insert_with(|| nested(methods_matcher(own.methods, &allow)));
     }
     let on_match = if map.is_empty() {
         // Envoy refuses an empty map: with no subject compiled, the guards lead to `defer`.

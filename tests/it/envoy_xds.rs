@@ -950,7 +950,7 @@ subjects:
         ("u1", "POST", "/users/u1", (403, false)),
         ("u1", "GET", "/v1/items/i1", (403, false)),
         ("r1", "GET", "/users/r1", (403, false)),
-        // `{user}` rules: literal paths by string comparisons, with `*` by an expression.
+        // `{user}` rules: a rule covering what is below, an anchored one, one with `*`.
         ("u1", "GET", "/users/u1?q=/x", (200, true)),
         ("u1", "GET", "/users/u1/x/y", (200, true)),
         ("u1", "HEAD", "/users/u1", (200, true)),
