@@ -87,6 +87,22 @@ $2
 YAML
 }
 
+ecds_filter() { # name: an RBAC filter whose config the sidecar pushes over ECDS
+  cat <<YAML
+                  - name: $1
+                    config_discovery:
+                      config_source:
+                        resource_api_version: V3
+                        api_config_source:
+                          api_type: GRPC
+                          transport_api_version: V3
+                          grpc_services: [ { envoy_grpc: { cluster_name: authz_xds } } ]
+                      default_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC }
+                      apply_default_config_without_warming: true
+                      type_urls: [ type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC ]
+YAML
+}
+
 filters() {
   case $1 in
     none) ;;
@@ -109,18 +125,8 @@ YAML
     ext_authz) ext_authz authz_tcp "" ;;
     ext_authz-uds) ext_authz authz_uds "" ;;
     xds-rbac)
+      ecds_filter authz.subjects
       cat <<'YAML'
-                  - name: authz.subjects
-                    config_discovery:
-                      config_source:
-                        resource_api_version: V3
-                        api_config_source:
-                          api_type: GRPC
-                          transport_api_version: V3
-                          grpc_services: [ { envoy_grpc: { cluster_name: authz_xds } } ]
-                      default_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC }
-                      apply_default_config_without_warming: true
-                      type_urls: [ type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC ]
                   - name: authz.class
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
@@ -136,18 +142,8 @@ YAML
                           - append: { header: { key: x-authz-revision, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:authz_subjects_enforced_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
                           - remove: x-authz-class
                           - append: { header: { key: x-authz-class, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:authz_subjects_shadow_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
-                  - name: authz.rbac
-                    config_discovery:
-                      config_source:
-                        resource_api_version: V3
-                        api_config_source:
-                          api_type: GRPC
-                          transport_api_version: V3
-                          grpc_services: [ { envoy_grpc: { cluster_name: authz_xds } } ]
-                      default_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC }
-                      apply_default_config_without_warming: true
-                      type_urls: [ type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC ]
 YAML
+      ecds_filter authz.rbac
       ext_authz authz_tcp "                      filter_enabled_metadata: { filter: envoy.filters.http.rbac, path: [ { key: shadow_engine_result } ], value: { string_match: { exact: allowed } }, invert: true }"
       cat <<'YAML'
                   - name: authz.strip_subject

