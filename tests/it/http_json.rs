@@ -772,3 +772,60 @@ async fn a_slow_client_is_cut_off_at_the_request_timeout() {
     );
     sc.sidecar.stop().await.unwrap();
 }
+
+/// A chunked body that never ends: the sidecar drains a bounded amount (8 MiB or 1 s), answers
+/// 413 if the client is still listening, and closes; it never reads the whole stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_chunked_body_is_cut_off_after_a_bounded_drain() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sc = start(EMBEDDED_DEFAULT).await;
+    let addr = sc.sidecar.http_addr().unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    const OFFERED: usize = 256 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        let mut sent = 0usize;
+        if write
+            .write_all(b"POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return sent;
+        }
+        let mut chunk = b"10000\r\n".to_vec();
+        chunk.extend(std::iter::repeat_n(b'a', 0x10000));
+        chunk.extend(b"\r\n");
+        while sent < OFFERED {
+            if write.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += 0x10000;
+        }
+        sent
+    });
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        read.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(ended.is_ok(), "the connection is closed, not held open");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&answer);
+    // Whether the answer arrives before the reset is the client's race; if it does, it is 413.
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 413"),
+        "{text}"
+    );
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(10), writer)
+        .await
+        .expect("the writer stops once the connection is gone")
+        .unwrap();
+    assert!(sent < OFFERED, "the whole body was read: {sent} bytes");
+    sc.sidecar.stop().await.unwrap();
+}
