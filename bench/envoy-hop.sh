@@ -15,6 +15,9 @@
 #   SKIP_HOP=1 bench/envoy-hop.sh           # the scale and propagation parts only
 #   PROPAGATION="1000" WRITES=20 bench/envoy-hop.sh  # subject counts / writes for propagation
 #   INSTRUCTIONS=1 bench/envoy-hop.sh       # Envoy's instructions per request instead (below)
+#   UPSTREAM=1 bench/envoy-hop.sh           # the route forwards to an upstream (another Envoy)
+#                                           # instead of answering direct_response: Envoy then
+#                                           # also applies the route's request header edits
 #
 # CPU time on a shared 2-core machine moves by 10-40% between runs. With INSTRUCTIONS=1 each
 # mode's Envoy runs under valgrind's callgrind, counting only while 2000 requests
@@ -180,6 +183,11 @@ YAML
   esac
 }
 
+route_action() { # the measured Envoy answers itself, or (UPSTREAM=1) forwards to another Envoy
+  if [ -n "${UPSTREAM:-}" ]; then echo "route: { cluster: upstream }"
+  else echo "direct_response: { status: 200, body: { inline_string: ok } }"; fi
+}
+
 route_removals() { # mode: what the xDS listener's router removes (docs/xds-rbac.md)
   [ "$1" = xds-rbac ] || return 0
   echo "                  request_headers_to_remove: [ x-authz-class, x-http-method-override, x-http-method, x-method-override, x-original-url, x-rewrite-url, x-subject ]"
@@ -211,12 +219,13 @@ $(route_removals "$1")
                   virtual_hosts:
                     - name: app
                       domains: ["*"]
-                      routes: [ { match: { prefix: / }, direct_response: { status: 200, body: { inline_string: ok } } } ]
+                      routes: [ { match: { prefix: / }, $(route_action) } ]
                 http_filters:
 $(filters "$1")
                   - name: envoy.filters.http.router
                     typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
   clusters:
+$(cluster upstream "{ socket_address: { address: 127.0.0.1, port_value: $((BASE + 53)) } }")
 $(cluster authz_tcp "{ socket_address: { address: 127.0.0.1, port_value: $((BASE + 51)) } }")
 $(cluster authz_uds "{ pipe: { path: $work/authz.sock } }")
 $(cluster authz_xds "{ pipe: { path: $work/xds.sock } }")
@@ -234,6 +243,27 @@ else
   printf '%-14s %10s %12s %12s %10s %10s %12s %12s\n' mode "req/s" "envoy us/rq" "sidecar us" "p50 ms" "p99 ms" "envoy us@R" "sidecar us@R"
 fi
 port=$BASE
+if [ -n "${UPSTREAM:-}" ]; then
+  # The upstream: a second Envoy answering every request itself (its CPU is not counted).
+  cat >"$work/upstream.yaml" <<YAML
+static_resources:
+  listeners:
+    - name: upstream
+      address: { socket_address: { address: 127.0.0.1, port_value: $((BASE + 53)) } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: upstream
+                route_config: { virtual_hosts: [ { name: all, domains: ["*"], routes: [ { match: { prefix: / }, direct_response: { status: 200, body: { inline_string: ok } } } ] } ] }
+                http_filters: [ { name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } } ]
+YAML
+  "$ENVOY" -c "$work/upstream.yaml" --concurrency 1 --disable-hot-restart --log-level error \
+    >"$work/upstream.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$((BASE + 53))/" && break; sleep 0.05; done
+fi
 for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
   port=$((port + 2))
   envoy_config "$mode" "$port" >"$work/$mode.yaml"
