@@ -15,6 +15,7 @@
 #   SKIP_HOP=1 bench/envoy-hop.sh           # the scale and propagation parts only
 #   PROPAGATION="1000" WRITES=20 bench/envoy-hop.sh  # subject counts / writes for propagation
 #   INSTRUCTIONS=1 bench/envoy-hop.sh       # Envoy's instructions per request instead (below)
+#   PIN=1 bench/envoy-hop.sh                # Envoy on CPU 0, h2load on CPU 1
 #   UPSTREAM=1 bench/envoy-hop.sh           # the route forwards to an upstream (another Envoy)
 #                                           # instead of answering direct_response: Envoy then
 #                                           # also applies the route's request header edits
@@ -236,6 +237,10 @@ pct() { # file, percentile -> ms
   awk -F'\t' '$2 == 200 {print $3}' "$1" | sort -n | awk -v p="$2" '{a[NR]=$1} END {if (NR == 0) {print "-"; exit} i=int(NR*p/100); if (i < 1) i=1; printf "%.2f", a[i]/1000}'
 }
 
+# PIN=1: Envoy on CPU 0, the load generator on CPU 1 (the sidecar and the kernel float), so the
+# two do not take turns on one core.
+on_envoy_cpu=""; on_load_cpu=""
+[ -z "${PIN:-}" ] || { on_envoy_cpu="taskset -c 0"; on_load_cpu="taskset -c 1"; }
 declare -A envoy_us
 if [ -n "${INSTRUCTIONS:-}" ]; then
   printf '%-14s %10s\n' mode "Envoy instructions/req"
@@ -279,7 +284,7 @@ for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
       "$binary" -c "$work/$mode.yaml" --concurrency 1 --disable-hot-restart --log-level error \
       >"$work/$mode.log" 2>&1 &
   else
-    "$ENVOY" -c "$work/$mode.yaml" --concurrency 1 --disable-hot-restart --log-level error \
+    $on_envoy_cpu "$ENVOY" -c "$work/$mode.yaml" --concurrency 1 --disable-hot-restart --log-level error \
       >"$work/$mode.log" 2>&1 &
   fi
   envoy=$!
@@ -311,7 +316,7 @@ for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
   h2load --h1 -c "$CONNS" -D 1 -H 'x-subject: dashboard' "$url" >/dev/null 2>&1
   # Saturated.
   e0=$(ticks "$envoy"); s0=$(ticks "$sidecar")
-  out=$(h2load --h1 -c "$CONNS" -D "$DURATION" -H 'x-subject: dashboard' "$url" 2>&1)
+  out=$($on_load_cpu h2load --h1 -c "$CONNS" -D "$DURATION" -H 'x-subject: dashboard' "$url" 2>&1)
   e1=$(ticks "$envoy"); s1=$(ticks "$sidecar")
   done_n=$(echo "$out" | awk '/^requests:/ {print $8}')
   rps=$(echo "$out" | awk '/^finished in/ {print $4}')
@@ -319,7 +324,7 @@ for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
   sus=$(awk -v a="$s0" -v b="$s1" -v n="$done_n" -v hz="$hz" 'BEGIN {printf "%.1f", (b-a)/hz*1e6/n}')
   # Fixed rate.
   e0=$(ticks "$envoy"); s0=$(ticks "$sidecar")
-  out=$(h2load --h1 -c "$CONNS" --rps $((RATE / CONNS)) -D "$DURATION" --log-file "$work/$mode.lat" \
+  out=$($on_load_cpu h2load --h1 -c "$CONNS" --rps $((RATE / CONNS)) -D "$DURATION" --log-file "$work/$mode.lat" \
     -H 'x-subject: dashboard' "$url" 2>&1)
   e1=$(ticks "$envoy"); s1=$(ticks "$sidecar")
   n=$(echo "$out" | awk '/^requests:/ {print $8}')
