@@ -21,10 +21,10 @@
 #                                           # also applies the route's request header edits
 #
 # CPU time on a shared 2-core machine moves by 10-40% between runs. With INSTRUCTIONS=1 each
-# mode's Envoy runs under valgrind's callgrind, counting only while 2000 requests
-# (h2load, after 500 to warm up) pass through it: user-space instructions per request, the
-# same in every run, so the ratios between modes can be judged where time cannot. They leave
-# out the kernel's share (the sockets), the same for every mode.
+# mode's Envoy, and the sidecar, run under valgrind's callgrind, counting only while 2000
+# requests (h2load, after 500 to warm up) pass through: user-space instructions per request,
+# within 1% from run to run, so the ratios between modes (and between two sidecar builds,
+# AUTHZ_BIN) can be judged where time cannot. They leave out the kernel's share (the sockets).
 #
 # Last line: `envoy-hop: xds-rbac A us/req, rbac-filter B us/req, ext_authz C us/req` (Envoy CPU
 # per request, saturated, this run).
@@ -66,13 +66,23 @@ trap cleanup EXIT
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-"$AUTHZ_BIN" --policy examples/monitoring-apps.yaml --data-dir "$work/data" \
+# An older sidecar (AUTHZ_BIN) without the xDS server: the xds-rbac row is left out.
+modes="none rbac-filter ext_authz ext_authz-uds xds-rbac"
+xds_flags=(--envoy-xds-listen "unix:$work/xds.sock")
+if ! "$AUTHZ_BIN" --help 2>&1 | grep -q -- --envoy-xds-listen; then
+  modes="none rbac-filter ext_authz ext_authz-uds"; xds_flags=()
+fi
+# With INSTRUCTIONS=1 the sidecar runs under callgrind too, counted over the same requests.
+sidecar_run=()
+[ -z "${INSTRUCTIONS:-}" ] \
+  || sidecar_run=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/sidecar.cg")
+"${sidecar_run[@]}" "$AUTHZ_BIN" --policy examples/monitoring-apps.yaml --data-dir "$work/data" \
   --listen "127.0.0.1:$((BASE + 51))" --uds "$work/authz.sock" \
-  --envoy-xds-listen "unix:$work/xds.sock" --envoy-strip-subject-header \
+  "${xds_flags[@]}" --envoy-strip-subject-header \
   >"$work/sidecar.log" 2>&1 &
 sidecar=$!
 pids+=("$sidecar")
-for _ in $(seq 100); do [ -S "$work/xds.sock" ] && break; sleep 0.05; done
+for _ in $(seq 1200); do [ -S "$work/authz.sock" ] && break; sleep 0.05; done
 
 cluster() { # name, address block
   cat <<YAML
@@ -243,7 +253,7 @@ on_envoy_cpu=""; on_load_cpu=""
 [ -z "${PIN:-}" ] || { on_envoy_cpu="taskset -c 0"; on_load_cpu="taskset -c 1"; }
 declare -A envoy_us
 if [ -n "${INSTRUCTIONS:-}" ]; then
-  printf '%-14s %10s\n' mode "Envoy instructions/req"
+  printf '%-14s %10s %12s\n' mode "Envoy instr/req" "sidecar instr/req"
 else
   printf '%-14s %10s %12s %12s %10s %10s %12s %12s\n' mode "req/s" "envoy us/rq" "sidecar us" "p50 ms" "p99 ms" "envoy us@R" "sidecar us@R"
 fi
@@ -271,6 +281,7 @@ YAML
 fi
 for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
   port=$((port + 2))
+  [[ " $modes " = *" $mode "* ]] || continue
   envoy_config "$mode" "$port" >"$work/$mode.yaml"
   # Under callgrind Envoy runs ~50x slower: ext_authz's deadline would expire.
   [ -z "${INSTRUCTIONS:-}" ] || sed -i 's/timeout: 0.25s/timeout: 10s/' "$work/$mode.yaml"
@@ -303,14 +314,20 @@ for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
   if [ -n "${INSTRUCTIONS:-}" ]; then
     h2load --h1 -c "$CONNS" -n 500 -H 'x-subject: dashboard' "$url" >/dev/null 2>&1
     callgrind_control -i on "$envoy" >/dev/null 2>&1
+    callgrind_control -i on "$sidecar" >/dev/null 2>&1
     out=$(h2load --h1 -c "$CONNS" -n 2000 -H 'x-subject: dashboard' "$url" 2>&1)
     callgrind_control -d "$envoy" >/dev/null 2>&1
+    # Each dump of the sidecar writes the next numbered file and starts counting from zero.
+    callgrind_control -d "$sidecar" >/dev/null 2>&1
+    callgrind_control -i off "$sidecar" >/dev/null 2>&1
     kill "$envoy"; wait "$envoy" 2>/dev/null || true
     ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
     [ "$ok" = 2000 ] || { echo "$mode: $ok of 2000 requests answered 2xx" >&2; exit 1; }
     ir=$(awk '/^totals:/ {print $2}' "$work/$mode.cg.1")
+    dump=$(ls -t "$work"/sidecar.cg.* | head -1)
+    sidecar_ir=$(awk '/^totals:/ {print $2}' "$dump")
     envoy_us[$mode]=$((ir / 2000))
-    printf '%-14s %10s\n' "$mode" "${envoy_us[$mode]}"
+    printf '%-14s %10s %12s\n' "$mode" "${envoy_us[$mode]}" "$((sidecar_ir / 2000))"
     continue
   fi
   h2load --h1 -c "$CONNS" -D 1 -H 'x-subject: dashboard' "$url" >/dev/null 2>&1
@@ -336,7 +353,7 @@ for mode in none rbac-filter ext_authz ext_authz-uds xds-rbac; do
   kill "$envoy"; wait "$envoy" 2>/dev/null || true
 done
 if [ -n "${INSTRUCTIONS:-}" ]; then
-  echo "envoy-hop instructions: xds-rbac ${envoy_us[xds-rbac]}/req, rbac-filter ${envoy_us[rbac-filter]}/req, ext_authz ${envoy_us[ext_authz]}/req, none ${envoy_us[none]}/req"
+  echo "envoy-hop instructions: xds-rbac ${envoy_us[xds-rbac]:--}/req, rbac-filter ${envoy_us[rbac-filter]}/req, ext_authz ${envoy_us[ext_authz]}/req, none ${envoy_us[none]}/req"
   exit 0
 fi
 # Scale: Envoy RSS and push time (sidecar start to Envoy applying the config) with N subjects.
