@@ -356,6 +356,24 @@ if [ -n "${INSTRUCTIONS:-}" ]; then
   echo "envoy-hop instructions: xds-rbac ${envoy_us[xds-rbac]:--}/req, rbac-filter ${envoy_us[rbac-filter]}/req, ext_authz ${envoy_us[ext_authz]}/req, none ${envoy_us[none]}/req"
   exit 0
 fi
+# The rest needs the xDS server.
+if [[ " $modes " != *" xds-rbac "* ]]; then
+  echo "$AUTHZ_BIN has no --envoy-xds-listen: no scale or propagation part" >&2
+  exit 0
+fi
+
+start_xds_envoy() { # name, xDS socket: the xds-rbac listener on the next ports; sets $envoy
+  port=$((port + 2))
+  sed -e "s#$work/xds.sock#$2#" "$work/xds-rbac.yaml" \
+    | sed -e "s/port_value: $((BASE + 10))/port_value: $port/; s/port_value: $((BASE + 11))/port_value: $((port + 1))/" \
+    >"$work/$1.yaml"
+  "$ENVOY" -c "$work/$1.yaml" --concurrency 1 --disable-hot-restart --log-level error \
+    >"$work/$1.log" 2>&1 &
+  envoy=$!
+  pids+=("$envoy")
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && break; sleep 0.05; done
+}
+
 # Scale: Envoy RSS and push time (sidecar start to Envoy applying the config) with N subjects.
 for n in ${SCALE-1000 10000 100000}; do
   policy="$work/policy-$n.yaml"
@@ -365,15 +383,7 @@ for n in ${SCALE-1000 10000 100000}; do
     for i in $(seq "$(( n > 99995 ? 99995 : n ))"); do echo "  - { id: sub-$i, type: app, roles: [${roles[$((i % 5))]}] }"; done
   } >"$policy"
   rm -rf "$work/data-$n"
-  port=$((port + 2))
-  sed -e "s#$work/xds.sock#$work/xds-$n.sock#" "$work/xds-rbac.yaml" \
-    | sed -e "s/port_value: $((BASE + 10))/port_value: $port/; s/port_value: $((BASE + 11))/port_value: $((port + 1))/" \
-    >"$work/scale-$n.yaml"
-  "$ENVOY" -c "$work/scale-$n.yaml" --concurrency 1 --disable-hot-restart --log-level error \
-    >"$work/scale-$n.log" 2>&1 &
-  envoy=$!
-  pids+=("$envoy")
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && break; sleep 0.05; done
+  start_xds_envoy "scale-$n" "$work/xds-$n.sock"
   rss0=$(awk '/VmRSS/ {print $2}' "/proc/$envoy/status")
   # 1e5 subjects are a policy file of several MB: above the default --max-policy-bytes.
   "$AUTHZ_BIN" --policy "$policy" --data-dir "$work/data-$n" --listen 127.0.0.1:0 \
@@ -412,14 +422,7 @@ for n in ${PROPAGATION-1000 2000}; do
     # The example's 5 subjects, the copies, then the writes: N subjects after the last write.
     for i in $(seq "$((n - 5 - ${WRITES:-40}))"); do echo "  - { id: bulk-$i, type: app_user, roles: [app-user-editor] }"; done
   } >"$policy"
-  port=$((port + 2))
-  sed -e "s#$work/xds.sock#$work/prop-$n.sock#" "$work/xds-rbac.yaml" \
-    | sed -e "s/port_value: $((BASE + 10))/port_value: $port/; s/port_value: $((BASE + 11))/port_value: $((port + 1))/" \
-    >"$work/prop-$n-envoy.yaml"
-  "$ENVOY" -c "$work/prop-$n-envoy.yaml" --concurrency 1 --disable-hot-restart --log-level error \
-    >"$work/prop-$n-envoy.log" 2>&1 &
-  envoy=$!
-  pids+=("$envoy")
+  start_xds_envoy "prop-$n-envoy" "$work/prop-$n.sock"
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/prop-token"
   "$AUTHZ_BIN" --policy "$policy" --data-dir "$work/prop-data-$n" --listen 127.0.0.1:0 \
     --uds "$work/prop-api-$n.sock" --envoy-xds-listen "unix:$work/prop-$n.sock" \

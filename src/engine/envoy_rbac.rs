@@ -107,7 +107,7 @@ pub struct OwnPath {
 impl OwnPath {
     fn regex(segments: &[Segment], below: bool, id: &str) -> String {
         let segments = segment_regexes(segments, Some(id));
-        format!("^(?:{}){QUERY}$", alternative(&segments, below))
+        anchored(&alternative(&segments, below))
     }
 }
 
@@ -278,6 +278,11 @@ fn alternative(segments: &[String], below: bool) -> String {
     out
 }
 
+/// A whole `:path` matching one of `alternatives` (joined with `|`), with any query.
+fn anchored(alternatives: &str) -> String {
+    format!("^(?:{alternatives}){QUERY}$")
+}
+
 type Alternatives = [BTreeSet<String>; Method::ALL.len()];
 
 fn render(alts: &Alternatives) -> MethodPaths {
@@ -285,7 +290,7 @@ fn render(alts: &Alternatives) -> MethodPaths {
     for (slot, set) in out.0.iter_mut().zip(alts.iter()) {
         if !set.is_empty() {
             let joined: Vec<&str> = set.iter().map(String::as_str).collect();
-            *slot = Some(format!("^(?:{}){QUERY}$", joined.join("|")));
+            *slot = Some(anchored(&joined.join("|")));
         }
     }
     out
@@ -293,8 +298,7 @@ fn render(alts: &Alternatives) -> MethodPaths {
 
 /// A class of subjects deciding alike apart from `{user}` rules.
 struct Class {
-    /// `{user}` rules: (role, rule text, methods, pattern segments with `None` for `{user}`,
-    /// below).
+    /// `{user}` rules: role, rule text, methods, pattern segments, below.
     self_rules: Vec<SelfRule>,
     shared: Arc<MethodPaths>,
 }

@@ -785,7 +785,7 @@ pub fn raise_fd_limit() -> FdLimit {
 }
 
 /// Marks a connection busy from a request's start until its response body ends (or is dropped).
-pub struct InFlight(Arc<Conn>);
+struct InFlight(Arc<Conn>);
 
 impl InFlight {
     fn begin(conn: &Arc<Conn>) -> InFlight {

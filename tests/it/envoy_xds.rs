@@ -792,7 +792,8 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
     assert_eq!(decide_all("fresh-last"), now);
 }
 
-/// The headers the sidecar owns and the subject header, as the upstream received them.
+/// The headers the sidecar owns, the subject header and the routing overrides, as the upstream
+/// received them.
 fn owned_headers(reply: &envoy_harness::Reply) -> Option<Vec<(String, Vec<String>)>> {
     let up = reply.upstream.as_ref()?;
     Some(
@@ -805,6 +806,7 @@ fn owned_headers(reply: &envoy_harness::Reply) -> Option<Vec<(String, Vec<String
             JWT_SUBJECT_HEADER,
         ]
         .iter()
+        .chain(authz_sidecar::api::ROUTING_OVERRIDE_HEADERS.iter())
         .map(|h| {
             (
                 (*h).to_owned(),
@@ -818,8 +820,10 @@ fn owned_headers(reply: &envoy_harness::Reply) -> Option<Vec<(String, Vec<String
 /// `--envoy-mode shadow` with the xDS listener: what the plan allows skips ext_authz, every
 /// other request reaches the shadow-mode ext_authz. Against the ext_authz-only listener in
 /// shadow mode, every request gets the same status and the upstream the same marker and owned
-/// headers; the would-be denials are counted alike, and the xDS side's sidecar was asked
-/// exactly the requests Envoy did not let through alone.
+/// headers, though each carries forged copies of the owned headers and every routing override
+/// (removed by the router on the RBAC path, by the sidecar's answer on the other); the
+/// would-be denials are counted alike, and the xDS side's sidecar was asked exactly the
+/// requests Envoy did not let through alone.
 #[test]
 fn shadow_mode_through_rbac_marks_and_counts_as_ext_authz_shadow_mode() {
     let Some(envoy) = envoy_binary() else {
@@ -836,8 +840,29 @@ fn shadow_mode_through_rbac_marks_and_counts_as_ext_authz_shadow_mode() {
         let requests = requests(example, &text);
         let mut marked = 0;
         for (subject, method, path) in &requests {
-            let headers: Vec<(&str, &str)> =
-                subject.iter().map(|s| ("x-subject", s.as_str())).collect();
+            let forged = [
+                ("x-authz-shadow-denied", "forged"),
+                ("x-authz-subject", "forged"),
+                ("x-authz-revision", "999999"),
+            ];
+            let overrides = authz_sidecar::api::ROUTING_OVERRIDE_HEADERS
+                .iter()
+                .map(|h| {
+                    (
+                        *h,
+                        if h.ends_with("url") {
+                            "/admin"
+                        } else {
+                            "DELETE"
+                        },
+                    )
+                });
+            let headers: Vec<(&str, &str)> = subject
+                .iter()
+                .map(|s| ("x-subject", s.as_str()))
+                .chain(forged)
+                .chain(overrides)
+                .collect();
             let via_rbac = send_raw(pair.xds.port, method, path, &headers);
             let via_authz = send_raw(pair.authz.port, method, path, &headers);
             let (a, b) = (owned_headers(&via_rbac), owned_headers(&via_authz));
