@@ -209,6 +209,16 @@ fn requests(example: &str, text: &str) -> Vec<(Option<String>, String, String)> 
                 }
             }
             out.push((subject.clone(), "HEAD".into(), format!("{base}/child")));
+            // Past the canonicalizer's limits (the class config's path guards): more than 64
+            // segments, more than 4096 bytes in a segment or in the query.
+            let trimmed = base.trim_end_matches('/');
+            for long in [
+                format!("{trimmed}{}", "/x1".repeat(65)),
+                format!("{trimmed}/{}", "a".repeat(4100)),
+                format!("{base}?{}", "q".repeat(4100)),
+            ] {
+                out.push((subject.clone(), "GET".into(), long));
+            }
         }
     }
     for trick in corpus().into_iter().filter(|t| t.example == example) {
