@@ -158,7 +158,7 @@ YAML
                         request_mutations:
                           - remove: x-authz-shadow-denied
                           - append: { header: { key: x-authz-subject, value: "%REQ(x-subject)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
-                          - append: { header: { key: x-authz-revision, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:authz_subjects_enforced_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+                          - remove: x-authz-revision
                           - remove: x-authz-class
                           - append: { header: { key: x-authz-class, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:authz_subjects_shadow_effective_policy_id)%" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
 YAML
@@ -174,9 +174,17 @@ YAML
                           matchers:
                             - predicate:
                                 not_matcher:
-                                  single_predicate:
-                                    input: { name: rbac-verdict, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput, filter: envoy.filters.http.rbac, path: [ { key: shadow_engine_result } ] } }
-                                    custom_match: { name: allowed, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata, value: { string_match: { exact: allowed } } } }
+                                  and_matcher:
+                                    predicate:
+                                      - single_predicate:
+                                          input: { name: rbac-verdict, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput, filter: envoy.filters.http.rbac, path: [ { key: shadow_engine_result } ] } }
+                                          custom_match: { name: allowed, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata, value: { string_match: { exact: allowed } } } }
+                                      - single_predicate:
+                                          input: { name: path, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: ":path" } }
+                                          value_match: { safe_regex: { google_re2: {}, regex: '^[\x00-\x7f]{0,1000}[\x00-\x7f]{0,1000}[\x00-\x7f]{0,1000}[\x00-\x7f]{0,1000}[\x00-\x7f]{0,96}$' } }
+                                      - single_predicate:
+                                          input: { name: path, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: ":path" } }
+                                          value_match: { safe_regex: { google_re2: {}, regex: '^(?:/[^/?]+){0,64}/?(?:\?[\x00-\x7f]*)?$' } }
                               on_match:
                                 action:
                                   name: ext_authz
@@ -199,9 +207,10 @@ route_action() { # the measured Envoy answers itself, or (UPSTREAM=1) forwards t
   else echo "direct_response: { status: 200, body: { inline_string: ok } }"; fi
 }
 
-route_removals() { # mode: what the xDS listener's router removes (docs/xds-rbac.md)
+route_removals() { # mode: what the xDS listener's router removes and adds (docs/xds-rbac.md)
   [ "$1" = xds-rbac ] || return 0
   echo "                  request_headers_to_remove: [ x-authz-class, x-http-method-override, x-http-method, x-method-override, x-original-url, x-rewrite-url, x-subject ]"
+  echo '                  request_headers_to_add: [ { header: { key: x-authz-revision, value: "%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_effective_policy_id)%" }, append_action: ADD_IF_ABSENT } ]'
 }
 
 envoy_config() { # mode, port
@@ -416,11 +425,16 @@ done
 # revision it made, with iot-roles and copies of alice (each with its own `{user}` rule: the
 # subject map's largest entries) up to N subjects after the last write (2000: the default
 # --envoy-xds-max-subjects). Writes one after another; p50 / p99 / max.
+# PROP_ROLES_ONLY=1: monitoring-apps and copies of an `app-readonly` subject instead (no
+# `{user}` rule; the role requires approval, so each write adds a pending subject: a new
+# revision that changes no subject's tag, for which the class config alone is pushed).
+prop_example=iot-roles prop_type=app_user prop_role=app-user-editor prop_map=1
+[ -z "${PROP_ROLES_ONLY:-}" ] || { prop_example=monitoring-apps prop_type=app prop_role=app-readonly prop_map=0; }
 for n in ${PROPAGATION-1000 2000}; do
   policy="$work/prop-$n.yaml"
-  { cat examples/iot-roles.yaml
+  { cat "examples/$prop_example.yaml"
     # The example's 5 subjects, the copies, then the writes: N subjects after the last write.
-    for i in $(seq "$((n - 5 - ${WRITES:-40}))"); do echo "  - { id: bulk-$i, type: app_user, roles: [app-user-editor] }"; done
+    for i in $(seq "$((n - 5 - ${WRITES:-40}))"); do echo "  - { id: bulk-$i, type: $prop_type, roles: [$prop_role] }"; done
   } >"$policy"
   start_xds_envoy "prop-$n-envoy" "$work/prop-$n.sock"
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/prop-token"
@@ -430,15 +444,19 @@ for n in ${PROPAGATION-1000 2000}; do
     >"$work/prop-sidecar-$n.log" 2>&1 &
   sc=$!
   pids+=("$sc")
-  python3 - "$AUTHZ_BIN" "$work/prop-api-$n.sock" "$((port + 1))" "$n" "${WRITES:-40}" "$work/prop-token" <<'PY'
+  python3 - "$AUTHZ_BIN" "$work/prop-api-$n.sock" "$((port + 1))" "$n" "${WRITES:-40}" "$work/prop-token" "$prop_type" "$prop_role" "$prop_map" <<'PY'
 import subprocess, sys, time, urllib.request
-binary, sock, admin, n, writes, token = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+binary, sock, admin, n, writes, token, kind, role, pushes_map = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8], sys.argv[9] == "1"
 def version():
+    """The revision Envoy decides at: the class config's, once the subject map of a write that
+    changes it (one adding a subject Envoy decides) carries it too; else ''."""
+    resources = "(rbac|subjects)" if pushes_map else "rbac"
     try:
         body = urllib.request.urlopen(
-            f"http://127.0.0.1:{admin}/stats?filter=^extension_config_discovery.http_filter.authz.subjects.version_text$",
+            f"http://127.0.0.1:{admin}/stats?filter=^extension_config_discovery.http_filter.authz.{resources}.version_text$",
             timeout=2).read().decode()
-        return body.split(": ", 1)[1].strip().strip('"') if ": " in body else ""
+        seen = {line.split(": ", 1)[1].strip().strip('"') for line in body.splitlines() if ": " in line}
+        return seen.pop() if len(seen) == 1 else ""
     except OSError:
         return ""
 deadline = time.time() + 120
@@ -450,9 +468,9 @@ took = []
 for i in range(writes):
     before = version()
     t0 = time.monotonic()
-    subprocess.run([binary, "ctl", "--uds", sock, "--token-file", token, "subject", "put", f"fresh-{i}", "--type", "app_user",
-                    "--role", "app-user-editor"], check=True, stdout=subprocess.DEVNULL)
-    while version() == before:
+    subprocess.run([binary, "ctl", "--uds", sock, "--token-file", token, "subject", "put", f"fresh-{i}", "--type", kind,
+                    "--role", role], check=True, stdout=subprocess.DEVNULL)
+    while version() in (before, ""):
         if time.monotonic() - t0 > 30:
             sys.exit(f"propagation: {n} subjects: write {i} never reached Envoy")
         time.sleep(0.0005)

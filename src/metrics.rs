@@ -352,7 +352,7 @@ impl Metrics {
             ),
             acked_revision: int_gauge(
                 "authz_envoy_xds_acked_revision",
-                "Policy revision of the RBAC config Envoy last accepted",
+                "Policy revision Envoy's RBAC filters decide at (both configs of it accepted)",
             ),
             subjects: int_gauge(
                 "authz_envoy_xds_subjects",
@@ -434,9 +434,14 @@ impl Metrics {
         self.xds.subjects.set(subjects as i64);
     }
 
-    /// xDS: Envoy accepted the config of `revision`.
-    pub fn xds_acked(&self, revision: u64) {
+    /// xDS: Envoy accepted a config.
+    pub fn xds_acked(&self) {
         self.xds.acks.inc();
+    }
+
+    /// xDS: Envoy accepted every config of `revision` (its class config and the subject map
+    /// that goes with it): its RBAC filters decide at that revision.
+    pub fn xds_enforced(&self, revision: u64) {
         self.xds.acked_revision.set(revision as i64);
     }
 

@@ -17,16 +17,13 @@
 //! subject write re-sends one small entry per subject, never the path expressions.
 //! docs/xds-rbac.md has the design.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig as EnvoyTypedExtensionConfig;
-use envoy_types::pb::envoy::config::rbac::v3::{
-    Action as RbacAction, Permission, Policy, Principal, Rbac, permission, principal,
-    rbac::Action as RbacVerdict,
-};
+use envoy_types::pb::envoy::config::rbac::v3::{Action as RbacAction, rbac::Action as RbacVerdict};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::matching::common_inputs::ssl::v3::UriSanInput;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -39,7 +36,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::HttpRequestHeaderMatchInput;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_list::predicate::{
-    MatchType, PredicateList, SinglePredicate, single_predicate,
+    MatchType, SinglePredicate, single_predicate,
 };
 use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_list::{FieldMatcher, Predicate};
 use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_tree::{MatchMap, TreeType};
@@ -59,9 +56,7 @@ use tonic_health::server::HealthReporter;
 
 use super::authz::AppState;
 use crate::config::{EnvoyConfig, SubjectSource};
-use crate::engine::envoy_rbac::{
-    MethodPaths, OwnPath, RbacOptions, RbacPlan, SubjectInput, path_guards,
-};
+use crate::engine::envoy_rbac::{MethodPaths, OwnPath, RbacOptions, RbacPlan, SubjectInput};
 use crate::live::LivePolicy;
 use crate::model::Method;
 
@@ -87,8 +82,6 @@ pub const HEALTH_SERVICE: &str = "authz.envoy.xds";
 pub const JWT_SUBJECT_HEADER: &str = "x-authz-jwt-subject";
 /// Name of the RBAC action of a request the plan does not allow (ext_authz decides it).
 pub const DEFER_ACTION: &str = "defer";
-/// Name of the class filter's action for a request the plan allows.
-pub const ALLOW_ACTION: &str = "allow";
 
 const TYPED_EXTENSION_CONFIG: &str =
     "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
@@ -217,15 +210,50 @@ fn subject_input_config(config: &EnvoyConfig) -> TypedExtensionConfig {
     }
 }
 
-/// Tags of classes (the requests a set of roles allows, `{user}` rules aside), stable across
-/// revisions: a class keeps its tag while some subject has it, so a subject write leaves the
-/// class filter's lookups as they were. Tags are never reused within a process, and carry a
-/// random part drawn at start, so no client can guess one (the listener removes client copies
-/// of [`CLASS_HEADER`]; with an Envoy config that forgot to, a forged tag still matches nothing).
+/// Tags of classes (the requests a set of roles allows, `{user}` rules aside) and of own-rule
+/// verdicts, from one revision to the next. A tag is a promise about the subject map: a class
+/// tag names one set of paths *and one set of subjects*, an own tag one set of methods and one
+/// version of every subject's own rules. Any change to who has a class gives the class a new
+/// tag, any change to anyone's own rules new own tags; the old tags retire. Tags are never
+/// reused within a process and carry a random part drawn at start, so no client can guess one
+/// (the listener removes client copies of [`CLASS_HEADER`]; with an Envoy config that forgot
+/// to, a forged tag still matches nothing).
+///
+/// That is what lets the class config name the revision: whichever subject map Envoy holds, a
+/// tag it yields that the class config knows was true, for exactly the subjects that map gives
+/// it, at the revision the class config names for it.
 pub struct ClassTags {
     secret: String,
-    tags: HashMap<MethodPaths, u64>,
     next: u64,
+    last: Option<Assignment>,
+}
+
+/// The tags of one revision.
+struct Assignment {
+    revision: u64,
+    /// Each class's number and its subjects (sorted).
+    classes: HashMap<MethodPaths, (u64, Vec<Box<str>>)>,
+    own_generation: u64,
+    /// Every subject with own rules, and them (sorted by subject).
+    own: Vec<(Box<str>, Vec<OwnPath>)>,
+}
+
+/// What [`ClassTags::assign`] gives one revision.
+pub struct Tagged<'p> {
+    /// Each class of the plan (by its shared expressions): its tag and paths.
+    classes: HashMap<*const MethodPaths, (String, &'p MethodPaths)>,
+    own_generation: u64,
+    /// Tags of the revision before that this one retires, with what they allowed there.
+    retired: Vec<(String, Retired)>,
+    /// That revision: the one the retired tags' requests were decided at.
+    retired_at: u64,
+}
+
+/// What a retired tag allowed.
+enum Retired {
+    Class(MethodPaths),
+    /// Own-rule methods (a bit per [`Method::index`]).
+    Own(u32),
 }
 
 impl ClassTags {
@@ -237,45 +265,94 @@ impl ClassTags {
         let secret = std::hash::RandomState::new().hash_one(0u8);
         ClassTags {
             secret: format!("{secret:016x}"),
-            tags: HashMap::new(),
             next: 0,
+            last: None,
         }
+    }
+
+    fn fresh(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    fn class(&self, number: u64) -> String {
+        format!("c{number}-{}", self.secret)
     }
 
     /// The verdict of a subject whose own rule matched the path: the class filter allows the
     /// rule's methods (`methods` as a bit per [`Method::index`], [`Method::bit`]).
-    fn own(&self, methods: u32) -> String {
-        format!("o{methods}-{}", self.secret)
+    fn own(&self, methods: u32, generation: u64) -> String {
+        format!("o{methods}.{generation}-{}", self.secret)
     }
 
-    /// Tags for the classes of `plan` (by their shared expressions); classes gone since the
-    /// last call lose theirs.
-    fn assign<'p>(
-        &mut self,
-        plan: &'p RbacPlan,
-    ) -> HashMap<*const MethodPaths, (String, &'p MethodPaths)> {
-        let mut out = HashMap::new();
-        let mut live: HashMap<MethodPaths, u64> = HashMap::new();
-        for subject in &plan.subjects {
-            let paths: &MethodPaths = &subject.allows;
-            if paths.is_empty() || out.contains_key(&Arc::as_ptr(&subject.allows)) {
-                continue;
-            }
-            let number = match live.get(paths).or_else(|| self.tags.get(paths)) {
-                Some(n) => *n,
-                None => {
-                    self.next += 1;
-                    self.next
-                }
-            };
-            live.insert(paths.clone(), number);
-            out.insert(
-                Arc::as_ptr(&subject.allows),
-                (format!("c{number}-{}", self.secret), paths),
-            );
+    /// Tags for the classes and own rules of `plan`, and the tags of the last call it retires.
+    pub fn assign<'p>(&mut self, plan: &'p RbacPlan) -> Tagged<'p> {
+        let last = self.last.take();
+        // Each class by its expressions (equal sets behind different pointers are one class).
+        let mut members: HashMap<&'p MethodPaths, (Vec<Box<str>>, Vec<*const MethodPaths>)> =
+            HashMap::new();
+        for subject in plan.subjects.iter().filter(|s| !s.allows.is_empty()) {
+            let (ids, pointers) = members.entry(&*subject.allows).or_default();
+            ids.push(subject.id.clone());
+            pointers.push(Arc::as_ptr(&subject.allows));
         }
-        self.tags = live;
-        out
+        let mut classes = HashMap::new();
+        let mut live = HashMap::new();
+        for (paths, (ids, pointers)) in members {
+            let kept = last
+                .as_ref()
+                .and_then(|l| l.classes.get(paths))
+                .filter(|(_, before)| *before == ids)
+                .map(|(number, _)| *number);
+            let number = kept.unwrap_or_else(|| self.fresh());
+            let tag = self.class(number);
+            for pointer in pointers {
+                classes.insert(pointer, (tag.clone(), paths));
+            }
+            live.insert(paths.clone(), (number, ids));
+        }
+        let own: Vec<(Box<str>, Vec<OwnPath>)> = plan
+            .subjects
+            .iter()
+            .filter(|s| !s.own.is_empty())
+            .map(|s| (s.id.clone(), s.own.clone()))
+            .collect();
+        let own_generation = match &last {
+            Some(l) if l.own == own => l.own_generation,
+            _ => self.fresh(),
+        };
+        let mut retired = Vec::new();
+        let mut retired_at = 0;
+        if let Some(last) = last {
+            retired_at = last.revision;
+            for (paths, (number, _)) in last.classes {
+                if live.get(&paths).map(|(n, _)| *n) != Some(number) {
+                    retired.push((self.class(number), Retired::Class(paths)));
+                }
+            }
+            if last.own_generation != own_generation {
+                let methods: BTreeSet<u32> = last
+                    .own
+                    .iter()
+                    .flat_map(|(_, own)| own.iter().map(|o| o.methods))
+                    .collect();
+                for m in methods {
+                    retired.push((self.own(m, last.own_generation), Retired::Own(m)));
+                }
+            }
+        }
+        self.last = Some(Assignment {
+            revision: plan.revision,
+            classes: live,
+            own_generation,
+            own,
+        });
+        Tagged {
+            classes,
+            own_generation,
+            retired,
+            retired_at,
+        }
     }
 }
 
@@ -287,9 +364,10 @@ impl Default for ClassTags {
 
 /// The two filter configs of one revision.
 pub struct Rendered {
-    /// [`SUBJECTS_RESOURCE`]: subject -> class tag.
+    /// [`SUBJECTS_RESOURCE`]: subject -> tag. Changes only when a tag does.
     pub subjects: RbacFilter,
-    /// [`RESOURCE_NAME`]: class tag -> method -> path expression -> allowed.
+    /// [`RESOURCE_NAME`]: tag -> method -> path expression -> allowed, named after the
+    /// revision. New at every revision.
     pub classes: RbacFilter,
 }
 
@@ -298,37 +376,38 @@ pub struct Rendered {
 /// subject map holds one expression per rule, not per method). Where two of its rules allow the
 /// same path, the first entry wins, and the other's methods there (or its class's) go to
 /// ext_authz.
-fn own_entries(own: &[OwnPath], tags: &ClassTags) -> Vec<FieldMatcher> {
+fn own_entries(own: &[OwnPath], tags: &ClassTags, generation: u64) -> Vec<FieldMatcher> {
     own.iter()
         .map(|o| FieldMatcher {
             predicate: Some(regex_predicate(header_input(":path"), &o.regex)),
-            on_match: Some(action(&tags.own(o.methods), RbacVerdict::Allow)),
+            on_match: Some(action(&tags.own(o.methods, generation), RbacVerdict::Allow)),
         })
         .collect()
 }
 
-/// The subject filter: each subject's verdict is its class tag, or [`ClassTags::own`] when one
-/// of its own `{user}` rules matches the path. A subject not in the map gets no verdict at all
-/// (no `on_no_match`), so the listener's header stays unset.
+/// The subject filter: each subject's verdict is its class tag, or an own tag
+/// ([`ClassTags::own`]) when one of its own `{user}` rules matches the path. A subject not in
+/// the map gets no verdict at all (no `on_no_match`), so the listener's header stays unset.
 ///
 /// Subjects with own rules are looked up first, in a map of their own whose entries have no
 /// `on_no_match`: when none of a subject's own paths matches, that entry does not match and
 /// Envoy goes on with the map of classes. Each subject's class is then a bare action, the
-/// cheapest entry for Envoy to build again on every write.
+/// cheapest entry for Envoy to build again on every write. Names no revision: it changes only
+/// when a tag does.
 fn subjects_filter(
     plan: &RbacPlan,
     input: &TypedExtensionConfig,
-    classes: &HashMap<*const MethodPaths, (String, &MethodPaths)>,
+    tagged: &Tagged<'_>,
     tags: &ClassTags,
 ) -> RbacFilter {
     let mut by_class = HashMap::new();
     let mut by_own = HashMap::new();
     for subject in &plan.subjects {
-        if let Some((tag, _)) = classes.get(&Arc::as_ptr(&subject.allows)) {
+        if let Some((tag, _)) = tagged.classes.get(&Arc::as_ptr(&subject.allows)) {
             by_class.insert(subject.id.to_string(), action(tag, RbacVerdict::Allow));
         }
         if !subject.own.is_empty() {
-            let own = list_or(own_entries(&subject.own, tags), None);
+            let own = list_or(own_entries(&subject.own, tags, tagged.own_generation), None);
             by_own.insert(subject.id.to_string(), nested(own));
         }
     }
@@ -349,30 +428,8 @@ fn subjects_filter(
         Some(list_or(vec![own], classes.map(|c| Box::new(nested(c)))))
     };
     RbacFilter {
-        rules: Some(revision_rule(plan.revision)),
-        rules_stat_prefix: SUBJECTS_STAT_PREFIX.into(),
         shadow_matcher,
         shadow_rules_stat_prefix: SUBJECTS_STAT_PREFIX.into(),
-        ..Default::default()
-    }
-}
-
-/// Enforced rules that let every request through (`LOG`) and name the revision: Envoy records
-/// the matched policy's name as `authz_subjects_enforced_effective_policy_id`, which the
-/// listener copies into the revision header.
-fn revision_rule(revision: u64) -> Rbac {
-    let everyone = Policy {
-        permissions: vec![Permission {
-            rule: Some(permission::Rule::Any(true)),
-        }],
-        principals: vec![Principal {
-            identifier: Some(principal::Identifier::Any(true)),
-        }],
-        ..Default::default()
-    };
-    Rbac {
-        action: RbacVerdict::Log as i32,
-        policies: HashMap::from([(revision.to_string(), everyone)]),
         ..Default::default()
     }
 }
@@ -402,53 +459,49 @@ fn class_matcher(paths: &MethodPaths, allow: &OnMatch) -> Matcher {
     tree(header_input(":method"), methods)
 }
 
-/// The class filter: a classifier whose verdict is `allowed` exactly for the requests whose
-/// path passes the guards and whose class tag (set from the subject filter's verdict) allows
-/// the method and path. Names no revision, so it changes only when a class does.
-fn classes_filter(
-    plan: &RbacPlan,
-    classes: &HashMap<*const MethodPaths, (String, &MethodPaths)>,
-    tags: &ClassTags,
-) -> RbacFilter {
-    let allow = action(ALLOW_ACTION, RbacVerdict::Allow);
-    let guards = path_guards()
-        .iter()
-        .map(|g| regex_predicate(header_input(":path"), g))
-        .collect();
-    let mut map: HashMap<String, OnMatch> = classes
+/// The class filter: a classifier whose verdict is `allowed` exactly for the requests whose tag
+/// (set from the subject filter's verdict) allows the method and path. The `allow` action is
+/// named after the revision the tag was true at (this one; the one before for the tags this
+/// one retires): Envoy records it as `shadow_effective_policy_id`, which the router copies into
+/// the revision header. The path guards are not here but in the listener, where ext_authz is
+/// skipped only for an `allowed` request that passes them: this config is new at every
+/// revision, and Envoy would compile the byte guard (an RE2 program of 8k instructions, most
+/// of the class config's load time) again each time.
+fn classes_filter(plan: &RbacPlan, tagged: &Tagged<'_>, tags: &ClassTags) -> RbacFilter {
+    let allow = action(&plan.revision.to_string(), RbacVerdict::Allow);
+    let mut map: HashMap<String, OnMatch> = tagged
+        .classes
         .values()
         .map(|(tag, paths)| (tag.clone(), nested(class_matcher(paths, &allow))))
         .collect();
     for own in plan.subjects.iter().flat_map(|s| &s.own) {
-        map.entry(tags.own(own.methods))
+        map.entry(tags.own(own.methods, tagged.own_generation))
             .or_insert_with(|| nested(methods_matcher(own.methods, &allow)));
     }
-    let on_match = if map.is_empty() {
-        // Envoy refuses an empty map: with no subject compiled, the guards lead to `defer`.
-        action(DEFER_ACTION, RbacVerdict::Deny)
-    } else {
-        nested(tree(header_input(CLASS_HEADER), map))
-    };
-    let root = list(vec![FieldMatcher {
-        predicate: Some(Predicate {
-            match_type: Some(MatchType::AndMatcher(PredicateList { predicate: guards })),
-        }),
-        on_match: Some(on_match),
-    }]);
+    let before = action(&tagged.retired_at.to_string(), RbacVerdict::Allow);
+    for (tag, retired) in &tagged.retired {
+        let matcher = match retired {
+            Retired::Class(paths) => class_matcher(paths, &before),
+            Retired::Own(methods) => methods_matcher(*methods, &before),
+        };
+        map.insert(tag.clone(), nested(matcher));
+    }
     RbacFilter {
-        shadow_matcher: Some(root),
+        // Envoy refuses an empty map: with no subject compiled there is no verdict at all,
+        // which runs ext_authz.
+        shadow_matcher: (!map.is_empty()).then(|| tree(header_input(CLASS_HEADER), map)),
         ..Default::default()
     }
 }
 
-/// Both filter configs of a plan. Pure but for `tags`, which keeps class tags stable from one
-/// revision to the next.
+/// Both filter configs of a plan. Pure but for `tags`, which carries tags from one revision to
+/// the next.
 pub fn render(plan: &RbacPlan, config: &EnvoyConfig, tags: &mut ClassTags) -> Rendered {
-    let assigned = tags.assign(plan);
+    let tagged = tags.assign(plan);
     let tags: &ClassTags = tags;
     Rendered {
-        subjects: subjects_filter(plan, &subject_input_config(config), &assigned, tags),
-        classes: classes_filter(plan, &assigned, tags),
+        subjects: subjects_filter(plan, &subject_input_config(config), &tagged, tags),
+        classes: classes_filter(plan, &tagged, tags),
     }
 }
 
@@ -569,9 +622,21 @@ struct Shared {
     answers: Mutex<Answers>,
     /// Bumped on every answer and when a stream closes.
     answered: watch::Sender<u64>,
+    /// The latest revision pushed and the versions of the two configs it needs (class config,
+    /// subject map): once Envoy accepted both, it decides at that revision.
+    aim: Mutex<(u64, u64)>,
 }
 
 impl Shared {
+    /// The revision about to be pushed: its class config, with the subject map of version
+    /// `subjects`.
+    fn aim(&self, revision: u64, subjects: u64) {
+        *self
+            .aim
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (revision, subjects);
+    }
+
     fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
         self.answers
             .lock()
@@ -623,15 +688,21 @@ impl Shared {
                 );
             }
             None => {
-                // The subject map names the revision.
-                if kind == Kind::Subjects {
-                    metrics.xds_acked(version);
-                }
+                metrics.xds_acked();
                 tracing::debug!(
                     resource = kind.name(),
                     version,
                     "Envoy accepted an RBAC config"
                 );
+                let (revision, subjects) = *self
+                    .aim
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if self.settled(Kind::Classes, revision) == Some(true)
+                    && self.settled(Kind::Subjects, subjects) == Some(true)
+                {
+                    metrics.xds_enforced(revision);
+                }
             }
         }
         let status = if serving {
@@ -674,11 +745,11 @@ enum Waited {
     Closed,
 }
 
-/// How long the subject map waits for the class streams' answers. Any pair of the two configs
-/// decides as the subject map's revision does (a tag always means the same requests; one Envoy
-/// does not hold yet matches nothing), so the wait only spares ext_authz the requests of a new
-/// class; a stream that never answers (an Envoy stuck, any client of the xDS socket) must not
-/// hold every later write back.
+/// How long a changed subject map waits for the class streams' answers. Any pair of the two
+/// configs decides exactly as the revision the class config names for the tag (see
+/// [`ClassTags`]; a tag Envoy's class config does not know matches nothing), so the wait only
+/// spares ext_authz the requests of the new tags; a stream that never answers (an Envoy stuck,
+/// any client of the xDS socket) must not hold every later write back.
 const CLASS_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 impl XdsService {
@@ -692,6 +763,7 @@ impl XdsService {
             classes: watch::channel(None).0,
             answers: Mutex::new(Answers::default()),
             answered: watch::channel(0).0,
+            aim: Mutex::new((0, 0)),
         });
         let (alive, _alive) = watch::channel(());
         tokio::spawn(publish(Arc::clone(&shared), alive));
@@ -719,9 +791,10 @@ async fn live_policy(shared: &Shared, alive: &watch::Sender<()>) -> Option<Arc<L
     }
 }
 
-/// Renders every published revision once, for every stream: a changed class config first,
-/// then, once every class stream accepted it (or after [`CLASS_ANSWER_WAIT`]), the subject map
-/// (which names the revision). Ends when the server drops the service.
+/// Renders every published revision once, for every stream: the class config (which names the
+/// revision) first, then, when the subject map changed, that map once every class stream
+/// accepted the class config (or after [`CLASS_ANSWER_WAIT`]). Ends when the server drops the
+/// service.
 async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
     let Some(live) = live_policy(&shared, &alive).await else {
         return;
@@ -734,7 +807,9 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
     };
     let mut tags = ClassTags::new();
     // Compared as messages: the encoding of a map follows its hash order.
-    let mut last_classes: Option<RbacFilter> = None;
+    let mut last_subjects: Option<RbacFilter> = None;
+    // The version of the subject map last pushed.
+    let mut subjects_version = 0;
     loop {
         published.mark_unchanged();
         let started = std::time::Instant::now();
@@ -743,26 +818,35 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
         let plan = current.snapshot.rbac_plan(&options);
         drop(current);
         let rendered = render(&plan, &shared.config, &mut tags);
-        // Test support: the first push of this revision is one Envoy rejects.
-        let mut unloadable_next = fault::take(shared.config.xds_listen.as_ref());
-        let mut waited = Waited::Accepted;
-        if last_classes.as_ref() != Some(&rendered.classes) {
-            let push = if std::mem::take(&mut unloadable_next) {
-                Push::new(RESOURCE_NAME, &unloadable(), revision)
+        let map_changed = last_subjects.as_ref() != Some(&rendered.subjects);
+        // Test support: this revision's class config is one Envoy rejects.
+        let push = if fault::take(shared.config.xds_listen.as_ref()) {
+            Push::new(RESOURCE_NAME, &unloadable(), revision)
+        } else {
+            Push::new(RESOURCE_NAME, &rendered.classes, revision)
+        };
+        tracing::info!(
+            revision,
+            subjects = plan.subjects.len(),
+            deferred = plan.deferred.len(),
+            bytes = push.resource.value.len(),
+            compile_ms = started.elapsed().as_millis() as u64,
+            "pushing the RBAC class config to Envoy"
+        );
+        shared.aim(
+            revision,
+            if map_changed {
+                revision
             } else {
-                Push::new(RESOURCE_NAME, &rendered.classes, revision)
-            };
-            tracing::info!(
-                revision,
-                bytes = push.resource.value.len(),
-                compile_ms = started.elapsed().as_millis() as u64,
-                "pushing the RBAC class config to Envoy"
-            );
-            shared.classes.send_replace(Some(Arc::new(push)));
-            last_classes = Some(rendered.classes);
+                subjects_version
+            },
+        );
+        shared.state.metrics.xds_pushed(plan.subjects.len());
+        shared.classes.send_replace(Some(Arc::new(push)));
+        if map_changed {
             answered.mark_unchanged();
             let deadline = tokio::time::Instant::now() + CLASS_ANSWER_WAIT;
-            waited = loop {
+            let waited = loop {
                 if let Some(accepted) = shared.settled(Kind::Classes, revision) {
                     break if accepted {
                         Waited::Accepted
@@ -780,37 +864,32 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
                     _ = tokio::time::sleep_until(deadline) => break Waited::TimedOut,
                 }
             };
-        }
-        match waited {
-            Waited::Closed => return,
-            // A newer revision: render that one instead.
-            Waited::NewRevision => continue,
-            // Envoy keeps the subject map it had, which only names classes its class config
-            // holds or goes to ext_authz.
-            Waited::Rejected => {}
-            Waited::Accepted | Waited::TimedOut => {
-                if matches!(waited, Waited::TimedOut) {
-                    tracing::warn!(
+            match waited {
+                Waited::Closed => return,
+                // A newer revision: render that one instead.
+                Waited::NewRevision => continue,
+                // Envoy keeps the class config it had, which knows only tags of the subject
+                // maps before this one.
+                Waited::Rejected => {}
+                Waited::Accepted | Waited::TimedOut => {
+                    if matches!(waited, Waited::TimedOut) {
+                        tracing::warn!(
+                            revision,
+                            "a class stream did not answer the class config in time; pushing the subject map anyway"
+                        );
+                    }
+                    let push = Push::new(SUBJECTS_RESOURCE, &rendered.subjects, revision);
+                    tracing::info!(
                         revision,
-                        "a class stream did not answer the class config in time; pushing the subject map anyway"
+                        bytes = push.resource.value.len(),
+                        compile_ms = started.elapsed().as_millis() as u64,
+                        "pushing the RBAC subject map to Envoy"
                     );
+                    shared.state.metrics.xds_pushed(plan.subjects.len());
+                    shared.subjects.send_replace(Some(Arc::new(push)));
+                    last_subjects = Some(rendered.subjects);
+                    subjects_version = revision;
                 }
-                let subjects = if unloadable_next {
-                    unloadable()
-                } else {
-                    rendered.subjects
-                };
-                let push = Push::new(SUBJECTS_RESOURCE, &subjects, revision);
-                tracing::info!(
-                    revision,
-                    subjects = plan.subjects.len(),
-                    deferred = plan.deferred.len(),
-                    bytes = push.resource.value.len(),
-                    compile_ms = started.elapsed().as_millis() as u64,
-                    "pushing the RBAC subject map to Envoy"
-                );
-                shared.state.metrics.xds_pushed(plan.subjects.len());
-                shared.subjects.send_replace(Some(Arc::new(push)));
             }
         }
         tokio::select! {
@@ -927,5 +1006,326 @@ impl ExtensionConfigDiscoveryService for XdsService {
         Err(Status::unimplemented(
             "REST ECDS is not served: use the state-of-the-world stream",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::engine::envoy_rbac::PlannedSubject;
+
+    /// The action name an `on_match` ends in, and (for a class entry) its `(method, regex)`
+    /// pairs; `defer` left out.
+    fn walk(on_match: &OnMatch, method: Option<&str>, out: &mut Vec<(String, String, String)>) {
+        match on_match.on_match.as_ref().expect("on_match") {
+            on_match::OnMatch::Action(a) => {
+                if a.name != DEFER_ACTION {
+                    out.push((a.name.clone(), method.unwrap_or("").into(), String::new()));
+                }
+            }
+            on_match::OnMatch::Matcher(m) => walk_matcher(m, method, out),
+        }
+    }
+
+    fn walk_matcher(m: &Matcher, method: Option<&str>, out: &mut Vec<(String, String, String)>) {
+        match m.matcher_type.as_ref().expect("type") {
+            MatcherType::MatcherTree(t) => {
+                let Some(TreeType::ExactMatchMap(map)) = &t.tree_type else {
+                    panic!("an exact map")
+                };
+                for (key, on_match) in &map.map {
+                    walk(on_match, Some(key), out);
+                }
+            }
+            MatcherType::MatcherList(l) => {
+                for f in &l.matchers {
+                    let mut inner = Vec::new();
+                    walk(f.on_match.as_ref().expect("on_match"), method, &mut inner);
+                    let regex = match &f.predicate.as_ref().and_then(|p| p.match_type.clone()) {
+                        Some(MatchType::SinglePredicate(SinglePredicate {
+                            matcher:
+                                Some(single_predicate::Matcher::ValueMatch(StringMatcher {
+                                    match_pattern: Some(string_matcher::MatchPattern::SafeRegex(r)),
+                                    ..
+                                })),
+                            ..
+                        })) => r.regex.clone(),
+                        _ => String::new(),
+                    };
+                    out.extend(inner.into_iter().map(|(a, m, _)| (a, m, regex.clone())));
+                }
+            }
+        }
+    }
+
+    /// The class config: tag -> (the revision it names, `(method, regex)` pairs allowed).
+    fn class_entries(
+        filter: &RbacFilter,
+    ) -> BTreeMap<String, (String, BTreeSet<(String, String)>)> {
+        let Some(root) = filter.shadow_matcher.as_ref() else {
+            return BTreeMap::new();
+        };
+        let Some(MatcherType::MatcherTree(t)) = &root.matcher_type else {
+            panic!("the tag map")
+        };
+        let Some(TreeType::ExactMatchMap(map)) = &t.tree_type else {
+            panic!("an exact map")
+        };
+        map.map
+            .iter()
+            .map(|(tag, on_match)| {
+                let mut out = Vec::new();
+                walk(on_match, None, &mut out);
+                let labels: BTreeSet<&String> = out.iter().map(|(a, _, _)| a).collect();
+                assert_eq!(labels.len(), 1, "{tag}: one revision per tag: {labels:?}");
+                let label = labels.into_iter().next().unwrap().clone();
+                let allowed = out.into_iter().map(|(_, m, r)| (m, r)).collect();
+                (tag.clone(), (label, allowed))
+            })
+            .collect()
+    }
+
+    /// `(method, regex)` pairs a class allows.
+    type Allowed = BTreeSet<(String, String)>;
+    /// A subject's entry: its class tag, and `(own regex, own tag)` pairs.
+    type SubjectEntry = (Option<String>, Vec<(String, String)>);
+
+    /// The subject map: subject -> its entry.
+    fn subject_entries(filter: &RbacFilter) -> BTreeMap<String, SubjectEntry> {
+        let mut out: BTreeMap<String, SubjectEntry> = BTreeMap::new();
+        let Some(root) = &filter.shadow_matcher else {
+            return out;
+        };
+        let mut maps = Vec::new();
+        match root.matcher_type.as_ref().unwrap() {
+            MatcherType::MatcherTree(t) => maps.push((false, t.clone())),
+            MatcherType::MatcherList(l) => {
+                let Some(on_match::OnMatch::Matcher(own)) =
+                    &l.matchers[0].on_match.as_ref().unwrap().on_match
+                else {
+                    panic!("the own map")
+                };
+                let Some(MatcherType::MatcherTree(t)) = &own.matcher_type else {
+                    panic!()
+                };
+                maps.push((true, t.clone()));
+                if let Some(no_match) = &root.on_no_match {
+                    let Some(on_match::OnMatch::Matcher(c)) = &no_match.on_match else {
+                        panic!()
+                    };
+                    let Some(MatcherType::MatcherTree(t)) = &c.matcher_type else {
+                        panic!()
+                    };
+                    maps.push((false, t.clone()));
+                }
+            }
+        }
+        for (own, tree) in maps {
+            let Some(TreeType::ExactMatchMap(map)) = tree.tree_type else {
+                panic!()
+            };
+            for (subject, on_match) in map.map {
+                let mut found = Vec::new();
+                walk(&on_match, None, &mut found);
+                let entry = out.entry(subject).or_default();
+                if own {
+                    entry.1 = found
+                        .into_iter()
+                        .map(|(tag, _, regex)| (regex, tag))
+                        .collect();
+                } else {
+                    entry.0 = Some(found.remove(0).0);
+                }
+            }
+        }
+        out
+    }
+
+    fn paths(i: u64) -> MethodPaths {
+        let mut p = MethodPaths::default();
+        p.0[(i % 3) as usize] = Some(format!("^/p{i}$"));
+        p
+    }
+
+    /// A plan of `ids` with the classes and own rules `pick` chooses (None: not a subject).
+    fn plan(revision: u64, ids: &[&str], pick: &mut impl FnMut() -> u64) -> RbacPlan {
+        let subjects = ids
+            .iter()
+            .filter_map(|id| {
+                let class = pick() % 4;
+                let own = pick() % 3;
+                if class == 3 && own == 2 {
+                    return None;
+                }
+                Some(PlannedSubject {
+                    id: (*id).into(),
+                    // A fresh pointer each time: classes are shared by value.
+                    allows: Arc::new(if class == 3 {
+                        MethodPaths::default()
+                    } else {
+                        paths(class)
+                    }),
+                    own: match own {
+                        2 => Vec::new(),
+                        n => vec![OwnPath {
+                            methods: 1 + n as u32,
+                            regex: format!("^/own/{id}/{n}$"),
+                        }],
+                    },
+                })
+            })
+            .collect();
+        RbacPlan {
+            revision,
+            subjects,
+            deferred: Vec::new(),
+        }
+    }
+
+    /// Whatever subject map and class config Envoy holds together (any two revisions, in any
+    /// order: pushes may land in any order on two streams), a tag the map yields for a subject
+    /// that the class config knows allows exactly what that subject was allowed at the revision
+    /// the class config names for it.
+    #[test]
+    fn any_subject_map_with_any_class_config_decides_as_the_revision_it_names() {
+        let ids = ["a", "b", "c", "d", "e"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut pick = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut tags = ClassTags::new();
+        let config = EnvoyConfig::default();
+        let mut plans: BTreeMap<u64, RbacPlan> = BTreeMap::new();
+        let mut rendered = Vec::new();
+        for revision in 1..=120u64 {
+            // Often the same subjects again, so that tags are kept as well as retired.
+            let plan = if revision > 1 && pick() % 3 == 0 {
+                let mut same = plans.get(&(revision - 1)).cloned().unwrap_or_default();
+                same.revision = revision;
+                same
+            } else {
+                plan(revision, &ids, &mut pick)
+            };
+            let r = render(&plan, &config, &mut tags);
+            rendered.push((subject_entries(&r.subjects), class_entries(&r.classes)));
+            plans.insert(revision, plan);
+        }
+        let allowed_at = |label: &str, id: &str| -> Option<(Allowed, Vec<String>)> {
+            let plan = &plans[&label.parse::<u64>().expect("a revision")];
+            let s = plan.subjects.iter().find(|s| &*s.id == id)?;
+            let class = s
+                .allows
+                .iter()
+                .map(|(m, r)| (m.as_str().to_owned(), r.to_owned()))
+                .collect();
+            Some((class, s.own.iter().map(|o| o.regex.clone()).collect()))
+        };
+        let (mut checked, mut kept) = (0, 0);
+        for (x, (subjects, _)) in rendered.iter().enumerate() {
+            for (y, (_, classes)) in rendered.iter().enumerate() {
+                for (id, (class, own)) in subjects {
+                    if let Some((label, allowed)) = class.as_ref().and_then(|t| classes.get(t)) {
+                        let (then, _) = allowed_at(label, id).unwrap_or_else(|| {
+                            panic!("{id} unknown at {label} (map {x}, classes {y})")
+                        });
+                        assert_eq!(&then, allowed, "{id} at {label} (map {x}, classes {y})");
+                        checked += 1;
+                        kept += usize::from(x != y);
+                    }
+                    for (regex, tag) in own {
+                        if let Some((label, allowed)) = classes.get(tag) {
+                            let (_, then) = allowed_at(label, id)
+                                .unwrap_or_else(|| panic!("{id} unknown at {label}"));
+                            let own_then: Vec<String> =
+                                own.iter().map(|(r, _)| r.clone()).collect();
+                            assert_eq!(then, own_then, "{id}'s own rules at {label}");
+                            let methods: u32 = allowed
+                                .iter()
+                                .map(|(m, _)| {
+                                    Method::ALL.iter().find(|x| x.as_str() == m).unwrap().bit()
+                                })
+                                .sum();
+                            let plan = &plans[&label.parse::<u64>().unwrap()];
+                            let s = plan.subjects.iter().find(|s| &*s.id == id).unwrap();
+                            assert!(
+                                s.own
+                                    .iter()
+                                    .any(|o| &o.regex == regex && o.methods == methods),
+                                "{id} {regex} at {label}"
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // Not vacuous: many lookups across different revisions found their tag.
+        assert!(
+            checked > 1000 && kept > 500,
+            "{checked} checked, {kept} across revisions"
+        );
+    }
+
+    /// A write that changes no subject's class or own rules leaves the subject map as it was
+    /// (only the class config, naming the new revision, is pushed); one that adds a subject to a
+    /// class gives that class a new tag and keeps the old one, named after the revision before,
+    /// for the map Envoy still holds.
+    #[test]
+    fn a_class_keeps_its_tag_until_its_subjects_change() {
+        let subject = |id: &str, class: u64| PlannedSubject {
+            id: id.into(),
+            allows: Arc::new(paths(class)),
+            own: Vec::new(),
+        };
+        let config = EnvoyConfig::default();
+        let mut tags = ClassTags::new();
+        let at = |revision, subjects| RbacPlan {
+            revision,
+            subjects,
+            deferred: Vec::new(),
+        };
+        let first = render(
+            &at(1, vec![subject("a", 0), subject("b", 1)]),
+            &config,
+            &mut tags,
+        );
+        let same = render(
+            &at(2, vec![subject("a", 0), subject("b", 1)]),
+            &config,
+            &mut tags,
+        );
+        assert_eq!(first.subjects, same.subjects);
+        let (before, after) = (class_entries(&first.classes), class_entries(&same.classes));
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>()
+        );
+        assert!(after.values().all(|(label, _)| label == "2"), "{after:?}");
+
+        let added = render(
+            &at(3, vec![subject("a", 0), subject("b", 1), subject("c", 0)]),
+            &config,
+            &mut tags,
+        );
+        let map = subject_entries(&added.subjects);
+        let classes = class_entries(&added.classes);
+        let old = subject_entries(&same.subjects);
+        assert_ne!(
+            map["a"].0, old["a"].0,
+            "a's class has a new subject: a new tag"
+        );
+        assert_eq!(map["b"].0, old["b"].0, "b's class did not change");
+        assert_eq!(classes[map["a"].0.as_ref().unwrap()].0, "3");
+        assert_eq!(
+            classes[old["a"].0.as_ref().unwrap()].0,
+            "2",
+            "the old tag, retired"
+        );
+        assert_eq!(classes.len(), 3);
     }
 }

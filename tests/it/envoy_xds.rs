@@ -473,8 +473,10 @@ fn equivalence(source: impl Fn() -> Source, measure: bool) {
         let text = example_text(example);
         let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce, source());
         let requests = requests(example, &text);
+        let mut alone = Alone::new(&pair.xds);
         for (subject, method, path) in &requests {
             let via_rbac = send_as(&pair.source, pair.xds.port, subject, method, path).status;
+            alone.after(&pair.xds);
             let via_authz = send_as(&pair.source, pair.authz.port, subject, method, path).status;
             if via_rbac != via_authz {
                 mismatches.push(format!(
@@ -486,6 +488,7 @@ fn equivalence(source: impl Fn() -> Source, measure: bool) {
             if let (Source::Jwt(signer), Some(subject)) = (&pair.source, subject) {
                 let forged = Source::forged(signer, subject);
                 let via_rbac = send_with(pair.xds.port, method, path, &forged).status;
+                alone.after(&pair.xds);
                 let via_authz = send_with(pair.authz.port, method, path, &forged).status;
                 if via_rbac != via_authz || via_rbac == 200 {
                     mismatches.push(format!(
@@ -494,7 +497,7 @@ fn equivalence(source: impl Fn() -> Source, measure: bool) {
                 }
             }
         }
-        let allowed_in_envoy = allowed_by_rbac(&pair.xds);
+        let allowed_in_envoy = alone.count;
         eprintln!(
             "{example}: {} requests, {allowed_in_envoy} let through by Envoy's RBAC alone",
             requests.len()
@@ -564,6 +567,12 @@ fn propagation(
     label: &str,
 ) -> Option<(Duration, Duration)> {
     let model = model_subject(example, text)?;
+    // Only a subject Envoy's RBAC decides: a copy of one it leaves to ext_authz changes no
+    // subject map, and its revision is not a push to wait for.
+    requests(example, text)
+        .into_iter()
+        .filter(|(s, _, _)| s.as_deref() == Some(model.id.as_str()))
+        .find(|(_, m, p)| decide(&pair.xds, &model.id, m, p).1)?;
     let mut client = pair.rt.block_on(pair.xds_sidecar.client());
     let mut took = Vec::new();
     // Until the admin write's answer (committed and published by the sidecar).
@@ -574,10 +583,12 @@ fn propagation(
         answered.push(started.elapsed());
         let revision = revision.to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while stat(&pair.xds, VERSION).trim_matches('"') != revision {
+        while !at_revision(&pair.xds, &revision) {
             assert!(
                 Instant::now() < deadline,
-                "revision {revision} never reached Envoy"
+                "revision {revision} never reached Envoy: class config {}, subject map {}",
+                stat(&pair.xds, CLASSES_VERSION),
+                stat(&pair.xds, SUBJECTS_VERSION)
             );
             std::thread::sleep(Duration::from_micros(500));
         }
@@ -603,8 +614,19 @@ fn propagation(
     Some((p(0.5), p(0.99)))
 }
 
-/// The subject map names the revision (docs/xds-rbac.md).
-const VERSION: &str = "extension_config_discovery.http_filter.authz.subjects.version_text";
+/// The version of each config Envoy holds: the revision it was rendered at. The class config
+/// names the revision Envoy decides at (docs/xds-rbac.md); the subject map is pushed only at
+/// revisions that change it.
+const CLASSES_VERSION: &str = "extension_config_discovery.http_filter.authz.rbac.version_text";
+const SUBJECTS_VERSION: &str = "extension_config_discovery.http_filter.authz.subjects.version_text";
+
+/// Whether Envoy holds both configs of `revision`, of a write that changed the subject map
+/// (every write of these tests adds a subject, or writes one again with other roles).
+fn at_revision(envoy: &Envoy, revision: &str) -> bool {
+    [CLASSES_VERSION, SUBJECTS_VERSION]
+        .iter()
+        .all(|v| stat(envoy, v).trim_matches('"') == revision)
+}
 
 /// The sum of a sidecar metric over its labels, from its `/metrics` endpoint.
 fn metric(sidecar: &common::TestSidecar, name: &str) -> f64 {
@@ -643,6 +665,56 @@ fn xds_health(pair: &Pair) -> ServingStatus {
     })
 }
 
+/// (requests the class filter marked allowed, ext_authz answers), in one read of Envoy's stats.
+fn rbac_counts(envoy: &Envoy) -> (u64, u64) {
+    let body = admin_get(
+        envoy.admin,
+        r"/stats?filter=^http\.ingress_http\.(rbac\.shadow_allowed|ext_authz\.(ok|denied|error))$",
+    )
+    .unwrap_or_default();
+    let (mut allowed, mut asked) = (0, 0);
+    for line in body.lines() {
+        let Some((name, value)) = line.split_once(": ") else {
+            continue;
+        };
+        let value: u64 = value.trim().parse().unwrap_or(0);
+        if name.ends_with("shadow_allowed") {
+            allowed += value;
+        } else {
+            asked += value;
+        }
+    }
+    (allowed, asked)
+}
+
+/// Counts the requests Envoy let through by RBAC alone: marked allowed by the class filter
+/// and never sent to ext_authz (a request past the listener's path guards goes to ext_authz
+/// whatever the class filter said).
+struct Alone {
+    last: (u64, u64),
+    count: u64,
+}
+
+impl Alone {
+    fn new(envoy: &Envoy) -> Alone {
+        Alone {
+            last: rbac_counts(envoy),
+            count: 0,
+        }
+    }
+
+    /// After one more request went through `envoy`: whether RBAC let it through alone.
+    fn after(&mut self, envoy: &Envoy) -> bool {
+        let now = rbac_counts(envoy);
+        let alone = now.0 > self.last.0 && now.1 == self.last.1;
+        self.count += u64::from(alone);
+        self.last = now;
+        alone
+    }
+}
+
+/// Requests the class filter marked allowed (some of them past the path guards, which
+/// ext_authz decided: [`Alone`] tells them apart).
 fn allowed_by_rbac(envoy: &Envoy) -> u64 {
     stat(envoy, "http.ingress_http.rbac.shadow_allowed")
         .parse()
@@ -651,9 +723,9 @@ fn allowed_by_rbac(envoy: &Envoy) -> u64 {
 
 /// (status, let through by Envoy's RBAC alone) of one request.
 fn decide(envoy: &Envoy, subject: &str, method: &str, path: &str) -> (u16, bool) {
-    let before = allowed_by_rbac(envoy);
+    let mut alone = Alone::new(envoy);
     let status = status(envoy.port, &Some(subject.into()), method, path);
-    (status, allowed_by_rbac(envoy) > before)
+    (status, alone.after(envoy))
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -706,11 +778,26 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
             .map(|(m, p)| decide(&pair.xds, id, m, p))
             .collect()
     };
-    let good_version = stat(&pair.xds, VERSION);
-    // A write adds a subject to a class Envoy holds: the subject map (which names the
-    // revision) is the one push, and the one Envoy rejects.
-    let config_fail = "extension_config_discovery.http_filter.authz.subjects.config_fail";
-    let failures_before: u64 = stat(&pair.xds, config_fail).parse().unwrap_or(0);
+    // A request RBAC lets through alone, and the revision it reaches the app with.
+    let (method, path) = probes
+        .iter()
+        .zip(&good)
+        .find(|(_, (_, alone))| *alone)
+        .map(|(probe, _)| probe.clone())
+        .expect("one");
+    let revision_seen = |id: &str| -> String {
+        let reply = send_raw(pair.xds.port, &method, &path, &[("x-subject", id)]);
+        let up = reply.upstream.as_ref().expect("let through");
+        up.values("x-authz-revision").join(",")
+    };
+    let version = |v: &str| stat(&pair.xds, v).trim_matches('"').to_owned();
+    let good_revision = version(CLASSES_VERSION);
+    assert_eq!(revision_seen(&model.id), good_revision);
+    let classes_fail = "extension_config_discovery.http_filter.authz.rbac.config_fail";
+    let subjects_fail = "extension_config_discovery.http_filter.authz.subjects.config_fail";
+    let count = |s: &str| stat(&pair.xds, s).parse::<u64>().unwrap_or(0);
+    let (classes_failed, subjects_failed) = (count(classes_fail), count(subjects_fail));
+    let good_subjects = version(SUBJECTS_VERSION);
     assert_eq!(xds_health(&pair), ServingStatus::Serving);
     assert_eq!(
         metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total"),
@@ -718,7 +805,8 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
     );
     let mut client = pair.rt.block_on(pair.xds_sidecar.client());
 
-    // The next push carries a config Envoy cannot load.
+    // A write adds a subject: the class config (which names the revision) is pushed first, and
+    // it is the one Envoy rejects; the subject map that goes with it is not sent.
     fault::reject_next_push(&pair.xds_listen);
     let rejected = put_copy(&pair, &mut client, &model, "fresh-rejected").expect("write");
     wait_until("the NACK counted", || {
@@ -726,23 +814,31 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
     });
     assert_eq!(xds_health(&pair), ServingStatus::NotServing);
     assert_eq!(
-        stat(&pair.xds, VERSION),
-        good_version,
+        version(CLASSES_VERSION),
+        good_revision,
         "revision {rejected} rejected"
     );
-    assert!(stat(&pair.xds, config_fail).parse::<u64>().unwrap_or(0) > failures_before);
+    assert!(count(classes_fail) > classes_failed);
+    assert_eq!(count(subjects_fail), subjects_failed);
+    assert_eq!(
+        version(SUBJECTS_VERSION),
+        good_subjects,
+        "no subject map sent"
+    );
     assert_eq!(
         metric(&pair.xds_sidecar, "authz_envoy_xds_acked_revision").to_string(),
-        good_version.trim_matches('"'),
+        good_revision,
         "the last ACKed revision stays"
     );
-    // Envoy decides as before: the same requests, the same ones let through alone; the new
-    // subject is not in the config Envoy holds, so ext_authz decides all of its requests.
+    // Envoy decides as before, at the revision before: the same requests, the same ones let
+    // through alone; the new subject is not in the config Envoy holds, so ext_authz decides
+    // all of its requests.
     assert_eq!(
         decide_all(&model.id),
         good,
         "Envoy kept its last good config"
     );
+    assert_eq!(revision_seen(&model.id), good_revision);
     let fresh = decide_all("fresh-rejected");
     assert!(fresh.iter().all(|(_, alone)| !alone), "{fresh:?}");
     assert!(fresh.iter().any(|(status, _)| *status == 200), "{fresh:?}");
@@ -754,15 +850,13 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
         metric(&pair.xds_sidecar, "authz_envoy_xds_acked_revision") == accepted as f64
     });
     assert_eq!(xds_health(&pair), ServingStatus::Serving);
-    assert_eq!(
-        stat(&pair.xds, VERSION).trim_matches('"'),
-        accepted.to_string()
-    );
+    assert!(at_revision(&pair.xds, &accepted.to_string()));
     assert_eq!(
         metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total"),
         1.0
     );
     assert_eq!(decide_all(&model.id), good);
+    assert_eq!(revision_seen(&model.id), accepted.to_string());
     // The subject of the rejected revision is now in Envoy's config: the same statuses, and
     // Envoy lets some of its requests through alone; its twin of the accepted one likewise.
     let now = decide_all("fresh-rejected");
@@ -770,36 +864,44 @@ fn a_config_envoy_rejects_is_counted_and_envoy_keeps_its_last_good_one() {
     assert!(now.iter().any(|(_, alone)| *alone), "{now:?}");
     assert_eq!(decide_all("fresh-accepted"), now);
 
-    // The same subject written again (a new revision, the same classes): the subject map is
-    // rejected again and Envoy keeps deciding with what it had; no class config is sent.
+    // The same subject written again (a new revision, no subject's class changed): the
+    // subject map stays as it is, the class config is the one push, and it is rejected again;
+    // Envoy keeps deciding with what it had, at the revision it had.
+    let (classes_failed, subjects_failed) = (count(classes_fail), count(subjects_fail));
     fault::reject_next_push(&pair.xds_listen);
-    let classes_fail = "extension_config_discovery.http_filter.authz.rbac.config_fail";
-    let classes_failures = stat(&pair.xds, classes_fail);
-    let subjects_failures: u64 = stat(&pair.xds, config_fail).parse().unwrap_or(0);
     let rewritten = put_copy(&pair, &mut client, &model, "fresh-accepted").expect("write");
     assert!(rewritten > accepted, "a new revision");
     wait_until("the second NACK", || {
         metric(&pair.xds_sidecar, "authz_envoy_xds_nacks_total") == 2.0
     });
     assert_eq!(xds_health(&pair), ServingStatus::NotServing);
-    assert!(stat(&pair.xds, config_fail).parse::<u64>().unwrap_or(0) > subjects_failures);
-    assert_eq!(
-        stat(&pair.xds, classes_fail),
-        classes_failures,
-        "no class config sent"
-    );
-    assert_eq!(
-        stat(&pair.xds, VERSION).trim_matches('"'),
-        accepted.to_string()
-    );
+    assert!(count(classes_fail) > classes_failed);
+    assert_eq!(count(subjects_fail), subjects_failed, "no subject map sent");
+    assert!(at_revision(&pair.xds, &accepted.to_string()));
     assert_eq!(decide_all(&model.id), good);
     assert_eq!(decide_all("fresh-accepted"), now);
+    assert_eq!(revision_seen(&model.id), accepted.to_string());
     let last = put_copy(&pair, &mut client, &model, "fresh-last").expect("write");
     wait_until("the ACK after it", || {
         metric(&pair.xds_sidecar, "authz_envoy_xds_acked_revision") == last as f64
     });
     assert_eq!(xds_health(&pair), ServingStatus::Serving);
     assert_eq!(decide_all("fresh-last"), now);
+    assert_eq!(revision_seen(&model.id), last.to_string());
+    // A write that changes no subject's class: only the class config goes, and the requests
+    // RBAC lets through carry the new revision.
+    let again = put_copy(&pair, &mut client, &model, "fresh-last").expect("write");
+    wait_until("the ACK of a class config alone", || {
+        metric(&pair.xds_sidecar, "authz_envoy_xds_acked_revision") == again as f64
+    });
+    assert_eq!(
+        version(SUBJECTS_VERSION),
+        last.to_string(),
+        "the subject map as it was"
+    );
+    assert_eq!(version(CLASSES_VERSION), again.to_string());
+    assert_eq!(decide_all("fresh-last"), now);
+    assert_eq!(revision_seen(&model.id), again.to_string());
 }
 
 /// The headers the sidecar owns, the subject header and the routing overrides, as the upstream
@@ -849,6 +951,7 @@ fn shadow_mode_through_rbac_marks_and_counts_as_ext_authz_shadow_mode() {
         let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Shadow, Source::Header);
         let requests = requests(example, &text);
         let mut marked = 0;
+        let mut alone = Alone::new(&pair.xds);
         for (subject, method, path) in &requests {
             let forged = [
                 ("x-authz-shadow-denied", "forged"),
@@ -874,6 +977,7 @@ fn shadow_mode_through_rbac_marks_and_counts_as_ext_authz_shadow_mode() {
                 .chain(overrides)
                 .collect();
             let via_rbac = send_raw(pair.xds.port, method, path, &headers);
+            alone.after(&pair.xds);
             let via_authz = send_raw(pair.authz.port, method, path, &headers);
             let (a, b) = (owned_headers(&via_rbac), owned_headers(&via_authz));
             if via_rbac.status != via_authz.status || a != b {
@@ -886,7 +990,7 @@ fn shadow_mode_through_rbac_marks_and_counts_as_ext_authz_shadow_mode() {
                 marked += 1;
             }
         }
-        let in_envoy = allowed_by_rbac(&pair.xds);
+        let in_envoy = alone.count;
         let denials = "authz_envoy_shadow_denials_total";
         assert_eq!(
             metric(&pair.xds_sidecar, denials),
@@ -1045,7 +1149,7 @@ subjects:
     // header the class filter looks up. The listener removes client copies, so none of them
     // lets a request through that the subject's own class does not.
     let dump = admin_get(pair.xds.admin, "/config_dump").expect("config dump");
-    let tags: BTreeSet<String> = regex::Regex::new(r"\b[co][0-9]+-[0-9a-f]{16}\b")
+    let tags: BTreeSet<String> = regex::Regex::new(r"\b(?:c[0-9]+|o[0-9]+\.[0-9]+)-[0-9a-f]{16}\b")
         .expect("regex")
         .find_iter(&dump)
         .map(|m| m.as_str().to_owned())
@@ -1169,6 +1273,7 @@ fn rbac_mode_with_spiffe_subjects_decides_every_request_as_ext_authz() {
         let mut clients = std::collections::HashMap::new();
         let mut allowed = None;
         let requests = requests(example, &text);
+        let mut alone = Alone::new(&pair.xds);
         for (subject, method, path) in &requests {
             // The hostile corpus and the unknown `nobody` name plain ids: as SPIFFE ids too.
             let subject = subject.as_ref().map(|s| {
@@ -1183,6 +1288,7 @@ fn rbac_mode_with_spiffe_subjects_decides_every_request_as_ext_authz() {
                 .or_insert_with(|| tls.client(subject.as_deref()))
                 .clone();
             let via_rbac = status_tls(pair.xds.port, &client, method, path);
+            alone.after(&pair.xds);
             let via_authz = status_tls(pair.authz.port, &client, method, path);
             if via_rbac != via_authz || (subject.is_none() && via_rbac.is_some()) {
                 mismatches.push(format!(
@@ -1193,7 +1299,7 @@ fn rbac_mode_with_spiffe_subjects_decides_every_request_as_ext_authz() {
                 allowed = Some((subject.clone(), method.clone(), path.clone()));
             }
         }
-        let in_envoy = allowed_by_rbac(&pair.xds);
+        let in_envoy = alone.count;
         eprintln!(
             "{example} (SPIFFE): {} requests, {in_envoy} let through by Envoy's RBAC alone",
             requests.len()
@@ -1349,11 +1455,11 @@ fn put_subject(pair: &Pair, id: &str, roles: &[&str]) -> u64 {
     })
 }
 
-/// Until Envoy's subject map is at `revision`: how long it took.
+/// Until Envoy holds both configs of `revision`: how long it took.
 fn until_applied(pair: &Pair, revision: u64) -> Duration {
     let started = Instant::now();
     wait_until("the write's revision in Envoy", || {
-        stat(&pair.xds, VERSION).trim_matches('"') == revision.to_string()
+        at_revision(&pair.xds, &revision.to_string())
     });
     started.elapsed()
 }

@@ -1235,6 +1235,45 @@ fn the_xds_overlay_pushes_rbac_over_a_shared_socket_and_asks_ext_authz_the_rest(
             ],
             "{dir}: {CLASS_HEADER} removed, then set"
         );
+        // The revision header: client copies removed before ext_authz may set it, and set by
+        // the router from the class filter's verdict (named after the revision it allowed at)
+        // only when ext_authz did not set it.
+        let revision = flag(
+            &sidecar,
+            "envoy-revision-header",
+            "AUTHZ_ENVOY_REVISION_HEADER",
+        )
+        .unwrap_or_else(|| "x-authz-revision".into());
+        let revision_mutations: Vec<(Option<String>, Option<String>)> = filters[..authz_at]
+            .iter()
+            .flat_map(|f| array(f, "/typed_config/mutations/request_mutations"))
+            .map(|m| (text_at(m, "/remove"), text_at(m, "/append/header/key")))
+            .filter(|(r, k)| {
+                [r, k]
+                    .iter()
+                    .any(|h| h.as_deref() == Some(revision.as_str()))
+            })
+            .collect();
+        assert_eq!(
+            revision_mutations,
+            [(Some(revision.clone()), None)],
+            "{dir}: client copies of {revision} removed in front of ext_authz, never set there"
+        );
+        let added: Vec<&Value> = array(hcm, "/route_config/request_headers_to_add")
+            .iter()
+            .filter(|h| text_at(h, "/header/key").as_deref() == Some(revision.as_str()))
+            .collect();
+        assert_eq!(added.len(), 1, "{dir}: the router sets {revision}");
+        assert_eq!(
+            text_at(added[0], "/header/value").as_deref(),
+            Some("%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_effective_policy_id)%"),
+            "{dir}: {revision} from the class filter's verdict"
+        );
+        assert_eq!(
+            text_at(added[0], "/append_action").as_deref(),
+            Some("ADD_IF_ABSENT"),
+            "{dir}: ext_authz's {revision} is kept"
+        );
         // ext_authz is created for every request the class filter did not mark allowed, a
         // missing verdict included: one matcher, "not (verdict == allowed)", nothing otherwise.
         let matcher = filters[authz_at]
@@ -1246,9 +1285,38 @@ fn the_xds_overlay_pushes_rbac_over_a_shared_socket_and_asks_ext_authz_the_rest(
         );
         let matchers = array(matcher, "/matcher_list/matchers");
         assert_eq!(matchers.len(), 1, "{dir}: one matcher");
-        let verdict = matchers[0]
-            .pointer("/predicate/not_matcher/single_predicate")
-            .unwrap_or_else(|| panic!("{dir}: ext_authz runs unless RBAC allowed"));
+        let all = array(&matchers[0], "/predicate/not_matcher/and_matcher/predicate");
+        assert_eq!(
+            all.len(),
+            3,
+            "{dir}: ext_authz runs unless RBAC allowed and the path passes both guards"
+        );
+        let verdict = all[0]
+            .get("single_predicate")
+            .unwrap_or_else(|| panic!("{dir}: the verdict first"));
+        // The guards: the canonicalizer's limits, exactly as the sidecar computes them.
+        for (guard, expected) in all[1..]
+            .iter()
+            .zip(authz_sidecar::engine::envoy_rbac::path_guards())
+        {
+            for (pointer, value) in [
+                (
+                    "/single_predicate/input/typed_config/@type",
+                    "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+                ),
+                ("/single_predicate/input/typed_config/header_name", ":path"),
+                (
+                    "/single_predicate/value_match/safe_regex/regex",
+                    expected.as_str(),
+                ),
+            ] {
+                assert_eq!(
+                    text_at(guard, pointer).as_deref(),
+                    Some(value),
+                    "{dir}: a path guard{pointer}"
+                );
+            }
+        }
         for (pointer, value) in [
             (
                 "/input/typed_config/@type",
