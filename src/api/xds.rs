@@ -5,16 +5,18 @@
 //! - [`SUBJECTS_RESOURCE`] maps each subject to the tag of its class (or, when the path matches
 //!   one of its own `{user}` rules, to the tag of that rule's methods); the listener copies that
 //!   tag into [`CLASS_HEADER`];
-//! - [`RESOURCE_NAME`] holds each class's path expressions, looked up by that header.
+//! - [`RESOURCE_NAME`] holds each tag's path expressions, looked up by that header, its
+//!   `allow` actions named after the policy revision (the router copies the name into the
+//!   revision header).
 //!
-//! The subject map also names the policy revision (an enforced rule with the `LOG` action, which
-//! lets everything through and records its name), so it is pushed at every revision; the class
-//! config only when a class appears or goes. A class's tag always means the same requests, and a
-//! tag Envoy does not hold matches nothing, so whatever pair of the two Envoy holds, a request
-//! it lets through is one the revision the subject map names allows. A new class config is
-//! pushed first, and the subject map that refers to it once Envoy accepted it (or after
-//! [`CLASS_ANSWER_WAIT`]), so the new class's requests do not go to ext_authz meanwhile. A
-//! subject write re-sends one small entry per subject, never the path expressions.
+//! A tag stands for one set of paths and one set of subjects ([`ClassTags`]), so whatever pair
+//! of the two Envoy holds, a request it lets through was allowed at the revision the class
+//! config names for its tag, and a tag the class config does not know matches nothing
+//! (ext_authz decides). The class config is pushed at every revision, first; the subject map
+//! only when a tag changed, once Envoy accepted the class config (or after
+//! [`CLASS_ANSWER_WAIT`]), so the new tags' requests do not go to ext_authz meanwhile. The
+//! path guards are not in either config but in the listener (they would be compiled again at
+//! every push).
 //! docs/xds-rbac.md has the design.
 
 use std::collections::{BTreeSet, HashMap};

@@ -31,9 +31,11 @@ const SEGMENT: &str =
 /// anything after `?`.
 const QUERY: &str = r"(?:\?[\x00-\x7f]*)?";
 
-/// The guards every request passes before any subject is looked at (all must match): ASCII
-/// only and at most [`MAX_PATH_BYTES`] bytes, and at most [`MAX_PATH_SEGMENTS`] segments (the
-/// canonicalizer refuses longer paths). RE2 bounds a repetition at 1000, hence the sum.
+/// The guards a request RBAC allowed must also pass before Envoy skips ext_authz (all must
+/// match): ASCII only and at most [`MAX_PATH_BYTES`] bytes, and at most [`MAX_PATH_SEGMENTS`]
+/// segments (the canonicalizer refuses longer paths). RE2 bounds a repetition at 1000, hence
+/// the sum. They sit in the listener (`k8s/overlays/envoy-xds/envoy.yaml`, checked against this
+/// by `tests/it/k8s.rs`), compiled once, not in the configs pushed at every revision.
 pub fn path_guards() -> [String; 2] {
     let mut bytes = String::from("^");
     let mut left = MAX_PATH_BYTES;
