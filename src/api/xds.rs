@@ -519,9 +519,9 @@ pub mod fault {
 
     static ARMED: Mutex<Vec<XdsListen>> = Mutex::new(Vec::new());
 
-    /// The next revision's first push of the xDS server on `listen` (the class config when it
-    /// changed, else the subject map) carries a config Envoy cannot load (an invalid regex);
-    /// the pushes after it are the real ones again.
+    /// The next revision's class config from the xDS server on `listen` (every revision's
+    /// first push) carries a config Envoy cannot load (an invalid regex); the pushes after it
+    /// are the real ones again.
     pub fn reject_next_push(listen: &XdsListen) {
         ARMED
             .lock()
