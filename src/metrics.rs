@@ -352,7 +352,7 @@ impl Metrics {
             ),
             acked_revision: int_gauge(
                 "authz_envoy_xds_acked_revision",
-                "Policy revision Envoy's RBAC filters decide at (both configs of it accepted)",
+                "Policy revision Envoy's RBAC filters decide at (its class config accepted)",
             ),
             subjects: int_gauge(
                 "authz_envoy_xds_subjects",

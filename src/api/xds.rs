@@ -9,12 +9,14 @@
 //!   `allow` actions named after the policy revision (the router copies the name into the
 //!   revision header).
 //!
-//! A tag stands for one set of paths and one set of subjects ([`ClassTags`]), so whatever pair
-//! of the two Envoy holds, a request it lets through was allowed at the revision the class
-//! config names for its tag, and a tag the class config does not know matches nothing
-//! (ext_authz decides). The class config is pushed at every revision, first; the subject map
-//! only when a tag changed, once Envoy accepted the class config (or after
-//! [`CLASS_ANSWER_WAIT`]), so the new tags' requests do not go to ext_authz meanwhile. The
+//! A tag stands for one set of subjects who share a class, and the class config keeps a tag
+//! its revision no longer uses only while its subjects still share one ([`ClassTags`]): so
+//! whatever subject map Envoy holds beside a class config, a request it lets through is allowed
+//! at the revision that class config names, and a tag the class config does not know matches
+//! nothing (ext_authz decides). Envoy decides at a revision once it holds its class config. The
+//! class config is pushed at every revision, first; the subject map only when a tag changed,
+//! once Envoy accepted the class config (or after [`CLASS_ANSWER_WAIT`]), so the new tags'
+//! requests do not go to ext_authz meanwhile. The
 //! path guards are not in either config but in the listener (they would be compiled again at
 //! every push).
 //! docs/xds-rbac.md has the design.
@@ -214,16 +216,21 @@ fn subject_input_config(config: &EnvoyConfig) -> TypedExtensionConfig {
 
 /// Tags of classes (the requests a set of roles allows, `{user}` rules aside) and of own-rule
 /// verdicts, from one revision to the next. A tag is a promise about the subject map: a class
-/// tag names one set of paths *and one set of subjects*, an own tag one set of methods and one
-/// version of every subject's own rules. Any change to who has a class gives the class a new
-/// tag, any change to anyone's own rules new own tags; the old tags retire. Tags are never
-/// reused within a process and carry a random part drawn at start, so no client can guess one
-/// (the listener removes client copies of [`CLASS_HEADER`]; with an Envoy config that forgot
-/// to, a forged tag still matches nothing).
+/// tag names one set of subjects (who share one class), an own tag one set of methods and one
+/// version of every subject's own rules. Any change to who is in a class gives the class a new
+/// tag (a change to its paths alone keeps it: the class config says what a tag allows), any
+/// change to anyone's own rules new own tags. Tags are never reused within a process and carry
+/// a random part drawn at start, so no client can guess one (the listener removes client copies
+/// of [`CLASS_HEADER`]; with an Envoy config that forgot to, a forged tag still matches
+/// nothing).
 ///
-/// That is what lets the class config name the revision: whichever subject map Envoy holds, a
-/// tag it yields that the class config knows was true, for exactly the subjects that map gives
-/// it, at the revision the class config names for it.
+/// A tag the revision before used and this one does not (retired) stays in the class config
+/// for the subject map Envoy may still hold, but only while it is still *coherent*: every one
+/// of its subjects still has one class (for an own tag: still has the own rules it had). Then
+/// it allows what they are allowed now; otherwise it is left out and its requests go to
+/// ext_authz. So whatever subject map Envoy holds, every tag the class config knows allows
+/// exactly what its subjects are allowed at the revision the class config names: Envoy
+/// decides at that revision as soon as it holds that class config.
 pub struct ClassTags {
     secret: String,
     next: u64,
@@ -232,9 +239,8 @@ pub struct ClassTags {
 
 /// The tags of one revision.
 struct Assignment {
-    revision: u64,
-    /// Each class's number and its subjects (sorted).
-    classes: HashMap<MethodPaths, (u64, Vec<Box<str>>)>,
+    /// Each class's subjects (sorted), and its tag's number.
+    classes: HashMap<Vec<Box<str>>, u64>,
     own_generation: u64,
     /// Every subject with own rules, and them (sorted by subject).
     own: Vec<(Box<str>, Vec<OwnPath>)>,
@@ -245,15 +251,14 @@ pub struct Tagged<'p> {
     /// Each class of the plan (by its shared expressions): its tag and paths.
     classes: HashMap<*const MethodPaths, (String, &'p MethodPaths)>,
     own_generation: u64,
-    /// Tags of the revision before that this one retires, with what they allowed there.
-    retired: Vec<(String, Retired)>,
-    /// That revision: the one the retired tags' requests were decided at.
-    retired_at: u64,
+    /// Coherent tags of the revision before that this one no longer uses, with what their
+    /// subjects are allowed at this revision.
+    retired: Vec<(String, Retired<'p>)>,
 }
 
-/// What a retired tag allowed.
-enum Retired {
-    Class(MethodPaths),
+/// What a retired tag allows now.
+enum Retired<'p> {
+    Class(&'p MethodPaths),
     /// Own-rule methods (a bit per [`Method::index`]).
     Own(u32),
 }
@@ -287,7 +292,8 @@ impl ClassTags {
         format!("o{methods}.{generation}-{}", self.secret)
     }
 
-    /// Tags for the classes and own rules of `plan`, and the tags of the last call it retires.
+    /// Tags for the classes and own rules of `plan`, and the coherent tags of the last call it
+    /// no longer uses.
     pub fn assign<'p>(&mut self, plan: &'p RbacPlan) -> Tagged<'p> {
         let last = self.last.take();
         // Each class by its expressions (equal sets behind different pointers are one class).
@@ -298,20 +304,24 @@ impl ClassTags {
             ids.push(subject.id.clone());
             pointers.push(Arc::as_ptr(&subject.allows));
         }
+        // Each subject's class now, for the coherence of retired tags.
+        let class_of: HashMap<&str, &'p MethodPaths> = plan
+            .subjects
+            .iter()
+            .filter(|s| !s.allows.is_empty())
+            .map(|s| (&*s.id, &*s.allows))
+            .collect();
         let mut classes = HashMap::new();
         let mut live = HashMap::new();
         for (paths, (ids, pointers)) in members {
-            let kept = last
-                .as_ref()
-                .and_then(|l| l.classes.get(paths))
-                .filter(|(_, before)| *before == ids)
-                .map(|(number, _)| *number);
+            // The same subjects keep their tag, whatever their paths now.
+            let kept = last.as_ref().and_then(|l| l.classes.get(&ids)).copied();
             let number = kept.unwrap_or_else(|| self.fresh());
             let tag = self.class(number);
             for pointer in pointers {
                 classes.insert(pointer, (tag.clone(), paths));
             }
-            live.insert(paths.clone(), (number, ids));
+            live.insert(ids, number);
         }
         let own: Vec<(Box<str>, Vec<OwnPath>)> = plan
             .subjects
@@ -324,15 +334,29 @@ impl ClassTags {
             _ => self.fresh(),
         };
         let mut retired = Vec::new();
-        let mut retired_at = 0;
         if let Some(last) = last {
-            retired_at = last.revision;
-            for (paths, (number, _)) in last.classes {
-                if live.get(&paths).map(|(n, _)| *n) != Some(number) {
+            for (ids, number) in last.classes {
+                if live.contains_key(&ids) {
+                    continue;
+                }
+                // Coherent: all its subjects still share one class.
+                let now: Option<Vec<&MethodPaths>> =
+                    ids.iter().map(|id| class_of.get(&**id).copied()).collect();
+                if let Some(now) = now
+                    && now.windows(2).all(|w| w[0] == w[1])
+                    && let Some(paths) = now.first()
+                {
                     retired.push((self.class(number), Retired::Class(paths)));
                 }
             }
-            if last.own_generation != own_generation {
+            // Coherent: everyone who had own rules still has exactly those.
+            let own_now: HashMap<&str, &Vec<OwnPath>> =
+                own.iter().map(|(id, rules)| (&**id, rules)).collect();
+            let coherent = last
+                .own
+                .iter()
+                .all(|(id, rules)| own_now.get(&**id) == Some(&rules));
+            if last.own_generation != own_generation && coherent {
                 let methods: BTreeSet<u32> = last
                     .own
                     .iter()
@@ -344,7 +368,6 @@ impl ClassTags {
             }
         }
         self.last = Some(Assignment {
-            revision: plan.revision,
             classes: live,
             own_generation,
             own,
@@ -353,7 +376,6 @@ impl ClassTags {
             classes,
             own_generation,
             retired,
-            retired_at,
         }
     }
 }
@@ -462,13 +484,12 @@ fn class_matcher(paths: &MethodPaths, allow: &OnMatch) -> Matcher {
 }
 
 /// The class filter: a classifier whose verdict is `allowed` exactly for the requests whose tag
-/// (set from the subject filter's verdict) allows the method and path. The `allow` action is
-/// named after the revision the tag was true at (this one; the one before for the tags this
-/// one retires): Envoy records it as `shadow_effective_policy_id`, which the router copies into
-/// the revision header. The path guards are not here but in the listener, where ext_authz is
-/// skipped only for an `allowed` request that passes them: this config is new at every
-/// revision, and Envoy would compile the byte guard (an RE2 program of 8k instructions, most
-/// of the class config's load time) again each time.
+/// (set from the subject filter's verdict) allows the method and path at this revision. Every
+/// `allow` action is named after the revision: Envoy records it as `shadow_effective_policy_id`,
+/// which the router copies into the revision header. The path guards are not here but in the
+/// listener, where ext_authz is skipped only for an `allowed` request that passes them: this
+/// config is new at every revision, and Envoy would compile the byte guard (an RE2 program of
+/// 8k instructions, most of the class config's load time) again each time.
 fn classes_filter(plan: &RbacPlan, tagged: &Tagged<'_>, tags: &ClassTags) -> RbacFilter {
     let allow = action(&plan.revision.to_string(), RbacVerdict::Allow);
     let mut map: HashMap<String, OnMatch> = tagged
@@ -480,11 +501,10 @@ fn classes_filter(plan: &RbacPlan, tagged: &Tagged<'_>, tags: &ClassTags) -> Rba
         map.entry(tags.own(own.methods, tagged.own_generation))
             .or_insert_with(|| nested(methods_matcher(own.methods, &allow)));
     }
-    let before = action(&tagged.retired_at.to_string(), RbacVerdict::Allow);
     for (tag, retired) in &tagged.retired {
         let matcher = match retired {
-            Retired::Class(paths) => class_matcher(paths, &before),
-            Retired::Own(methods) => methods_matcher(*methods, &before),
+            Retired::Class(paths) => class_matcher(paths, &allow),
+            Retired::Own(methods) => methods_matcher(*methods, &allow),
         };
         map.insert(tag.clone(), nested(matcher));
     }
@@ -517,31 +537,52 @@ pub mod fault {
 
     use crate::config::XdsListen;
 
-    static ARMED: Mutex<Vec<XdsListen>> = Mutex::new(Vec::new());
+    /// The servers whose next class config, and whose next subject map, is one Envoy rejects.
+    static ARMED: Mutex<[Vec<XdsListen>; 2]> = Mutex::new([Vec::new(), Vec::new()]);
+    const CLASSES: usize = 0;
+    const SUBJECTS: usize = 1;
 
     /// The next revision's class config from the xDS server on `listen` (every revision's
     /// first push) carries a config Envoy cannot load (an invalid regex); the pushes after it
     /// are the real ones again.
     pub fn reject_next_push(listen: &XdsListen) {
+        arm(CLASSES, listen);
+    }
+
+    /// Likewise the next subject map: Envoy then holds a class config newer than its subject
+    /// map for as long as the test likes.
+    pub fn reject_next_subject_map(listen: &XdsListen) {
+        arm(SUBJECTS, listen);
+    }
+
+    fn arm(which: usize, listen: &XdsListen) {
         ARMED
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())[which]
             .push(listen.clone());
     }
 
-    /// Whether the push about to go out on `listen` is the armed one (disarms it).
+    /// Whether the class config about to go out on `listen` is the armed one (disarms it).
     pub(super) fn take(listen: Option<&XdsListen>) -> bool {
+        take_armed(CLASSES, listen)
+    }
+
+    /// Whether the subject map about to go out on `listen` is the armed one (disarms it).
+    pub(super) fn take_subject_map(listen: Option<&XdsListen>) -> bool {
+        take_armed(SUBJECTS, listen)
+    }
+
+    fn take_armed(which: usize, listen: Option<&XdsListen>) -> bool {
         let Some(listen) = listen else { return false };
         let mut armed = ARMED
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let before = armed.len();
-        armed.retain(|l| l != listen);
-        armed.len() != before
+        let before = armed[which].len();
+        armed[which].retain(|l| l != listen);
+        armed[which].len() != before
     }
 }
 
-/// A config Envoy refuses to load: its one regex does not compile.
 fn unloadable() -> RbacFilter {
     RbacFilter {
         shadow_matcher: Some(list(vec![FieldMatcher {
@@ -624,19 +665,18 @@ struct Shared {
     answers: Mutex<Answers>,
     /// Bumped on every answer and when a stream closes.
     answered: watch::Sender<u64>,
-    /// The latest revision pushed and the versions of the two configs it needs (class config,
-    /// subject map): once Envoy accepted both, it decides at that revision.
-    aim: Mutex<(u64, u64)>,
+    /// The latest revision pushed: once Envoy accepted its class config, it decides at that
+    /// revision, whichever subject map it holds ([`ClassTags`]).
+    aim: Mutex<u64>,
 }
 
 impl Shared {
-    /// The revision about to be pushed: its class config, with the subject map of version
-    /// `subjects`.
-    fn aim(&self, revision: u64, subjects: u64) {
+    /// The revision about to be pushed.
+    fn aim(&self, revision: u64) {
         *self
             .aim
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (revision, subjects);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = revision;
     }
 
     fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
@@ -696,13 +736,11 @@ impl Shared {
                     version,
                     "Envoy accepted an RBAC config"
                 );
-                let (revision, subjects) = *self
+                let revision = *self
                     .aim
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if self.settled(Kind::Classes, revision) == Some(true)
-                    && self.settled(Kind::Subjects, subjects) == Some(true)
-                {
+                if self.settled(Kind::Classes, revision) == Some(true) {
                     metrics.xds_enforced(revision);
                 }
             }
@@ -748,7 +786,7 @@ enum Waited {
 }
 
 /// How long a changed subject map waits for the class streams' answers. Any pair of the two
-/// configs decides exactly as the revision the class config names for the tag (see
+/// configs decides exactly as the revision the class config names (see
 /// [`ClassTags`]; a tag Envoy's class config does not know matches nothing), so the wait only
 /// spares ext_authz the requests of the new tags; a stream that never answers (an Envoy stuck,
 /// any client of the xDS socket) must not hold every later write back.
@@ -765,7 +803,7 @@ impl XdsService {
             classes: watch::channel(None).0,
             answers: Mutex::new(Answers::default()),
             answered: watch::channel(0).0,
-            aim: Mutex::new((0, 0)),
+            aim: Mutex::new(0),
         });
         let (alive, _alive) = watch::channel(());
         tokio::spawn(publish(Arc::clone(&shared), alive));
@@ -810,8 +848,6 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
     let mut tags = ClassTags::new();
     // Compared as messages: the encoding of a map follows its hash order.
     let mut last_subjects: Option<RbacFilter> = None;
-    // The version of the subject map last pushed.
-    let mut subjects_version = 0;
     loop {
         published.mark_unchanged();
         let started = std::time::Instant::now();
@@ -820,7 +856,9 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
         let plan = current.snapshot.rbac_plan(&options);
         drop(current);
         let rendered = render(&plan, &shared.config, &mut tags);
-        let map_changed = last_subjects.as_ref() != Some(&rendered.subjects);
+        // A subject map Envoy rejected goes again, changed or not: Envoy holds an older one.
+        let map_changed = last_subjects.as_ref() != Some(&rendered.subjects)
+            || shared.answers().rejected[Kind::Subjects as usize];
         // Test support: this revision's class config is one Envoy rejects.
         let push = if fault::take(shared.config.xds_listen.as_ref()) {
             Push::new(RESOURCE_NAME, &unloadable(), revision)
@@ -835,14 +873,7 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
             compile_ms = started.elapsed().as_millis() as u64,
             "pushing the RBAC class config to Envoy"
         );
-        shared.aim(
-            revision,
-            if map_changed {
-                revision
-            } else {
-                subjects_version
-            },
-        );
+        shared.aim(revision);
         shared.state.metrics.xds_pushed(plan.subjects.len());
         shared.classes.send_replace(Some(Arc::new(push)));
         if map_changed {
@@ -880,7 +911,11 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
                             "a class stream did not answer the class config in time; pushing the subject map anyway"
                         );
                     }
-                    let push = Push::new(SUBJECTS_RESOURCE, &rendered.subjects, revision);
+                    let push = if fault::take_subject_map(shared.config.xds_listen.as_ref()) {
+                        Push::new(SUBJECTS_RESOURCE, &unloadable(), revision)
+                    } else {
+                        Push::new(SUBJECTS_RESOURCE, &rendered.subjects, revision)
+                    };
                     tracing::info!(
                         revision,
                         bytes = push.resource.value.len(),
@@ -890,7 +925,6 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
                     shared.state.metrics.xds_pushed(plan.subjects.len());
                     shared.subjects.send_replace(Some(Arc::new(push)));
                     last_subjects = Some(rendered.subjects);
-                    subjects_version = revision;
                 }
             }
         }
@@ -1209,6 +1243,16 @@ mod tests {
             let plan = if revision > 1 && pick() % 3 == 0 {
                 let mut same = plans.get(&(revision - 1)).cloned().unwrap_or_default();
                 same.revision = revision;
+                // Sometimes the same subjects in the same classes, each class's paths changed.
+                if pick() % 2 == 0 {
+                    for s in &mut same.subjects {
+                        let mut changed = (*s.allows).clone();
+                        for regex in changed.0.iter_mut().flatten() {
+                            regex.push_str(&format!("|^/r{revision}$"));
+                        }
+                        s.allows = Arc::new(changed);
+                    }
+                }
                 same
             } else {
                 plan(revision, &ids, &mut pick)
@@ -1227,6 +1271,15 @@ mod tests {
                 .collect();
             Some((class, s.own.iter().map(|o| o.regex.clone()).collect()))
         };
+        // Each class config names one revision, its own: Envoy decides at it as soon as it
+        // holds it, whatever subject map it holds.
+        for (y, (_, classes)) in rendered.iter().enumerate() {
+            let revision = (y + 1).to_string();
+            assert!(
+                classes.values().all(|(label, _)| *label == revision),
+                "class config {y}"
+            );
+        }
         let (mut checked, mut kept) = (0, 0);
         for (x, (subjects, _)) in rendered.iter().enumerate() {
             for (y, (_, classes)) in rendered.iter().enumerate() {
@@ -1274,9 +1327,10 @@ mod tests {
     }
 
     /// A write that changes no subject's class or own rules leaves the subject map as it was
-    /// (only the class config, naming the new revision, is pushed); one that adds a subject to a
-    /// class gives that class a new tag and keeps the old one, named after the revision before,
-    /// for the map Envoy still holds.
+    /// (only the class config, naming the new revision, is pushed), and so does one that changes
+    /// a class's paths alone; one that adds a subject to a class gives that class a new tag and
+    /// keeps the old one, allowing what its subjects are allowed now, for the map Envoy still
+    /// holds, until one of them leaves the class.
     #[test]
     fn a_class_keeps_its_tag_until_its_subjects_change() {
         let subject = |id: &str, class: u64| PlannedSubject {
@@ -1309,25 +1363,66 @@ mod tests {
         );
         assert!(after.values().all(|(label, _)| label == "2"), "{after:?}");
 
+        // b's class allows other paths: same tag, same map, the new paths.
+        let widened = render(
+            &at(3, vec![subject("a", 0), subject("b", 4)]),
+            &config,
+            &mut tags,
+        );
+        assert_eq!(widened.subjects, same.subjects);
+        let classes = class_entries(&widened.classes);
+        let old = subject_entries(&same.subjects);
+        let b_tag = old["b"].0.as_ref().unwrap();
+        let expected: Allowed = paths(4)
+            .iter()
+            .map(|(m, r)| (m.as_str().to_owned(), r.to_owned()))
+            .collect();
+        assert_eq!(classes[b_tag], ("3".to_owned(), expected));
+
         let added = render(
-            &at(3, vec![subject("a", 0), subject("b", 1), subject("c", 0)]),
+            &at(4, vec![subject("a", 0), subject("b", 4), subject("c", 0)]),
             &config,
             &mut tags,
         );
         let map = subject_entries(&added.subjects);
         let classes = class_entries(&added.classes);
-        let old = subject_entries(&same.subjects);
         assert_ne!(
             map["a"].0, old["a"].0,
             "a's class has a new subject: a new tag"
         );
         assert_eq!(map["b"].0, old["b"].0, "b's class did not change");
-        assert_eq!(classes[map["a"].0.as_ref().unwrap()].0, "3");
+        assert_eq!(classes[map["a"].0.as_ref().unwrap()].0, "4");
         assert_eq!(
             classes[old["a"].0.as_ref().unwrap()].0,
-            "2",
-            "the old tag, retired"
+            "4",
+            "the old tag: a is still in that class, so it decides at this revision"
         );
         assert_eq!(classes.len(), 3);
+
+        // a moves to b's class: a's last tag (a and c) no longer stands for one class, and is
+        // left out (ext_authz decides for the map Envoy may still hold); the tag before it
+        // retired a revision ago.
+        let moved = render(
+            &at(5, vec![subject("a", 4), subject("b", 4), subject("c", 0)]),
+            &config,
+            &mut tags,
+        );
+        let classes = class_entries(&moved.classes);
+        assert!(!classes.contains_key(map["a"].0.as_ref().unwrap()));
+        assert!(!classes.contains_key(old["a"].0.as_ref().unwrap()));
+        // b's tag (b alone) retires too, but b still has its class: kept, at this revision.
+        assert_eq!(classes[b_tag].0, "5");
+        let now = subject_entries(&moved.subjects);
+        assert_eq!(now["a"].0, now["b"].0);
+        assert_eq!(classes.len(), 3, "{classes:?}");
+
+        // A subject removed: every tag it had is left out.
+        let removed = render(
+            &at(6, vec![subject("b", 4), subject("c", 0)]),
+            &config,
+            &mut tags,
+        );
+        let classes = class_entries(&removed.classes);
+        assert!(!classes.contains_key(now["a"].0.as_ref().unwrap()));
     }
 }
