@@ -235,9 +235,13 @@ pub struct ClassTags {
     secret: String,
     next: u64,
     last: Option<Assignment>,
+    /// The tags of the last subject map pushed ([`ClassTags::map_pushed`]): Envoy may hold it
+    /// while later revisions' maps wait for the class config's answer or are skipped.
+    pushed: Option<Assignment>,
 }
 
 /// The tags of one revision.
+#[derive(Clone)]
 struct Assignment {
     /// Each class's subjects (sorted), and its tag's number.
     classes: HashMap<Vec<Box<str>>, u64>,
@@ -274,7 +278,15 @@ impl ClassTags {
             secret: format!("{secret:016x}"),
             next: 0,
             last: None,
+            pushed: None,
         }
+    }
+
+    /// The subject map of the last [`assign`](ClassTags::assign) was pushed: its tags stay in
+    /// later class configs while they are coherent, even after revisions whose maps were not
+    /// pushed.
+    pub fn map_pushed(&mut self) {
+        self.pushed = self.last.clone();
     }
 
     fn fresh(&mut self) -> u64 {
@@ -292,8 +304,8 @@ impl ClassTags {
         format!("o{methods}.{generation}-{}", self.secret)
     }
 
-    /// Tags for the classes and own rules of `plan`, and the coherent tags of the last call it
-    /// no longer uses.
+    /// Tags for the classes and own rules of `plan`, and the coherent tags it no longer uses of
+    /// the last call and of the last subject map pushed.
     pub fn assign<'p>(&mut self, plan: &'p RbacPlan) -> Tagged<'p> {
         let last = self.last.take();
         // Each class by its expressions (equal sets behind different pointers are one class).
@@ -315,7 +327,10 @@ impl ClassTags {
         let mut live = HashMap::new();
         for (paths, (ids, pointers)) in members {
             // The same subjects keep their tag, whatever their paths now.
-            let kept = last.as_ref().and_then(|l| l.classes.get(&ids)).copied();
+            let kept = [last.as_ref(), self.pushed.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|before| before.classes.get(&ids).copied());
             let number = kept.unwrap_or_else(|| self.fresh());
             let tag = self.class(number);
             for pointer in pointers {
@@ -329,14 +344,17 @@ impl ClassTags {
             .filter(|s| !s.own.is_empty())
             .map(|s| (s.id.clone(), s.own.clone()))
             .collect();
-        let own_generation = match &last {
-            Some(l) if l.own == own => l.own_generation,
-            _ => self.fresh(),
-        };
+        let same_own = [last.as_ref(), self.pushed.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|before| before.own == own)
+            .map(|before| before.own_generation);
+        let own_generation = same_own.unwrap_or_else(|| self.fresh());
         let mut retired = Vec::new();
-        if let Some(last) = last {
-            for (ids, number) in last.classes {
-                if live.contains_key(&ids) {
+        let (mut seen, mut seen_own) = (BTreeSet::new(), BTreeSet::new());
+        for before in [last.as_ref(), self.pushed.as_ref()].into_iter().flatten() {
+            for (ids, &number) in &before.classes {
+                if live.get(ids) == Some(&number) || !seen.insert(number) {
                     continue;
                 }
                 // Coherent: all its subjects still share one class.
@@ -352,18 +370,21 @@ impl ClassTags {
             // Coherent: everyone who had own rules still has exactly those.
             let own_now: HashMap<&str, &Vec<OwnPath>> =
                 own.iter().map(|(id, rules)| (&**id, rules)).collect();
-            let coherent = last
+            let coherent = before
                 .own
                 .iter()
                 .all(|(id, rules)| own_now.get(&**id) == Some(&rules));
-            if last.own_generation != own_generation && coherent {
-                let methods: BTreeSet<u32> = last
+            if before.own_generation != own_generation
+                && seen_own.insert(before.own_generation)
+                && coherent
+            {
+                let methods: BTreeSet<u32> = before
                     .own
                     .iter()
                     .flat_map(|(_, own)| own.iter().map(|o| o.methods))
                     .collect();
                 for m in methods {
-                    retired.push((self.own(m, last.own_generation), Retired::Own(m)));
+                    retired.push((self.own(m, before.own_generation), Retired::Own(m)));
                 }
             }
         }
@@ -848,6 +869,10 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
     let mut tags = ClassTags::new();
     // Compared as messages: the encoding of a map follows its hash order.
     let mut last_subjects: Option<RbacFilter> = None;
+    // Since when a changed subject map has been waiting for the class streams' answers: writes
+    // that each come before Envoy's answer must not hold it back for longer than
+    // CLASS_ANSWER_WAIT in all.
+    let mut map_waiting_since: Option<tokio::time::Instant> = None;
     loop {
         published.mark_unchanged();
         let started = std::time::Instant::now();
@@ -876,9 +901,12 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
         shared.aim(revision);
         shared.state.metrics.xds_pushed(plan.subjects.len());
         shared.classes.send_replace(Some(Arc::new(push)));
-        if map_changed {
+        if !map_changed {
+            map_waiting_since = None;
+        } else {
             answered.mark_unchanged();
-            let deadline = tokio::time::Instant::now() + CLASS_ANSWER_WAIT;
+            let since = *map_waiting_since.get_or_insert_with(tokio::time::Instant::now);
+            let deadline = since + CLASS_ANSWER_WAIT;
             let waited = loop {
                 if let Some(accepted) = shared.settled(Kind::Classes, revision) {
                     break if accepted {
@@ -888,22 +916,25 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
                     };
                 }
                 tokio::select! {
+                    // A deadline passed during a run of writes wins over the next write.
+                    biased;
+                    _ = alive.closed() => break Waited::Closed,
+                    _ = tokio::time::sleep_until(deadline) => break Waited::TimedOut,
                     _ = answered.changed() => {}
                     changed = published.changed() => break match changed {
                         Ok(()) => Waited::NewRevision,
                         Err(_) => Waited::Closed,
                     },
-                    _ = alive.closed() => break Waited::Closed,
-                    _ = tokio::time::sleep_until(deadline) => break Waited::TimedOut,
                 }
             };
             match waited {
                 Waited::Closed => return,
-                // A newer revision: render that one instead.
+                // A newer revision: render that one instead (its map waits until the same
+                // deadline).
                 Waited::NewRevision => continue,
                 // Envoy keeps the class config it had, which knows only tags of the subject
                 // maps before this one.
-                Waited::Rejected => {}
+                Waited::Rejected => map_waiting_since = None,
                 Waited::Accepted | Waited::TimedOut => {
                     if matches!(waited, Waited::TimedOut) {
                         tracing::warn!(
@@ -925,6 +956,8 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
                     shared.state.metrics.xds_pushed(plan.subjects.len());
                     shared.subjects.send_replace(Some(Arc::new(push)));
                     last_subjects = Some(rendered.subjects);
+                    tags.map_pushed();
+                    map_waiting_since = None;
                 }
             }
         }
@@ -1258,6 +1291,11 @@ mod tests {
                 plan(revision, &ids, &mut pick)
             };
             let r = render(&plan, &config, &mut tags);
+            // Some maps are pushed, some wait or are skipped: the tags of the last one pushed
+            // stay while coherent.
+            if pick() % 2 == 0 {
+                tags.map_pushed();
+            }
             rendered.push((subject_entries(&r.subjects), class_entries(&r.classes)));
             plans.insert(revision, plan);
         }
@@ -1424,5 +1462,50 @@ mod tests {
         );
         let classes = class_entries(&removed.classes);
         assert!(!classes.contains_key(now["a"].0.as_ref().unwrap()));
+    }
+
+    /// Envoy may hold the last subject map pushed while later revisions' maps wait or are
+    /// skipped: its tags stay in every later class config while their subjects still share one
+    /// class, and a class whose subjects are those of one of its tags again gets that tag back.
+    #[test]
+    fn the_tags_of_the_last_map_pushed_stay_while_coherent() {
+        let config = EnvoyConfig::default();
+        let mut tags = ClassTags::new();
+        let at = |tags: &mut ClassTags, revision, classes: &[(&str, u64)]| {
+            let subjects = classes
+                .iter()
+                .map(|(id, class)| PlannedSubject {
+                    id: (*id).into(),
+                    allows: Arc::new(paths(*class)),
+                    own: Vec::new(),
+                })
+                .collect();
+            let plan = RbacPlan {
+                revision,
+                subjects,
+                deferred: Vec::new(),
+            };
+            render(&plan, &config, tags)
+        };
+        let first = at(&mut tags, 1, &[("a", 0), ("b", 0)]);
+        let held = subject_entries(&first.subjects)["a"].0.clone().unwrap();
+        tags.map_pushed();
+        // Two revisions whose maps are not pushed: a and b still share class 0.
+        at(&mut tags, 2, &[("a", 0), ("b", 0), ("c", 0)]);
+        let third = at(&mut tags, 3, &[("a", 0), ("b", 0), ("c", 0), ("d", 0)]);
+        let expected: Allowed = paths(0)
+            .iter()
+            .map(|(m, r)| (m.as_str().to_owned(), r.to_owned()))
+            .collect();
+        assert_eq!(
+            class_entries(&third.classes).get(&held),
+            Some(&("3".to_owned(), expected))
+        );
+        // a and b together again: the tag of the map Envoy holds, and that very map.
+        let again = at(&mut tags, 4, &[("a", 0), ("b", 0)]);
+        assert_eq!(again.subjects, first.subjects);
+        // a moves: the tag no longer stands for one class.
+        let moved = at(&mut tags, 5, &[("a", 1), ("b", 0)]);
+        assert!(!class_entries(&moved.classes).contains_key(&held));
     }
 }

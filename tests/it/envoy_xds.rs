@@ -1579,8 +1579,9 @@ fn until_applied(pair: &Pair, revision: u64) -> Duration {
 
 /// Another client of the xDS socket subscribes to the class config, takes the first push and
 /// never answers: a write that adds a class still reaches Envoy (after the sidecar's bounded
-/// wait for the class streams' answers), decided as ext_authz decides it; once that client is
-/// gone, a write that adds a class is not held back at all.
+/// wait for the class streams' answers), decided as ext_authz decides it, and so does a subject
+/// map during a run of writes that each come before that wait ends; once that client is gone, a
+/// write that adds a class is not held back at all.
 #[test]
 fn a_class_stream_that_never_answers_holds_a_write_back_for_a_bounded_time_only() {
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -1650,6 +1651,25 @@ subjects:
     assert_eq!(
         decide(&pair.xds, "ra", "POST", "/v1/items/i1"),
         (403, false)
+    );
+
+    // A run of writes, each before the silent stream's wait ends: the wait is bounded for the
+    // run, not restarted by every write, so a subject map of the run reaches Envoy while the
+    // writes go on (restarted, none would until they stop).
+    let before = stat(&pair.xds, SUBJECTS_VERSION);
+    let started = Instant::now();
+    let mut first_map = None;
+    for i in 0..16 {
+        put_subject(&pair, &format!("burst-{i}"), &["reader"]);
+        std::thread::sleep(Duration::from_millis(300));
+        if first_map.is_none() && stat(&pair.xds, SUBJECTS_VERSION) != before {
+            first_map = Some(started.elapsed());
+        }
+    }
+    let first_map = first_map.expect("a subject map reached Envoy during the run of writes");
+    assert!(
+        first_map >= Duration::from_millis(1500) && first_map < Duration::from_secs(4),
+        "{first_map:?}"
     );
 
     // The client goes away: the next new class is pushed as soon as Envoy answers.
