@@ -88,7 +88,9 @@ fn start_envoy(envoy: &Path, dir: &Path, config: &str) -> Envoy {
         let admin = std::fs::read_to_string(&admin_path)
             .ok()
             .and_then(|a| a.trim().parse::<SocketAddr>().ok());
-        if let Some(admin) = admin {
+        // Up once the server is LIVE (`/ready`): the listener's port shows in `/listeners`
+        // as soon as it is bound, before the workers accept on it.
+        if let Some(admin) = admin.filter(|a| admin_get(*a, "/ready").is_some()) {
             if let Some(port) = admin_get(admin, "/listeners?format=json")
                 .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
                 .and_then(|v| {
