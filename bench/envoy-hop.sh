@@ -14,6 +14,8 @@
 #   SCALE="1000 10000" bench/envoy-hop.sh   # subject counts for the RSS / push-time part
 #   SKIP_HOP=1 bench/envoy-hop.sh           # the scale and propagation parts only
 #   PROPAGATION="1000" WRITES=20 bench/envoy-hop.sh  # subject counts / writes for propagation
+#   PROP_INTERVAL_MS=100 bench/envoy-hop.sh # propagation with one write every 100 ms
+#   PROP_VERBOSE=1 PROP_LOG=debug bench/envoy-hop.sh  # each write's times, the sidecar's log kept
 #   INSTRUCTIONS=1 bench/envoy-hop.sh       # Envoy's instructions per request instead (below)
 #   PIN=1 bench/envoy-hop.sh                # Envoy on CPU 0, h2load on CPU 1
 #   UPSTREAM=1 bench/envoy-hop.sh           # the route forwards to an upstream (another Envoy)
@@ -371,16 +373,30 @@ if [[ " $modes " != *" xds-rbac "* ]]; then
   exit 0
 fi
 
-start_xds_envoy() { # name, xDS socket: the xds-rbac listener on the next ports; sets $envoy
-  port=$((port + 2))
-  sed -e "s#$work/xds.sock#$2#" "$work/xds-rbac.yaml" \
-    | sed -e "s/port_value: $((BASE + 10))/port_value: $port/; s/port_value: $((BASE + 11))/port_value: $((port + 1))/" \
-    >"$work/$1.yaml"
-  "$ENVOY" -c "$work/$1.yaml" --concurrency 1 --disable-hot-restart --log-level error \
-    >"$work/$1.log" 2>&1 &
-  envoy=$!
-  pids+=("$envoy")
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && break; sleep 0.05; done
+start_xds_envoy() { # name, xDS socket: the xds-rbac listener on the next free ports; sets $envoy
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    port=$((port + 2))
+    # Its direct responses carry the revision RBAC allowed the request at (propagation's probe).
+    sed -e "s#$work/xds.sock#$2#" "$work/xds-rbac.yaml" \
+      | sed -e "s/port_value: $((BASE + 10))/port_value: $port/; s/port_value: $((BASE + 11))/port_value: $((port + 1))/" \
+      | sed -e 's/^\( *\)request_headers_to_add: \(.*\)$/&\n\1response_headers_to_add: \2/' \
+      >"$work/$1.yaml"
+    "$ENVOY" -c "$work/$1.yaml" --concurrency 1 --disable-hot-restart --log-level error \
+      >"$work/$1.log" 2>&1 &
+    envoy=$!
+    pids+=("$envoy")
+    for _ in $(seq 200); do
+      curl -sf "http://127.0.0.1:$((port + 1))/ready" >/dev/null && return 0
+      kill -0 "$envoy" 2>/dev/null || break
+      sleep 0.05
+    done
+    # A port of a run just before may still be held (TIME_WAIT): the next two then.
+    grep -q "Address already in use" "$work/$1.log" || break
+  done
+  echo "$1: Envoy is not ready:" >&2
+  tail -5 "$work/$1.log" >&2
+  exit 1
 }
 
 # Scale: Envoy RSS and push time (sidecar start to Envoy applying the config) with N subjects.
@@ -422,16 +438,33 @@ for n in ${SCALE-1000 10000 100000}; do
 done
 
 # Propagation: an admin write (a new subject, `ctl subject put`) until Envoy decides at the
-# revision it made (holds its class config), and until the new subject's requests skip
-# ext_authz (the subject map of that revision applied too), with iot-roles and copies of alice
-# (each with its own `{user}` rule: the subject map's largest entries) up to N subjects after
-# the last write (2000: the default --envoy-xds-max-subjects). Writes one after another;
-# p50 / p99 / max.
+# revision it made, and until the new subject's requests skip ext_authz (the subject map of that
+# revision applied too), with iot-roles and copies of alice (each with its own `{user}` rule: the
+# subject map's largest entries) up to N subjects after the last write (2000: the default
+# --envoy-xds-max-subjects); p50 / p99 / max.
+# "Envoy decides at": a probe sends a request RBAC lets through (a copy's `GET /thngs`) over and
+# over, and the route answers with the revision that allowed it (the class filter's `allow`
+# name, as the router's revision header has it): the first answer naming the write's revision or
+# a later one. Envoy's admin endpoint is no clock for this: it answers on Envoy's main thread,
+# which also builds every config pushed, so a read made while a subject map is being built waits
+# for it, though the worker thread already decides at the newer class config.
+# Writes one after another, each once Envoy holds both configs of the write before; with
+# PROP_INTERVAL_MS=T, one every T ms instead, whatever Envoy holds (a write then often lands
+# while Envoy's main thread builds the subject map of the write before, and waits for it).
 # PROP_ROLES_ONLY=1: monitoring-apps and copies of an `app-readonly` subject instead (no
 # `{user}` rule; the role requires approval, so each write adds a pending subject: a new
-# revision that changes no subject's tag, for which the class config alone is pushed).
+# revision that changes no subject's tag, for which the class config alone is pushed; the probe
+# is `dashboard`'s `GET /v1/devices/d1`).
+prop_failed() { # N: the logs' last lines
+  echo "the sidecar's log:" >&2; tail -5 "$work/prop-sidecar-$1.log" >&2
+  echo "Envoy's log:" >&2; tail -5 "$work/prop-$1-envoy.log" >&2
+}
 prop_example=iot-roles prop_type=app_user prop_role=app-user-editor prop_map=1
-[ -z "${PROP_ROLES_ONLY:-}" ] || { prop_example=monitoring-apps prop_type=app prop_role=app-readonly prop_map=0; }
+prop_probe_subject=bulk-1 prop_probe_path=/thngs
+[ -z "${PROP_ROLES_ONLY:-}" ] || {
+  prop_example=monitoring-apps prop_type=app prop_role=app-readonly prop_map=0
+  prop_probe_subject=dashboard prop_probe_path=/v1/devices/d1
+}
 for n in ${PROPAGATION-1000 2000}; do
   policy="$work/prop-$n.yaml"
   { cat "examples/$prop_example.yaml"
@@ -440,59 +473,127 @@ for n in ${PROPAGATION-1000 2000}; do
   } >"$policy"
   start_xds_envoy "prop-$n-envoy" "$work/prop-$n.sock"
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/prop-token"
-  "$AUTHZ_BIN" --policy "$policy" --data-dir "$work/prop-data-$n" --listen 127.0.0.1:0 \
+  RUST_LOG=${PROP_LOG:-info} "$AUTHZ_BIN" --policy "$policy" --data-dir "$work/prop-data-$n" --listen 127.0.0.1:0 \
     --uds "$work/prop-api-$n.sock" --envoy-xds-listen "unix:$work/prop-$n.sock" \
     --admin-token-file "$work/prop-token" \
     >"$work/prop-sidecar-$n.log" 2>&1 &
   sc=$!
   pids+=("$sc")
-  python3 - "$AUTHZ_BIN" "$work/prop-api-$n.sock" "$((port + 1))" "$n" "${WRITES:-40}" "$work/prop-token" "$prop_type" "$prop_role" "$prop_map" <<'PY'
-import subprocess, sys, time, urllib.request
-binary, sock, admin, n, writes, token, kind, role, pushes_map = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8], sys.argv[9] == "1"
-def version(resources):
-    """The revision of the configs matching `resources` Envoy holds ('' if they differ)."""
+  python3 - "$AUTHZ_BIN" "$work/prop-api-$n.sock" "$port" "$n" "${WRITES:-40}" "$work/prop-token" "$prop_type" "$prop_role" "$prop_map" \
+    "$prop_probe_subject" "$prop_probe_path" "${PROP_INTERVAL_MS:-}" <<'PY' || { prop_failed "$n"; exit 1; }
+import http.client, os, re, subprocess, sys, threading, time, urllib.request
+(binary, sock, port, n, writes, token, kind, role, pushes_map, probe_subject, probe_path,
+ interval) = sys.argv[1:13]
+port, writes, pushes_map = int(port), int(writes), pushes_map == "1"
+verbose = bool(os.environ.get("PROP_VERBOSE"))
+interval = float(interval) / 1000 if interval else None
+admin = port + 1
+
+def map_version():
+    """The revision of the subject map Envoy holds (read on Envoy's main thread)."""
     try:
         body = urllib.request.urlopen(
-            f"http://127.0.0.1:{admin}/stats?filter=^extension_config_discovery.http_filter.authz.{resources}.version_text$",
+            f"http://127.0.0.1:{admin}/stats?filter=^extension_config_discovery.http_filter.authz.subjects.version_text$",
             timeout=2).read().decode()
-        seen = {line.split(": ", 1)[1].strip().strip('"') for line in body.splitlines() if ": " in line}
-        return seen.pop() if len(seen) == 1 else ""
+        return body.split(": ", 1)[1].strip().strip('"') if ": " in body else ""
     except OSError:
         return ""
-# Envoy decides at the class config's revision; a write that adds a subject Envoy decides also
-# changes the subject map, which lets the new subject's requests through without ext_authz.
-decides = lambda: version("rbac")
-both = lambda: version("(rbac|subjects)")
+
+# The probe: the newest revision Envoy's worker decided a request at, and when each was first
+# seen (a later revision seen first stands for the ones before it).
+seen = {"newest": 0, "first": {}}
+stop = threading.Event()
+def probe():
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    while not stop.is_set():
+        try:
+            conn.request("GET", probe_path, headers={"x-subject": probe_subject})
+            reply = conn.getresponse()
+            reply.read()
+            revision = reply.getheader("x-authz-revision") or ""
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            time.sleep(0.01)
+            continue
+        now = time.monotonic()
+        if reply.status == 200 and revision.isdigit() and int(revision) > seen["newest"]:
+            seen["first"][int(revision)] = now
+            seen["newest"] = int(revision)
+threading.Thread(target=probe, daemon=True).start()
+
+def first_seen(revision):
+    return min((t for r, t in list(seen["first"].items()) if r >= revision), default=None)
+
 deadline = time.time() + 120
-while both() in ("", "0") and time.time() < deadline:
+while (seen["newest"] == 0 or map_version() in ("", "0")) and time.time() < deadline:
     time.sleep(0.05)
-if both() in ("", "0"):
-    sys.exit(f"propagation: {n} subjects: Envoy never applied the first subject map")
-took, fast = [], []
-for i in range(writes):
-    before = decides()
-    t0 = time.monotonic()
-    subprocess.run([binary, "ctl", "--uds", sock, "--token-file", token, "subject", "put", f"fresh-{i}", "--type", kind,
-                    "--role", role], check=True, stdout=subprocess.DEVNULL)
-    while decides() in (before, ""):
-        if time.monotonic() - t0 > 30:
-            sys.exit(f"propagation: {n} subjects: write {i} never reached Envoy")
+if seen["newest"] == 0:
+    sys.exit(f"propagation: {n} subjects: the probe ({probe_subject} GET {probe_path}) is never decided by RBAC")
+
+def write(i):
+    """One admin write (`ctl`, a process of its own): when it started, when it was answered, the
+    revision it made."""
+    started = time.monotonic()
+    out = subprocess.run([binary, "ctl", "--uds", sock, "--token-file", token, "subject", "put",
+                          f"fresh-{i}", "--type", kind, "--role", role],
+                         check=True, capture_output=True, text=True).stdout
+    return started, time.monotonic(), int(re.search(r"\(revision (\d+)\)", out).group(1))
+
+def wait_for(done, what, since):
+    while not done():
+        if time.monotonic() - since > 30:
+            sys.exit(f"propagation: {n} subjects: {what} never reached Envoy")
         time.sleep(0.0005)
-    took.append((time.monotonic() - t0) * 1000)
-    if pushes_map:
-        while both() in (before, ""):
-            if time.monotonic() - t0 > 30:
-                sys.exit(f"propagation: {n} subjects: write {i}'s subject map never reached Envoy")
-            time.sleep(0.0005)
+
+def clock(t):
+    """A monotonic instant as the wall-clock time of day, as the sidecar's log has it."""
+    wall = t + time.time() - time.monotonic()
+    return time.strftime('%H:%M:%S', time.gmtime(wall)) + f"{wall % 1:.3f}"[1:]
+
+# Per write, in ms: the write answered (ctl: start, connect, commit with its flush, exit), from
+# its answer until Envoy decided at its revision (0 if Envoy did before ctl exited), from its start
+# until then, and from its start until its subject map was applied.
+answered, decided, total, fast = [], [], [], []
+def measured(i, t0, t1, revision):
+    wait_for(lambda: first_seen(revision) is not None, f"write {i}", t0)
+    seen = first_seen(revision)
+    answered.append((t1 - t0) * 1000)
+    decided.append(max(0.0, seen - t1) * 1000)
+    total.append((seen - t0) * 1000)
+    if pushes_map and interval is None:
+        wait_for(lambda: map_version() == str(revision), f"write {i}'s subject map", t0)
         fast.append((time.monotonic() - t0) * 1000)
+    if verbose:
+        print(f"write {i}: revision {revision} at {clock(t0)}: answered after {answered[-1]:.1f} ms, "
+              f"decided at by Envoy {decided[-1]:.1f} ms later"
+              + (f", subject map {fast[-1]:.1f} ms after the start" if fast else ""), flush=True)
+
+made = []
+for i in range(writes):
+    if interval is None:
+        measured(i, *write(i))
+    else:
+        # One write every `interval`, whatever Envoy holds.
+        next_at = (made[0][0] + i * interval) if made else time.monotonic()
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        made.append(write(i))
+for i, one in enumerate(made):
+    measured(i, *one)
+stop.set()
+
 def line(label, v):
     v.sort()
     q = lambda p: v[max(0, -(-len(v) * p // 100) - 1)]
-    print(f"propagation: up to {n} subjects, {writes} writes: admin write -> {label} p50 {q(50):.0f} ms, p99 {q(99):.0f} ms, max {v[-1]:.0f} ms")
-line("Envoy decides at its revision", took)
+    how = f"one every {interval * 1000:.0f} ms" if interval is not None else "one after another"
+    print(f"propagation: up to {n} subjects, {writes} writes ({how}): {label} p50 {q(50):.0f} ms, p99 {q(99):.0f} ms, max {v[-1]:.0f} ms")
+line("admin write answered", answered)
+line("admin write answered -> Envoy decides at its revision", decided)
+line("admin write sent -> Envoy decides at its revision", total)
 if fast:
-    line("the new subject decided by RBAC (subject map applied)", fast)
+    line("admin write sent -> the new subject decided by RBAC (subject map applied)", fast)
 PY
+  [ -z "${PROP_VERBOSE:-}" ] || { cp "$work/prop-sidecar-$n.log" "prop-sidecar-$n.log"; echo "kept prop-sidecar-$n.log" >&2; }
   kill "$envoy" "$sc"; wait "$envoy" "$sc" 2>/dev/null || true
 done
 [ -n "${SKIP_HOP:-}" ] && exit 0

@@ -15,8 +15,11 @@
 //! at the revision that class config names, and a tag the class config does not know matches
 //! nothing (ext_authz decides). Envoy decides at a revision once it holds its class config. The
 //! class config is pushed at every revision, first; the subject map only when a tag changed,
-//! once Envoy accepted the class config (or after [`CLASS_ANSWER_WAIT`]), so the new tags'
-//! requests do not go to ext_authz meanwhile. The
+//! once Envoy accepted the class config, so the new tags' requests do not go to ext_authz
+//! meanwhile, and, during a run of writes closer together than Envoy takes to build a subject
+//! map, once the writes pause (Envoy builds both configs on one thread: a map being built holds
+//! the next write's class config back); within [`CLASS_ANSWER_WAIT`] and [`PAUSE_WAIT`] in all.
+//! The
 //! path guards are not in either config but in the listener (they would be compiled again at
 //! every push).
 //! docs/xds-rbac.md has the design.
@@ -52,6 +55,7 @@ use envoy_types::pb::xds::r#type::matcher::v3::{
 };
 use prost::{Message, Name};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -689,6 +693,9 @@ struct Shared {
     /// The latest revision pushed: once Envoy accepted its class config, it decides at that
     /// revision, whichever subject map it holds ([`ClassTags`]).
     aim: Mutex<u64>,
+    /// How long Envoy took to accept the last subject map it accepted, from its push: mostly
+    /// Envoy building it ([`map_goes_at`]).
+    map_build: Mutex<Duration>,
 }
 
 impl Shared {
@@ -698,6 +705,14 @@ impl Shared {
             .aim
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = revision;
+    }
+
+    /// How long Envoy took to build the last subject map it accepted.
+    fn map_build(&self) -> Duration {
+        *self
+            .map_build
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
@@ -721,7 +736,15 @@ impl Shared {
         settled
     }
 
-    async fn answer(&self, kind: Kind, stream: u64, version: u64, error: Option<(i32, &str)>) {
+    /// Envoy's answer on `stream` to the push of `version`, `took` after it went out.
+    async fn answer(
+        &self,
+        kind: Kind,
+        stream: u64,
+        version: u64,
+        took: Duration,
+        error: Option<(i32, &str)>,
+    ) {
         let metrics = &self.state.metrics;
         let serving = {
             let mut answers = self.answers();
@@ -752,6 +775,12 @@ impl Shared {
             }
             None => {
                 metrics.xds_acked();
+                if kind == Kind::Subjects {
+                    *self
+                        .map_build
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = took;
+                }
                 tracing::debug!(
                     resource = kind.name(),
                     version,
@@ -806,12 +835,39 @@ enum Waited {
     Closed,
 }
 
-/// How long a changed subject map waits for the class streams' answers. Any pair of the two
-/// configs decides exactly as the revision the class config names (see
-/// [`ClassTags`]; a tag Envoy's class config does not know matches nothing), so the wait only
-/// spares ext_authz the requests of the new tags; a stream that never answers (an Envoy stuck,
-/// any client of the xDS socket) must not hold every later write back.
+/// How long a changed subject map waits in all for the class streams' answers. Any pair of the
+/// two configs decides exactly as the revision the class config names (see [`ClassTags`]; a tag
+/// Envoy's class config does not know matches nothing), so the wait only spares ext_authz the
+/// requests of the new tags; a stream that never answers (an Envoy stuck, any client of the xDS
+/// socket) must not hold every later map back.
 const CLASS_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a changed subject map waits in all for a pause in the writes ([`map_goes_at`]).
+/// Longer than [`CLASS_ANSWER_WAIT`]: a map pushed during a run of writes holds the run's next
+/// write back by a whole build (what Envoy decides at), a map held back only sends the new tags'
+/// requests to ext_authz (how fast they are decided) a while longer. Bounded so that writes that
+/// never pause cannot keep those requests on ext_authz for good.
+const PAUSE_WAIT: Duration = Duration::from_secs(10);
+
+/// When a changed subject map, its class config answered, goes to Envoy: `None` now, or at the
+/// instant returned unless a newer revision comes first. Envoy builds every config on its main
+/// thread, one at a time, and a subject map with many own-rule subjects takes it a while (~0.1
+/// ms a subject): a class config arriving meanwhile waits for that build. A revision
+/// `published` less than a build (`build`, Envoy's last) after the one `before` is part of a
+/// run of writes (a script, a sync) that would each reach Envoy a build late, so its map waits
+/// until the writes pause for as long as a build, and no later than `deadline` ([`PAUSE_WAIT`]
+/// after the run's first map began waiting). A write after a pause goes at once: its map is
+/// built before a next write as far apart comes. Only the new tags' requests wait for the map
+/// (they go to ext_authz meanwhile); what Envoy decides at is the class config's revision.
+fn map_goes_at(
+    published: Instant,
+    before: Option<Instant>,
+    build: Duration,
+    deadline: Instant,
+) -> Option<Instant> {
+    let in_a_run = before.is_some_and(|before| published.saturating_duration_since(before) < build);
+    in_a_run.then(|| (published + build).min(deadline))
+}
 
 impl XdsService {
     /// A service over the sidecar's state; starts the task that renders each revision.
@@ -825,6 +881,7 @@ impl XdsService {
             answers: Mutex::new(Answers::default()),
             answered: watch::channel(0).0,
             aim: Mutex::new(0),
+            map_build: Mutex::new(Duration::ZERO),
         });
         let (alive, _alive) = watch::channel(());
         tokio::spawn(publish(Arc::clone(&shared), alive));
@@ -854,8 +911,8 @@ async fn live_policy(shared: &Shared, alive: &watch::Sender<()>) -> Option<Arc<L
 
 /// Renders every published revision once, for every stream: the class config (which names the
 /// revision) first, then, when the subject map changed, that map once every class stream
-/// accepted the class config (or after [`CLASS_ANSWER_WAIT`]). Ends when the server drops the
-/// service.
+/// accepted the class config (within [`CLASS_ANSWER_WAIT`]) and, in a run of writes, once they
+/// pause ([`map_goes_at`], within [`PAUSE_WAIT`]). Ends when the server drops the service.
 async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
     let Some(live) = live_policy(&shared, &alive).await else {
         return;
@@ -869,12 +926,16 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
     let mut tags = ClassTags::new();
     // Compared as messages: the encoding of a map follows its hash order.
     let mut last_subjects: Option<RbacFilter> = None;
-    // Since when a changed subject map has been waiting for the class streams' answers: writes
-    // that each come before Envoy's answer must not hold it back for longer than
-    // CLASS_ANSWER_WAIT in all.
-    let mut map_waiting_since: Option<tokio::time::Instant> = None;
+    // Since when a changed subject map has been waiting: writes that each come before Envoy's
+    // answer, or during the pause awaited, must not hold it back for longer than
+    // CLASS_ANSWER_WAIT, PAUSE_WAIT in all.
+    let mut map_waiting_since: Option<Instant> = None;
+    // When the revision rendered before this one was published (as this loop saw it).
+    let mut previous_at: Option<Instant> = None;
     loop {
         published.mark_unchanged();
+        let published_at = Instant::now();
+        let before = previous_at.replace(published_at);
         let started = std::time::Instant::now();
         let current = live.current();
         let revision = current.snapshot.revision();
@@ -905,7 +966,7 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
             map_waiting_since = None;
         } else {
             answered.mark_unchanged();
-            let since = *map_waiting_since.get_or_insert_with(tokio::time::Instant::now);
+            let since = *map_waiting_since.get_or_insert_with(Instant::now);
             let deadline = since + CLASS_ANSWER_WAIT;
             let waited = loop {
                 if let Some(accepted) = shared.settled(Kind::Classes, revision) {
@@ -941,6 +1002,19 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
                             revision,
                             "a class stream did not answer the class config in time; pushing the subject map anyway"
                         );
+                    }
+                    let build = shared.map_build();
+                    if let Some(at) = map_goes_at(published_at, before, build, since + PAUSE_WAIT) {
+                        tokio::select! {
+                            biased;
+                            _ = alive.closed() => return,
+                            _ = tokio::time::sleep_until(at) => {}
+                            // The run goes on: that revision's map waits for the pause instead.
+                            changed = published.changed() => match changed {
+                                Ok(()) => continue,
+                                Err(_) => return,
+                            },
+                        }
                     }
                     let push = if fault::take_subject_map(shared.config.xds_listen.as_ref()) {
                         Push::new(SUBJECTS_RESOURCE, &unloadable(), revision)
@@ -999,15 +1073,15 @@ async fn serve_stream(
         id,
     };
     let mut nonce = 0u64;
-    // (nonce, version) of pushes not yet answered.
-    let mut sent: Vec<(u64, u64)> = Vec::new();
+    // (nonce, version, when) of pushes not yet answered.
+    let mut sent: Vec<(u64, u64, Instant)> = Vec::new();
     let mut send_now = true;
     loop {
         if send_now {
             let push = pushes.borrow_and_update().clone();
             if let Some(push) = push {
                 nonce += 1;
-                sent.push((nonce, push.version));
+                sent.push((nonce, push.version, Instant::now()));
                 if out.send(Ok(push.response(nonce))).await.is_err() {
                     return;
                 }
@@ -1021,11 +1095,11 @@ async fn serve_stream(
                 };
                 send_now = request.response_nonce.is_empty();
                 let Ok(n) = request.response_nonce.parse::<u64>() else { continue };
-                let version = sent.iter().find(|(s, _)| *s == n).map(|(_, v)| *v);
-                sent.retain(|(s, _)| *s > n);
-                if let Some(version) = version {
+                let answered = sent.iter().find(|(s, _, _)| *s == n).map(|(_, v, at)| (*v, at.elapsed()));
+                sent.retain(|(s, _, _)| *s > n);
+                if let Some((version, took)) = answered {
                     let error = request.error_detail.as_ref().map(|e| (e.code, e.message.as_str()));
-                    shared.answer(kind, id, version, error).await;
+                    shared.answer(kind, id, version, took, error).await;
                 }
             }
             changed = pushes.changed() => {
@@ -1084,6 +1158,29 @@ mod tests {
 
     use super::*;
     use crate::engine::envoy_rbac::PlannedSubject;
+
+    /// A map goes at once after a pause (or the first write), waits in a run of writes closer
+    /// together than a build, and never past the deadline.
+    #[test]
+    fn a_subject_map_waits_only_in_a_run_of_writes() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let far = t + ms(60_000);
+        let build = ms(300);
+        assert_eq!(map_goes_at(t, None, build, far), None);
+        assert_eq!(map_goes_at(t + ms(300), Some(t), build, far), None);
+        assert_eq!(map_goes_at(t + ms(1000), Some(t), build, far), None);
+        assert_eq!(
+            map_goes_at(t + ms(100), Some(t), build, far),
+            Some(t + ms(400))
+        );
+        assert_eq!(
+            map_goes_at(t + ms(100), Some(t), build, t + ms(250)),
+            Some(t + ms(250))
+        );
+        // Before any map was built (nothing measured), nothing waits.
+        assert_eq!(map_goes_at(t + ms(1), Some(t), Duration::ZERO, far), None);
+    }
 
     /// The action name an `on_match` ends in, and (for a class entry) its `(method, regex)`
     /// pairs; `defer` left out.

