@@ -15,7 +15,7 @@
 #   SKIP_HOP=1 bench/envoy-hop.sh           # the scale and propagation parts only
 #   PROPAGATION="1000" WRITES=20 bench/envoy-hop.sh  # subject counts / writes for propagation
 #   PROP_INTERVAL_MS=100 bench/envoy-hop.sh # propagation with one write every 100 ms
-#   PROP_VERBOSE=1 PROP_LOG=debug bench/envoy-hop.sh  # each write's times, the sidecar's log kept
+#   PROP_VERBOSE=1 PROP_LOG=debug bench/envoy-hop.sh  # each write's times; the sidecar's log in target/
 #   INSTRUCTIONS=1 bench/envoy-hop.sh       # Envoy's instructions per request instead (below)
 #   PIN=1 bench/envoy-hop.sh                # Envoy on CPU 0, h2load on CPU 1
 #   UPSTREAM=1 bench/envoy-hop.sh           # the route forwards to an upstream (another Envoy)
@@ -593,7 +593,7 @@ line("admin write sent -> Envoy decides at its revision", total)
 if fast:
     line("admin write sent -> the new subject decided by RBAC (subject map applied)", fast)
 PY
-  [ -z "${PROP_VERBOSE:-}" ] || { cp "$work/prop-sidecar-$n.log" "prop-sidecar-$n.log"; echo "kept prop-sidecar-$n.log" >&2; }
+  [ -z "${PROP_VERBOSE:-}" ] || { mkdir -p target; cp "$work/prop-sidecar-$n.log" target/; echo "kept target/prop-sidecar-$n.log" >&2; }
   kill "$envoy" "$sc"; wait "$envoy" "$sc" 2>/dev/null || true
 done
 [ -n "${SKIP_HOP:-}" ] && exit 0
