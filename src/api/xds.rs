@@ -936,7 +936,6 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
         published.mark_unchanged();
         let published_at = Instant::now();
         let before = previous_at.replace(published_at);
-        let started = std::time::Instant::now();
         let current = live.current();
         let revision = current.snapshot.revision();
         let plan = current.snapshot.rbac_plan(&options);
@@ -956,7 +955,7 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
             subjects = plan.subjects.len(),
             deferred = plan.deferred.len(),
             bytes = push.resource.value.len(),
-            compile_ms = started.elapsed().as_millis() as u64,
+            compile_ms = published_at.elapsed().as_millis() as u64,
             "pushing the RBAC class config to Envoy"
         );
         shared.aim(revision);
@@ -1024,7 +1023,7 @@ async fn publish(shared: Arc<Shared>, alive: watch::Sender<()>) {
                     tracing::info!(
                         revision,
                         bytes = push.resource.value.len(),
-                        compile_ms = started.elapsed().as_millis() as u64,
+                        compile_ms = published_at.elapsed().as_millis() as u64,
                         "pushing the RBAC subject map to Envoy"
                     );
                     shared.state.metrics.xds_pushed(plan.subjects.len());

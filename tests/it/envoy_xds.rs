@@ -422,11 +422,7 @@ fn start_pair(
     let authz = start_envoy(envoy, &authz_dir, &authz_config);
     // The first push: Envoy serves through ext_authz alone until it lands.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stat(
-        &xds,
-        "extension_config_discovery.http_filter.authz.subjects.config_reload",
-    ) != "1"
-    {
+    while stat(&xds, SUBJECTS_RELOADS) != "1" {
         assert!(
             Instant::now() < deadline,
             "no RBAC config reached Envoy: {}",
@@ -653,6 +649,9 @@ fn propagation(
 /// names the revision Envoy decides at (docs/xds-rbac.md); the subject map is pushed only at
 /// revisions that change it.
 const CLASSES_VERSION: &str = "extension_config_discovery.http_filter.authz.rbac.version_text";
+/// How many subject maps Envoy has built (applied).
+const SUBJECTS_RELOADS: &str =
+    "extension_config_discovery.http_filter.authz.subjects.config_reload";
 const SUBJECTS_VERSION: &str = "extension_config_discovery.http_filter.authz.subjects.version_text";
 
 /// Whether Envoy holds both configs of `revision`, of a write that changed the subject map
@@ -1560,9 +1559,6 @@ fn a_write_reaches_envoy_with_1000_and_2000_subjects() {
 
 // ---------------------------------------------------------------------------------------------
 // A run of writes
-
-const SUBJECTS_RELOADS: &str =
-    "extension_config_discovery.http_filter.authz.subjects.config_reload";
 
 /// Envoy builds every config on its main thread, so a class config pushed while it builds a
 /// subject map waits for that build (~0.1 ms an own-rule subject). During a run of writes each
